@@ -1,0 +1,87 @@
+"""The bridge's aiohttp application: routes, JSON errors, the core channel's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from http_bridge import handlers
+from http_bridge.batcher import Batcher
+from http_bridge.config import BridgeConfig
+from http_bridge.core_client import CoreClient
+from http_bridge.errors import BridgeError
+from http_bridge.keys import BATCHER, CONFIG, CORE
+
+log = logging.getLogger(__name__)
+
+# Codes for aiohttp's own HTTP errors (router 404/405, body limit 413, ...).
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON `{"message", "code"}`: ours, aiohttp's, and bugs."""
+    try:
+        return await handler(request)
+    except BridgeError as error:
+        if error.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, error.status, error.code)
+        return handlers.error_response(error.status, error.message, error.code, error.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        message = _message_for(exc, request)
+        code = _CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
+        return handlers.error_response(exc.status, message, code, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("bug handling %s %s", request.method, request.path)
+        return handlers.error_response(500, "internal error", "internal")
+
+
+def _message_for(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 404:
+        return f"no route {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed here"
+    if exc.status == 413:
+        return f"the body is larger than the {request.app[CONFIG].max_body_bytes}-byte limit"
+    return exc.reason
+
+
+@contextlib.asynccontextmanager
+async def core_connection(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    core = CoreClient(config)
+    app[CORE] = core
+    app[BATCHER] = Batcher(
+        core.ingest_batch,
+        max_items=config.max_batch_items,
+        max_bytes=config.max_batch_bytes,
+        max_inflight=config.max_inflight_batches,
+        max_pending=config.max_pending,
+    )
+    try:
+        yield
+    finally:
+        # Runs after in-flight requests finished (or timed out): answer what is
+        # still in flight, then close the channel.
+        await app[BATCHER].drain()
+        await core.close()
+
+
+def create_app(config: BridgeConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(core_connection)
+    app.router.add_post("/segment", handlers.segment_event)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    return app

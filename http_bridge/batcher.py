@@ -1,0 +1,120 @@
+"""Coalesces concurrent webhook requests into IngestBatch calls.
+
+A Python gRPC call costs ~200 µs of CPU on each side, so one call per event caps
+the bridge at a few thousand events/s; batches cost ~8 µs per event (DESIGN.md,
+"Performance"). The policy is adaptive, with no timer to tune: at most
+`max_inflight` calls are in flight; when one returns, the next batch is whatever
+queued meanwhile. Idle, an event goes alone at once; busy, batches grow with load.
+
+Each request awaits its own result. A request that gives up (its deadline passed)
+is dropped from the queue if it was not sent yet; if it was sent, the core may
+still store it, which is safe: the sender got a 503, retries, and the retry is
+deduplicated by messageId.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the bridge is allowed to hold."""
+
+
+class Batcher(Generic[Item, Result]):
+    """`await submit(item, size)` → that item's result from `send(batch)`."""
+
+    def __init__(
+        self,
+        send: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+        *,
+        max_items: int = 500,
+        max_bytes: int = 8 * 1024 * 1024,
+        max_inflight: int = 1,
+        max_pending: int = 10_000,
+    ) -> None:
+        self._send = send
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._max_inflight = max_inflight
+        self._max_pending = max_pending
+        self._queue: deque[tuple[Item, int, asyncio.Future[Result]]] = deque()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: Item, size: int, timeout: float) -> Result:
+        """Queue `item` (of `size` bytes) and wait up to `timeout` s for its result.
+
+        Raises:
+            QueueFull: too many requests are already waiting.
+            TimeoutError: no result within `timeout`.
+            Exception: whatever `send` raised for the batch holding this item.
+        """
+        if len(self._queue) >= self._max_pending:
+            raise QueueFull()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, size, future))
+        self._dispatch()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            future.cancel()  # no-op when done; marks a queued item as abandoned
+
+    async def drain(self) -> None:
+        """Wait until every batch in flight has been answered (for shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _dispatch(self) -> None:
+        while len(self._inflight) < self._max_inflight and self._queue:
+            batch = self._take_batch()
+            if not batch:
+                return
+            task = asyncio.create_task(self._call(batch), name="inlet-ingest-batch")
+            self._inflight.add(task)
+
+    def _take_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        size = 0
+        while self._queue and len(batch) < self._max_items:
+            item, item_size, future = self._queue[0]
+            if future.done():  # its request gave up while queued
+                self._queue.popleft()
+                continue
+            if batch and size + item_size > self._max_bytes:
+                break
+            self._queue.popleft()
+            batch.append((item, future))
+            size += item_size
+        return batch
+
+    async def _call(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._send([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for {len(batch)} items")
+        except Exception as exc:  # every request of the batch gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            for _, future in batch:  # only if this task itself was cancelled
+                if not future.done():
+                    future.set_exception(ConnectionError("the batch call was cancelled"))
+            task = asyncio.current_task()
+            if task is not None:
+                self._inflight.discard(task)
+            self._dispatch()

@@ -1,0 +1,80 @@
+"""Configuration of a bridge process: one frozen dataclass, from flags and INLET_* variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_HOST: Final = "0.0.0.0"
+DEFAULT_PORT: Final = 8080
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Settings of the HTTP bridge."""
+
+    core_target: str = "127.0.0.1:50051"
+    """host:port of the gRPC core."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    """Where to serve HTTP(S); port 0 picks a free port."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    """PEM files; with both set the bridge serves HTTPS (Segment delivers only over HTTPS)."""
+
+    max_body_bytes: int = 512 * 1024
+    """Largest request body, enforced while reading (413). Segment caps events at 32 KB."""
+
+    core_timeout_s: float = 3.0
+    """Deadline of each gRPC call to the core. Segment gives a destination 5 s."""
+
+    request_timeout_s: float = 4.0
+    """Longest a request waits for its result (queue + call) before answering 503."""
+
+    max_batch_items: int = 500
+    max_batch_bytes: int = 8 * 1024 * 1024
+    """Caps on one IngestBatch call; the batch is otherwise whatever queued meanwhile."""
+
+    max_inflight_batches: int = 1
+    """IngestBatch calls in flight at once. One keeps batches large under load (DESIGN.md)."""
+
+    max_pending: int = 10_000
+    """Requests queued for the core beyond which new ones get 503 at once (bounded memory)."""
+
+    retry_after_s: int = 5
+    """Retry-After sent with 503 and 429."""
+
+    shutdown_timeout_s: float = 10.0
+    """On SIGTERM: how long in-flight requests may take to finish."""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if min(self.max_body_bytes, self.max_batch_items, self.max_inflight_batches) < 1:
+            raise ValueError("limits must be positive")
+        if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> BridgeConfig:
+        """Read INLET_* variables; `overrides` (from flags, None = unset) win."""
+        values: dict[str, object] = {}
+        readers = {
+            "INLET_CORE": ("core_target", str),
+            "INLET_HOST": ("host", str),
+            "INLET_PORT": ("port", int),
+            "INLET_TLS_CERT": ("tls_cert", str),
+            "INLET_TLS_KEY": ("tls_key", str),
+            "INLET_MAX_BODY_BYTES": ("max_body_bytes", int),
+            "INLET_CORE_TIMEOUT_S": ("core_timeout_s", float),
+            "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
+            "INLET_MAX_PENDING": ("max_pending", int),
+        }
+        for variable, (name, kind) in readers.items():
+            if variable in environ:
+                values[name] = kind(environ[variable])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""The bridge's side of the gRPC hop: one channel, the IngestBatch call, readiness.
+
+The channel is bound to the event loop that creates it (grpc.aio), and gRPC does
+not survive fork() after a channel exists; so it is opened in the app's startup
+(`cleanup_ctx`), never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from http_bridge.config import BridgeConfig
+from http_bridge.errors import Internal, Unavailable
+from http_bridge.status_map import http_status_for
+from inlet.v1 import events_pb2, events_pb2_grpc
+
+EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+
+
+def channel_options(config: BridgeConfig) -> list[tuple[str, object]]:
+    return [
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # A core restart should be noticed within a second, not after the default
+        # reconnect backoff of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        # Retry only what never reached the core (transparent retries of UNAVAILABLE).
+        ("grpc.enable_retries", 1),
+        (
+            "grpc.service_config",
+            json.dumps(
+                {
+                    "methodConfig": [
+                        {
+                            "name": [{"service": EVENT_SERVICE}],
+                            "retryPolicy": {
+                                "maxAttempts": 3,
+                                "initialBackoff": "0.05s",
+                                "maxBackoff": "0.5s",
+                                "backoffMultiplier": 2,
+                                "retryableStatusCodes": ["UNAVAILABLE"],
+                            },
+                        }
+                    ]
+                }
+            ),
+        ),
+    ]
+
+
+class CoreClient:
+    """Calls into the core. Create inside the running loop; close with `close()`."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self._config = config
+        self._channel = grpc.aio.insecure_channel(
+            config.core_target, options=channel_options(config)
+        )
+        self._events = events_pb2_grpc.EventServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def ingest_batch(
+        self, items: list[events_pb2.IngestItem]
+    ) -> list[events_pb2.IngestResult]:
+        """One IngestBatch call; raises Unavailable (transient) or Internal (a bug)."""
+        try:
+            response = await self._events.IngestBatch(
+                events_pb2.IngestBatchRequest(items=items), timeout=self._config.core_timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            if http_status_for(exc.code()) == 503:
+                raise Unavailable(
+                    "the event store is temporarily unavailable, retry later",
+                    "core_unavailable",
+                    self._config.retry_after_s,
+                ) from exc
+            raise Internal("internal error", "internal") from exc
+        return list(response.results)
+
+    async def ready(self) -> bool:
+        """True when the core answers its health check with SERVING for EventService."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=EVENT_SERVICE), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,92 @@
+"""HTTP handlers: the Segment webhook and the health routes. Thin: syntax in, gRPC out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from google.protobuf import timestamp_pb2
+
+from http_bridge.batcher import QueueFull
+from http_bridge.errors import Internal, Unavailable
+from http_bridge.keys import BATCHER, CONFIG, CORE
+from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
+from http_bridge.status_map import RETRY_LATER, http_status_for
+from inlet.v1 import events_pb2
+
+JSON = "application/json"
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON, headers=headers)
+
+
+def error_response(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response(status, {"message": message, "code": code}, headers)
+
+
+def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.Response:
+    """The HTTP answer for the core's verdict on one event (DESIGN.md's status table)."""
+    if result.outcome == events_pb2.OUTCOME_STORED:
+        return json_response(200, {"message": "stored", "messageId": result.message_id})
+    if result.outcome == events_pb2.OUTCOME_DUPLICATE:
+        # Segment redelivers after timeouts: a duplicate is a success, not an error.
+        body = {"message": "already stored", "messageId": result.message_id, "duplicate": True}
+        return json_response(200, body)
+    status = http_status_for(result.code)
+    if status == 500 or result.outcome != events_pb2.OUTCOME_REJECTED:
+        return error_response(500, "internal error", "internal")
+    headers = {"Retry-After": str(retry_after_s)} if status in RETRY_LATER else None
+    return error_response(status, result.message, result.reason, headers)
+
+
+async def segment_event(request: web.Request) -> web.Response:
+    """POST /segment: one Segment event, answered once it is durably stored (or refused)."""
+    config = request.app[CONFIG]
+    api_key = api_key_from_authorization(request.headers.get("Authorization"))
+    check_media_type(request.headers.get("Content-Type"))
+    settings = decode_settings(request.headers.get("X-Segment-Settings"))
+    body = await request.read()  # client_max_size: 413 as soon as the limit is passed
+    received_at = timestamp_pb2.Timestamp()
+    received_at.FromNanoseconds(time.time_ns())
+    item = events_pb2.IngestItem(
+        json=body, api_key=api_key, settings_json=settings, received_at=received_at
+    )
+    try:
+        result = await request.app[BATCHER].submit(item, len(body), config.request_timeout_s)
+    except QueueFull:
+        raise Unavailable(
+            "too many requests are waiting, retry later", "overloaded", config.retry_after_s
+        ) from None
+    except TimeoutError:
+        raise Unavailable(
+            "the event store did not answer in time, retry later",
+            "core_timeout",
+            config.retry_after_s,
+        ) from None
+    except (Unavailable, Internal):
+        raise
+    except ConnectionError:
+        raise Unavailable(
+            "the bridge is shutting down, retry later", "shutting_down", config.retry_after_s
+        ) from None
+    return result_response(result, config.retry_after_s)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the core is reachable and serving, so events can be stored now."""
+    if await request.app[CORE].ready():
+        return json_response(200, {"status": "ready"})
+    retry = str(request.app[CONFIG].retry_after_s)
+    return error_response(
+        503, "the core is unreachable or not serving", "not_ready", {"Retry-After": retry}
+    )

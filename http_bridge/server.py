@@ -1,0 +1,57 @@
+"""Starting and stopping the bridge's HTTP(S) server."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from http_bridge.app import create_app
+from http_bridge.config import BridgeConfig
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(config: BridgeConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+@dataclass
+class BridgeServer:
+    runner: web.AppRunner
+    port: int
+    scheme: str
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, flush the batcher, close the channel."""
+        await self.runner.cleanup()
+
+
+async def start_bridge(config: BridgeConfig) -> BridgeServer:
+    context = tls_context(config)
+    runner = web.AppRunner(
+        create_app(config), access_log=None, shutdown_timeout=config.shutdown_timeout_s
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    scheme = "https" if context else "http"
+    log.info("bridge listening on %s://%s:%d/segment", scheme, config.host, port)
+    if context is None:
+        log.warning(
+            "serving plain HTTP: Segment delivers only over HTTPS, so put a TLS proxy in "
+            "front or pass --tls-cert/--tls-key"
+        )
+    return BridgeServer(runner, port, scheme)

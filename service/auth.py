@@ -1,0 +1,84 @@
+"""Authentication of API keys against the store, with a short-lived cache.
+
+Every event carries a key, so key look-ups are on the hot path: verified records
+are cached for `ttl_s` seconds. A revocation made through this process's
+AdminService takes effect at once (`invalidate`); one made by another process
+(`inlet keys revoke` against the database) within `ttl_s`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from service import keys
+from service.errors import PermissionDenied, Unauthenticated
+from service.store import KeyRecord, Store
+
+_MAX_CACHED = 10_000
+
+
+def bearer_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The API key from gRPC call metadata `authorization: Bearer <key>`, if any."""
+    for name, value in metadata or ():
+        if name == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class Authenticator:
+    """Resolves API keys to key records and checks scopes and account state."""
+
+    def __init__(
+        self, store: Store, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def authenticate(self, api_key: str | None, scope: str) -> KeyRecord:
+        """Return the record of a valid, unexpired, unrevoked key that has `scope`.
+
+        Raises:
+            Unauthenticated: no key, or a key that is unknown, revoked or expired.
+            PermissionDenied: the key lacks `scope`, or its account is suspended.
+        """
+        if not api_key:
+            raise Unauthenticated("an API key is required", "missing_api_key")
+        parts = keys.split_key(api_key)
+        record = None if parts is None else await self._lookup(parts[0])
+        if parts is None or record is None or not keys.secret_matches(parts[1], record.secret_hash):
+            raise Unauthenticated("the API key is not valid", "invalid_api_key")
+        now_us = time.time_ns() // 1000
+        if record.revoked_at_us is not None and record.revoked_at_us <= now_us:
+            raise Unauthenticated("the API key has been revoked", "api_key_revoked")
+        if record.expires_at_us is not None and record.expires_at_us <= now_us:
+            raise Unauthenticated("the API key has expired", "api_key_expired")
+        if scope not in record.scopes:
+            raise PermissionDenied(f"the API key lacks the `{scope}` scope", "missing_scope")
+        if record.account_suspended:
+            raise PermissionDenied("the account is suspended", "account_suspended")
+        return record
+
+    def invalidate(self, key_id: str | None = None) -> None:
+        """Forget one cached key (or all), e.g. after revoking it."""
+        if key_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key_id, None)
+
+    async def _lookup(self, key_id: str) -> KeyRecord | None:
+        now = self._clock()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        record = await self._store.get_key(key_id)
+        if len(self._cache) >= _MAX_CACHED:
+            # Unknown key ids are cached too (so a flood of them stays cheap); the
+            # bound keeps such a flood from growing memory.
+            self._cache.clear()
+        self._cache[key_id] = (now, record)
+        return record

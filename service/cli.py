@@ -1,0 +1,193 @@
+"""The `inlet` command line: serve, and manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from http_bridge.config import BridgeConfig
+from http_bridge.server import start_bridge
+from service import keys
+from service.config import CoreConfig, split_list
+from service.server import start_core, wait_for_signal
+from service.store import Store, StoreError, open_store
+from service.timestamps import format_micros, parse_timestamp
+
+log = logging.getLogger("inlet")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inlet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service (default: core and bridge together)")
+    serve.add_argument("part", nargs="?", choices=("all", "core", "bridge"), default="all")
+    serve.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
+    serve.add_argument("--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)")
+    serve.add_argument("--core", help="core address for `serve bridge` (env INLET_CORE)")
+    serve.add_argument("--host", help="bridge host (env INLET_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="bridge port (env INLET_PORT, default 8080)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (env INLET_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key (env INLET_TLS_KEY)")
+    serve.add_argument("--max-body-bytes", type=int, help="request body limit (env INLET_MAX_BODY_BYTES)")
+    serve.add_argument("--types", help="accepted call types, comma-separated (env INLET_SUPPORTED_TYPES)")
+    serve.add_argument("--no-fsync", action="store_true", help="synchronous=NORMAL: faster, "
+                       "but a power cut may lose acknowledged events")  # fmt: skip
+
+    key_cmd = commands.add_parser("keys", help="manage API keys (directly in the database)")
+    key_cmd.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
+    key_actions = key_cmd.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create a key; prints it once")
+    create.add_argument("--account", required=True, help="account name (created if new)")
+    create.add_argument("--scope", default="ingest", help="comma-separated: ingest,read,admin")
+    create.add_argument("--label", default="", help="a note to recognise the key by")
+    create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h")
+    listing = key_actions.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--account", help="only this account's keys")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("INLET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            _run(_serve(args))
+            return 0
+        return _run(_keys(args))
+    except (ValueError, StoreError, OSError) as exc:
+        print(f"inlet: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(main: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(main)  # type: ignore[arg-type, no-any-return]
+    return uvloop.run(main)  # type: ignore[arg-type, no-any-return]
+
+
+def core_config(args: argparse.Namespace) -> CoreConfig:
+    return CoreConfig.from_env(
+        os.environ,
+        database=args.database,
+        listen=args.grpc_listen,
+        supported_types=split_list(args.types) if args.types else None,
+        durable=False if args.no_fsync else None,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    core = None
+    bridge = None
+    try:
+        if args.part in ("all", "core"):
+            core = await start_core(core_config(args))
+        if args.part in ("all", "bridge"):
+            target = args.core
+            if core is not None:
+                target = f"127.0.0.1:{core.port}"
+            config = BridgeConfig.from_env(
+                os.environ,
+                core_target=target,
+                host=args.host,
+                port=args.port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                max_body_bytes=args.max_body_bytes,
+            )
+            bridge = await start_bridge(config)
+        await wait_for_signal()
+        log.info("shutting down: draining in-flight requests")
+    finally:
+        # Bridge first: it stops accepting and flushes its batches into the core,
+        # which is still serving; then the core drains and closes the store.
+        if bridge is not None:
+            await bridge.stop()
+        if core is not None:
+            await core.stop()
+    log.info("stopped")
+
+
+def _database(args: argparse.Namespace) -> Store:
+    config = CoreConfig.from_env(os.environ, database=args.database)
+    return open_store(config.database, durable=config.durable)
+
+
+def parse_expiry(text: str, now_us: int | None = None) -> int:
+    """`30d`, `12h`, `15m` from now, or an ISO date/time → µs since the epoch."""
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text)
+    if match:
+        unit = {"d": 86_400, "h": 3_600, "m": 60}[match[2]]
+        return now_us + int(match[1]) * unit * 1_000_000
+    micros = parse_timestamp(text)
+    if micros is None:
+        raise ValueError(f"--expires: not a date or duration: {text!r}")
+    if micros <= now_us:
+        raise ValueError("--expires: the date is in the past")
+    return micros
+
+
+def _when(micros: int | None) -> str:
+    return "-" if micros is None else format_micros(micros)
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    store = _database(args)
+    await store.open()
+    try:
+        if args.action == "create":
+            scopes = keys.parse_scopes(args.scope)
+            expires = parse_expiry(args.expires) if args.expires else None
+            account = await store.ensure_account(args.account)
+            new = keys.generate_key()
+            record = await store.create_key(
+                account.id, new.key_id, new.secret_hash, scopes, args.label, expires
+            )
+            print(f"created key {record.key_id} for account {account.name!r} "
+                  f"(scopes {','.join(record.scopes)}, expires {_when(expires)}); "
+                  "it is shown only once:", file=sys.stderr)  # fmt: skip
+            print(new.plaintext)
+        elif args.action == "list":
+            account_id = None
+            if args.account:
+                account = await store.get_account(args.account)
+                if account is None:
+                    raise StoreError(f"no account named {args.account!r}")
+                account_id = account.id
+            print(f"{'KEY ID':<18} {'ACCOUNT':<20} {'SCOPES':<18} {'CREATED':<25} "
+                  f"{'EXPIRES':<25} {'REVOKED':<25} LABEL")  # fmt: skip
+            for r in await store.list_keys(account_id, include_revoked=args.all):
+                print(f"{r.key_id:<18} {r.account_name:<20} {','.join(r.scopes):<18} "
+                      f"{_when(r.created_at_us):<25} {_when(r.expires_at_us):<25} "
+                      f"{_when(r.revoked_at_us):<25} {r.label}")  # fmt: skip
+        elif args.action == "revoke":
+            record = await store.revoke_key(args.key_id)
+            if record is None:
+                raise StoreError(f"no key with id {args.key_id!r}")
+            print(f"revoked key {record.key_id} of account {record.account_name!r} "
+                  "(running servers notice within seconds)")  # fmt: skip
+        return 0
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Configuration of a core process: one frozen dataclass, from flags and INLET_* variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from service.validation import EVENT_TYPES
+
+DEFAULT_DATABASE: Final = "inlet-data/inlet.db"
+DEFAULT_CORE_LISTEN: Final = "127.0.0.1:50051"
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def env_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Settings of the gRPC core."""
+
+    listen: str = DEFAULT_CORE_LISTEN
+    """host:port of the gRPC server (port 0: pick a free one)."""
+
+    database: str = DEFAULT_DATABASE
+    """SQLite file path (or `sqlite:///path`); created with its folder if missing."""
+
+    durable: bool = True
+    """fsync every commit (`synchronous=FULL`): acknowledged events survive a power cut."""
+
+    supported_types: tuple[str, ...] = EVENT_TYPES
+    """Call types this deployment accepts; others are refused with UNIMPLEMENTED (HTTP 501)."""
+
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM: how long in-flight RPCs may take to finish before they are aborted."""
+
+    max_batch_items: int = 10_000
+    """Most items one IngestBatch call may carry."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message received (an IngestBatch of big events)."""
+
+    key_cache_ttl_s: float = 2.0
+    """How long a verified API key is trusted before it is read again from the store."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.supported_types) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}: expected {EVENT_TYPES}")
+        if self.max_batch_items < 1 or self.shutdown_grace_s < 0 or self.key_cache_ttl_s < 0:
+            raise ValueError("max_batch_items must be >= 1, grace and ttl >= 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> CoreConfig:
+        """Read INLET_* variables; `overrides` (from flags, None = unset) win."""
+        values: dict[str, object] = {}
+        if "INLET_CORE_LISTEN" in environ:
+            values["listen"] = environ["INLET_CORE_LISTEN"]
+        if "INLET_DATABASE_URL" in environ:
+            values["database"] = environ["INLET_DATABASE_URL"]
+        if "INLET_DURABLE" in environ:
+            values["durable"] = env_bool(environ["INLET_DURABLE"])
+        if "INLET_SUPPORTED_TYPES" in environ:
+            values["supported_types"] = split_list(environ["INLET_SUPPORTED_TYPES"])
+        if "INLET_SHUTDOWN_GRACE_S" in environ:
+            values["shutdown_grace_s"] = float(environ["INLET_SHUTDOWN_GRACE_S"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

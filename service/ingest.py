@@ -1,0 +1,108 @@
+"""The ingest pipeline: authenticate, validate, deduplicate and commit a batch of items.
+
+Used by both EventService RPCs. Each item is judged on its own (a bad item never
+sinks the good ones), and all accepted items of a call are committed in one
+store transaction before any caller hears OK.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Sequence
+
+import orjson
+
+from inlet.v1 import events_pb2
+from service.auth import Authenticator
+from service.convert import event_to_spec
+from service.errors import InletError, StoreUnavailable
+from service.store import EventWrite, KeyRecord, Store
+from service.validation import EVENT_TYPES, canonicalise
+
+log = logging.getLogger(__name__)
+
+_STORED = events_pb2.OUTCOME_STORED
+_DUPLICATE = events_pb2.OUTCOME_DUPLICATE
+_REJECTED = events_pb2.OUTCOME_REJECTED
+
+
+def rejected(error: InletError) -> events_pb2.IngestResult:
+    return events_pb2.IngestResult(
+        outcome=_REJECTED, code=error.grpc_code.value[0], reason=error.reason, message=error.message
+    )
+
+
+class Ingestor:
+    """Turns IngestItems into IngestResults. One per core process."""
+
+    def __init__(
+        self,
+        store: Store,
+        auth: Authenticator,
+        supported_types: Collection[str] = EVENT_TYPES,
+    ) -> None:
+        self._store = store
+        self._auth = auth
+        self._supported_types = frozenset(supported_types)
+
+    async def ingest(
+        self, items: Sequence[events_pb2.IngestItem], call_key: str | None = None
+    ) -> list[events_pb2.IngestResult]:
+        """Process `items`; `call_key` is the key from call metadata (for items without one)."""
+        now_us = time.time_ns() // 1000
+        results: list[events_pb2.IngestResult | None] = [None] * len(items)
+        writes: list[EventWrite] = []
+        positions: list[int] = []
+        keys: dict[str, KeyRecord | InletError] = {}  # one look-up per distinct key per call
+
+        for position, item in enumerate(items):
+            api_key = item.api_key or call_key or ""
+            record = keys.get(api_key)
+            if record is None:
+                try:
+                    record = await self._auth.authenticate(api_key, "ingest")
+                except InletError as error:
+                    record = error
+                keys[api_key] = record
+            if isinstance(record, InletError):
+                results[position] = rejected(record)
+                continue
+            try:
+                event = canonicalise(
+                    _raw_json(item),
+                    received_at_us=(
+                        item.received_at.ToMicroseconds() if item.HasField("received_at") else now_us
+                    ),
+                    settings=item.settings_json,
+                    supported_types=self._supported_types,
+                )
+            except InletError as error:
+                results[position] = rejected(error)
+                continue
+            writes.append(EventWrite(record.account_id, record.key_id, event))
+            positions.append(position)
+
+        if writes:
+            try:
+                sequences = await self._store.write_events(writes)
+            except StoreUnavailable as error:
+                log.warning("store unavailable, %d events refused for retry", len(writes))
+                for position in positions:
+                    results[position] = rejected(error)
+            else:
+                for position, write, sequence in zip(positions, writes, sequences, strict=True):
+                    results[position] = events_pb2.IngestResult(
+                        outcome=_STORED if sequence is not None else _DUPLICATE,
+                        message_id=write.event.message_id,
+                        sequence=sequence or 0,
+                    )
+        done = [result for result in results if result is not None]
+        assert len(done) == len(items), "every item must have a result"
+        return done
+
+
+def _raw_json(item: events_pb2.IngestItem) -> bytes:
+    if item.WhichOneof("payload") == "event":
+        return orjson.dumps(event_to_spec(item.event))
+    return item.json

@@ -1,0 +1,103 @@
+"""Assembly and lifecycle of the gRPC core: store, servicers, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from service.auth import Authenticator
+from service.config import CoreConfig
+from service.ingest import Ingestor
+from service.servicer import AdminServicer, EventServicer
+from service.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def server_options(config: CoreConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Bridges ping every 30 s; the 5-minute default would answer them with
+        # GOAWAY "too_many_pings".
+        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # grpc sets SO_REUSEPORT by default: a second core on the same port would
+        # start "successfully" and split traffic with the first. Fail instead.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class CoreServer:
+    """A running core. `stop()` drains it: NOT_SERVING, in-flight RPCs finish, store closes."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    store: Store
+    port: int
+    config: CoreConfig
+
+    async def stop(self, grace: float | None = None) -> None:
+        # Health first, so load balancers and bridges' /readyz stop routing here;
+        # then refuse new RPCs and give in-flight ones the grace period.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        await self.store.close()
+
+
+async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServer:
+    """Open the store and start serving; return once the port is bound."""
+    store = store or open_store(config.database, durable=config.durable)
+    await store.open()
+    auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
+    ingestor = Ingestor(store, auth, config.supported_types)
+
+    server = grpc.aio.server(options=server_options(config))
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(ingestor, config), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store, auth), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (EVENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise OSError(f"cannot listen on {config.listen} for gRPC: {exc}") from None
+    await server.start()
+    for name in (EVENT_SERVICE, ADMIN_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database)
+    return CoreServer(server, health_servicer, store, port, config)
+
+
+def _with_port(listen: str, port: int) -> str:
+    host, _, _ = listen.rpartition(":")
+    return f"{host}:{port}"
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

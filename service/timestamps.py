@@ -1,0 +1,101 @@
+"""Lenient parsing of the date strings found in real Segment traffic.
+
+The Spec says ISO-8601 in UTC, but delivered events also carry `+00:00` offsets,
+microsecond and nanosecond fractions, non-zero-padded parts (`2015-2-02T00:30:08.276Z`,
+from Segment's own HTTP API docs) and Go's `time.String()` output
+(`2020-05-09 23:54:49.209808489 +0000 UTC m=+70366.298768264`, in partner delete
+requests). Numbers are taken as Unix epoch seconds, or milliseconds when large.
+Everything is normalised to integer microseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Epoch numbers above this are milliseconds (1e11 s is the year 5138).
+_MS_THRESHOLD: Final = 100_000_000_000
+
+_LENIENT: Final = re.compile(
+    r"""^\s*
+    (?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})
+    (?:[T\s]+(?P<h>\d{1,2}):(?P<mi>\d{1,2})(?::(?P<s>\d{1,2})(?:[.,](?P<frac>\d+))?)?)?
+    \s*(?P<tz>Z|[+-]\d{2}(?::?\d{2})?)?
+    (?:\s*(?:UTC|GMT))?
+    (?:\s+m=[+-][\d.]+)?      # Go's monotonic clock reading
+    \s*$""",
+    re.VERBOSE | re.IGNORECASE,
+)
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def parse_timestamp(value: object) -> int | None:
+    """Return `value` as microseconds since the epoch, or None if it is not a date.
+
+    Accepts ISO-8601 strings in the variants above and epoch numbers. Booleans,
+    objects and out-of-range dates are not dates.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return _from_epoch_number(value)
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        return to_micros(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        pass
+    return _parse_lenient(value)
+
+
+def _from_epoch_number(value: float) -> int | None:
+    seconds = value / 1000 if abs(value) >= _MS_THRESHOLD else value
+    try:
+        return to_micros(_EPOCH + timedelta(seconds=seconds))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _parse_lenient(value: str) -> int | None:
+    match = _LENIENT.match(value)
+    if match is None:
+        return None
+    part = match.groupdict()
+    frac = (part["frac"] or "0")[:6].ljust(6, "0")
+    try:
+        moment = datetime(
+            int(part["y"]),
+            int(part["mo"]),
+            int(part["d"]),
+            int(part["h"] or 0),
+            int(part["mi"] or 0),
+            int(part["s"] or 0),
+            int(frac),
+            tzinfo=UTC,
+        )
+        micros = to_micros(moment)
+    except (ValueError, OverflowError):
+        return None
+    tz = part["tz"]
+    if tz and tz.upper() != "Z":
+        digits = tz[1:].replace(":", "")
+        offset = int(digits[:2]) * 60 + int(digits[2:4] or 0)
+        micros -= (1 if tz[0] == "+" else -1) * offset * 60_000_000
+    return micros
+
+
+def format_micros(micros: int) -> str:
+    """ISO-8601 with millisecond precision and `Z`, as Segment writes dates."""
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros // 1000 % 1000:03d}Z"
