@@ -162,20 +162,20 @@ def canonicalise(
     elif user_id is None and anonymous_id is None:
         raise _missing(event_type, "`userId` or `anonymousId`")
 
+    # Every Spec field present must have its Spec type, whatever the call type.
+    group_id = _identifier(fields, "groupId")
+    previous_id = _identifier(fields, "previousId")
+    event_name = fields.get("event")
+    if event_name is not None and not isinstance(event_name, str):
+        raise _wrong_type("event", "a string", event_name)
     name = fields.get("name")
-    group_id = previous_id = None
     if event_type == "track":
-        name = fields.get("event")
-        if name is None or name == "":
+        if not event_name:
             raise _missing(event_type, "`event`")
-        if not isinstance(name, str):
-            raise _wrong_type("event", "a string", name)
-    elif event_type == "group":
-        group_id = _identifier(fields, "groupId")
-        if group_id is None:
-            raise _missing(event_type, "`groupId`")
+        name = event_name
+    elif event_type == "group" and group_id is None:
+        raise _missing(event_type, "`groupId`")
     elif event_type == "alias":
-        previous_id = _identifier(fields, "previousId")
         if previous_id is None:
             raise _missing(event_type, "`previousId`")
         if user_id is None:
@@ -237,9 +237,9 @@ def _identifier(fields: dict[str, Any], field: str) -> str | None:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong_type(field, "a string", value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # 42.0 -> "42"; beyond 2**53 floats are not exact integers
+    return repr(value)
 
 
 def _missing(event_type: str, what: str) -> InvalidEvent:

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stack import LiveStack, Stack, start_stack
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """One real core + bridge for the session, for synchronous HTTP clients."""
+    server = LiveStack(tmp_path_factory.mktemp("live"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A fresh core + bridge in the test's own loop, on an empty database."""
+    running = await start_stack(tmp_path)
+    yield running
+    await running.stop()
