@@ -14,7 +14,10 @@ by status_map.py, not raised here.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
+
+#: RFC 9110: a 401 carries a challenge naming the scheme to use.
+CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="inlet"'}
 
 
 class BridgeError(Exception):
@@ -35,8 +38,7 @@ class Unauthorized(BridgeError):
     status = 401
 
     def __init__(self, message: str, code: str = "invalid_authorization") -> None:
-        # RFC 9110: a 401 carries a challenge naming the scheme to use.
-        super().__init__(message, code, {"WWW-Authenticate": 'Basic realm="inlet"'})
+        super().__init__(message, code, dict(CHALLENGE))
 
 
 class PayloadTooLarge(BridgeError):

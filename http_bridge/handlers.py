@@ -10,7 +10,7 @@ from aiohttp import web
 from google.protobuf import timestamp_pb2
 
 from http_bridge.batcher import QueueFull
-from http_bridge.errors import Internal, Unavailable
+from http_bridge.errors import CHALLENGE, Internal, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
@@ -40,7 +40,11 @@ def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.
     status = http_status_for(result.code)
     if status == 500 or result.outcome != events_pb2.OUTCOME_REJECTED:
         return error_response(500, "internal error", "internal")
-    headers = {"Retry-After": str(retry_after_s)} if status in RETRY_LATER else None
+    headers = None
+    if status in RETRY_LATER:
+        headers = {"Retry-After": str(retry_after_s)}
+    elif status == 401:
+        headers = dict(CHALLENGE)
     return error_response(status, result.message, result.reason, headers)
 
 

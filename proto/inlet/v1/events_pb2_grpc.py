@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class EventServiceStub:
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 
@@ -51,7 +51,7 @@ class EventServiceStub:
 
 class EventServiceServicer:
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 
@@ -95,7 +95,7 @@ def add_EventServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EventService:
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 

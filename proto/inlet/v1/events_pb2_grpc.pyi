@@ -33,7 +33,7 @@ GRPC_VERSION: str
 
 class EventServiceStub:
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 
@@ -54,7 +54,7 @@ class EventServiceStub:
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 
@@ -71,7 +71,7 @@ class EventServiceAsyncStub(EventServiceStub):
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     """EventService ingests Segment Spec events. Every RPC authenticates with an
-    API key: call metadata `authorization: Bearer <key>` (or `Basic`), or, per
+    API key: call metadata `authorization: Bearer <key>`, or, per
     item, `IngestItem.api_key` (how the bridge forwards each Segment request's key).
     """
 

@@ -1,0 +1,295 @@
+"""Every row of DESIGN.md's status table, over real HTTP against a real core and store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from http_bridge.config import BridgeConfig
+from http_bridge.server import start_bridge
+from service.config import CoreConfig
+from tests.stack import Stack, basic, start_stack
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+TRACK = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "m-1"}
+
+
+async def post(
+    stack: Stack | str,
+    body: Any = None,
+    *,
+    key: str | None = "ingest",
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    url = stack if isinstance(stack, str) else stack.url + "/segment"
+    sent = {"Content-Type": "application/json", "User-Agent": "Segment.io/1.0"}
+    if key is not None and isinstance(stack, Stack):
+        sent["Authorization"] = basic(stack.keys.get(key, key))
+    sent.update(headers or {})
+    payload = data if data is not None else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=payload, headers=sent) as reply:
+            assert reply.content_type == "application/json"
+            return reply.status, await reply.json(), reply.headers
+
+
+async def stored(stack: Stack, message_id: str) -> dict[str, Any] | None:
+    payload = await stack.store.get_event_payload(stack.account_ids["acme"], message_id)
+    return None if payload is None else json.loads(payload)
+
+
+# -- 200 -----------------------------------------------------------------------------
+
+
+async def test_stored_event_answers_200_and_is_in_the_store(stack: Stack) -> None:
+    status, body, _ = await post(stack, TRACK)
+    assert (status, body) == (200, {"message": "stored", "messageId": "m-1"})
+    assert await stored(stack, "m-1") == TRACK
+
+
+async def test_redelivered_message_id_is_200_and_stored_once(stack: Stack) -> None:
+    assert (await post(stack, TRACK))[0] == 200
+    status, body, _ = await post(stack, TRACK)
+    assert status == 200 and body["duplicate"] is True
+    assert await stack.store.count_events(stack.account_ids["acme"]) == 1
+
+
+async def test_concurrent_redeliveries_store_once(stack: Stack) -> None:
+    replies = await asyncio.gather(*(post(stack, TRACK) for _ in range(20)))
+    assert {status for status, _, _ in replies} == {200}
+    assert sum(1 for _, body, _ in replies if not body.get("duplicate")) == 1
+    assert await stack.store.count_events(stack.account_ids["acme"]) == 1
+
+
+async def test_many_concurrent_events_each_get_their_own_result(stack: Stack) -> None:
+    events = [dict(TRACK, messageId=f"c-{i}") for i in range(150)]
+    events[7] = {"type": "track", "userId": "u1", "messageId": "bad"}  # no `event`
+    replies = await asyncio.gather(*(post(stack, e) for e in events))
+    assert [status for status, _, _ in replies].count(200) == 149
+    assert replies[7][0] == 400 and replies[7][1]["code"] == "missing_field"
+    assert await stack.store.count_events(stack.account_ids["acme"]) == 149
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.json")), ids=lambda p: p.stem)
+async def test_segment_samples_are_accepted(stack: Stack, sample: Path) -> None:
+    status, body, _ = await post(stack, data=sample.read_bytes())
+    assert status == 200, body
+    assert await stored(stack, body["messageId"]) == json.loads(sample.read_bytes())
+
+
+async def test_settings_header_is_stored_with_the_event(stack: Stack) -> None:
+    settings = base64.b64encode(b'{"customSettingOne": "custom setting value"}').decode()
+    status, _, _ = await post(stack, TRACK, headers={"X-Segment-Settings": settings})
+    assert status == 200
+    db = sqlite3.connect(Path(stack.store.path))  # type: ignore[attr-defined]
+    (saved,) = db.execute("SELECT settings FROM events WHERE message_id = 'm-1'").fetchone()
+    assert json.loads(saved) == {"customSettingOne": "custom setting value"}
+
+
+async def test_unusual_casing_is_understood(stack: Stack) -> None:
+    event = {"TYPE": "Alias", "Previous ID": 42, "user_id": "u9", "Message-Id": "case-1"}
+    status, body, _ = await post(stack, event)
+    assert (status, body["messageId"]) == (200, "case-1")
+    assert await stored(stack, "case-1") == event  # the customer's keys, as sent
+
+
+# -- 400 -----------------------------------------------------------------------------
+
+BAD_BODIES = [
+    (b"{not json", "invalid_json"),
+    (b"", "invalid_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"track"', "not_an_object"),
+    (b'{"type": "track", "userId": "u1"}', "missing_field"),
+    (b'{"type": "group", "userId": "u1"}', "missing_field"),
+    (b'{"type": "alias", "userId": "u1"}', "missing_field"),
+    (b'{"type": "delete", "anonymousId": "a1"}', "missing_field"),
+    (b'{"type": "identify"}', "missing_field"),
+    (b'{"userId": "u1"}', "missing_field"),
+    (b'{"type": "identify", "userId": "u1", "traits": []}', "wrong_type"),
+    (b'{"type": "track", "userId": true, "event": "x"}', "wrong_type"),
+    (b'{"type": 7, "userId": "u1"}', "wrong_type"),
+    (b'{"type": "identify", "userId": "\xff\xfe"}', "invalid_json"),  # not UTF-8
+    (b'{"type": "identify", "userId": "\\ud800"}', "invalid_json"),  # lone surrogate
+    (b"[" * 5000 + b"]" * 5000, "invalid_json"),  # nesting beyond 1024 levels
+    (b'{"type": "track", "userId": "u", "event": "x", "properties": {"n": 1e400}}', "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("data", "code"), BAD_BODIES, ids=[c + str(i) for i, (_, c) in enumerate(BAD_BODIES)])
+async def test_bad_event_is_400_with_a_reason(stack: Stack, data: bytes, code: str) -> None:
+    status, body, _ = await post(stack, data=data)
+    assert (status, body["code"]) == (400, code)
+    assert body["message"]
+    # The core is still fine afterwards.
+    assert (await post(stack, TRACK))[0] == 200
+
+
+async def test_missing_event_message_names_the_field(stack: Stack) -> None:
+    _, body, _ = await post(stack, {"type": "track", "userId": "u1"})
+    assert body == {"message": "track requires `event`", "code": "missing_field"}
+
+
+@pytest.mark.parametrize(
+    "settings", ["not base64!", base64.b64encode(b"[1]").decode(), base64.b64encode(b"{").decode()]
+)
+async def test_bad_settings_header_is_400(stack: Stack, settings: str) -> None:
+    status, body, _ = await post(stack, TRACK, headers={"X-Segment-Settings": settings})
+    assert (status, body["code"]) == (400, "invalid_settings")
+    assert await stored(stack, "m-1") is None
+
+
+# -- 401 / 403 -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "code"),
+    [
+        (None, "missing_authorization"),
+        ("Bearer abc", "invalid_authorization"),
+        ("Basic %%%", "invalid_authorization"),
+        ("Basic Og==", "missing_api_key"),  # base64(":")
+        (basic("inlet_0000000000000000_nope"), "invalid_api_key"),
+        (basic("segment"), "invalid_api_key"),
+    ],
+)
+async def test_bad_credentials_are_401(stack: Stack, authorization: str | None, code: str) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    status, body, reply_headers = await post(stack, TRACK, key=None, headers=headers)
+    assert (status, body["code"]) == (401, code)
+    assert reply_headers["WWW-Authenticate"] == 'Basic realm="inlet"'
+
+
+async def test_revoked_key_is_401(stack: Stack) -> None:
+    key = await stack.add_key("doomed")
+    await stack.store.revoke_key(key.split("_")[1])  # as `inlet keys revoke` does
+    status, body, _ = await post(stack, TRACK, key="doomed")
+    assert (status, body["code"]) == (401, "api_key_revoked")
+
+
+async def test_expired_key_is_401(stack: Stack) -> None:
+    await stack.add_key("old", expires_at_us=time.time_ns() // 1000 - 1)
+    status, body, _ = await post(stack, TRACK, key="old")
+    assert (status, body["code"]) == (401, "api_key_expired")
+
+
+async def test_key_without_ingest_scope_is_403(stack: Stack) -> None:
+    await stack.add_key("reader", scopes=("read",))
+    status, body, _ = await post(stack, TRACK, key="reader")
+    assert (status, body["code"]) == (403, "missing_scope")
+
+
+async def test_suspended_account_is_403(stack: Stack) -> None:
+    await stack.add_key("other", account="globex")
+    await stack.store.set_account_suspended("globex", True)
+    status, body, _ = await post(stack, TRACK, key="other")
+    assert (status, body["code"]) == (403, "account_suspended")
+
+
+# -- 413 / 415 / 405 / 404 -----------------------------------------------------------
+
+
+async def test_oversized_body_is_413(stack: Stack) -> None:
+    big = dict(TRACK, properties={"blob": "x" * (600 * 1024)})
+    status, body, _ = await post(stack, big)
+    assert (status, body["code"]) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_non_json_content_type_is_415(stack: Stack, content_type: str) -> None:
+    status, body, _ = await post(stack, TRACK, headers={"Content-Type": content_type})
+    assert (status, body["code"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.segment+json"])
+async def test_json_content_type_variants_are_accepted(stack: Stack, content_type: str) -> None:
+    assert (await post(stack, TRACK, headers={"Content-Type": content_type}))[0] == 200
+
+
+async def test_aiohttp_own_errors_are_json(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/segment") as reply:
+            assert reply.status == 405 and "POST" in reply.headers["Allow"]
+            assert (await reply.json())["code"] == "method_not_allowed"
+        async with session.get(stack.url + "/nowhere") as reply:
+            assert reply.status == 404 and (await reply.json())["code"] == "not_found"
+
+
+# -- 501 -----------------------------------------------------------------------------
+
+
+async def test_unknown_type_is_501(stack: Stack) -> None:
+    status, body, _ = await post(stack, {"type": "teleport", "userId": "u1"})
+    assert (status, body["code"]) == (501, "unknown_type")
+
+
+async def test_type_not_enabled_in_the_deployment_is_501(tmp_path: Path) -> None:
+    config = CoreConfig(listen="127.0.0.1:0", supported_types=("identify", "track"))
+    stack = await start_stack(tmp_path, core_config=config)
+    try:
+        status, body, _ = await post(stack, {"type": "page", "userId": "u1", "name": "Home"})
+        assert (status, body["code"]) == (501, "type_not_supported")
+        assert (await post(stack, TRACK))[0] == 200
+    finally:
+        await stack.stop()
+
+
+# -- 503 -----------------------------------------------------------------------------
+
+
+async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) -> None:
+    bridge = await start_bridge(
+        BridgeConfig(host="127.0.0.1", port=0, core_target=f"127.0.0.1:{unused_tcp_port}",
+                     core_timeout_s=1.0, request_timeout_s=2.0)  # fmt: skip
+    )
+    try:
+        url = f"http://127.0.0.1:{bridge.port}"
+        started = time.monotonic()
+        status, body, headers = await post(
+            url + "/segment", TRACK, headers={"Authorization": basic("inlet_x_y")}
+        )
+        assert (status, body["code"]) == (503, "core_unavailable")
+        assert int(headers["Retry-After"]) > 0
+        assert time.monotonic() - started < 3  # within the deadline, no hang
+        async with aiohttp.ClientSession() as session, session.get(url + "/readyz") as reply:
+            assert reply.status == 503 and "Retry-After" in reply.headers
+    finally:
+        await bridge.stop()
+
+
+async def test_locked_database_is_503_and_nothing_is_half_written(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, busy_timeout_ms=200)
+    try:
+        blocker = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        status, body, headers = await post(stack, TRACK)
+        assert (status, body["code"]) == (503, "store_unavailable")
+        assert "Retry-After" in headers
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await stored(stack, "m-1") is None
+        # Segment's retry then succeeds, with no restart.
+        assert (await post(stack, TRACK))[0] == 200
+        assert await stored(stack, "m-1") == TRACK
+    finally:
+        await stack.stop()
+
+
+# -- health ------------------------------------------------------------------------
+
+
+async def test_health_routes(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/healthz") as reply:
+            assert (reply.status, await reply.json()) == (200, {"status": "ok"})
+        async with session.get(stack.url + "/readyz") as reply:
+            assert (reply.status, await reply.json()) == (200, {"status": "ready"})

@@ -1,0 +1,204 @@
+"""The core's gRPC surface, called the way internal services call it."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from tests.stack import Stack
+
+TRACK_JSON = b'{"type":"track","userId":"u1","event":"Signed Up","messageId":"g-1"}'
+
+
+def bearer(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
+
+
+@pytest.fixture
+async def channel(stack: Stack) -> grpc.aio.Channel:
+    async with grpc.aio.insecure_channel(stack.core_target) as channel:
+        yield channel
+
+
+async def test_ingest_json_with_call_credentials(stack: Stack, channel: grpc.aio.Channel) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    result = await stub.Ingest(
+        events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    assert result.outcome == events_pb2.OUTCOME_STORED and result.sequence > 0
+    again = await stub.Ingest(
+        events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    assert again.outcome == events_pb2.OUTCOME_DUPLICATE and again.message_id == "g-1"
+
+
+async def test_ingest_typed_event_gets_the_same_validation(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    traits = json_format.ParseDict({"email": "a@example.com"}, struct_pb2.Struct())
+    event = events_pb2.Event(
+        message_id="typed-1", user_id="u2", identify=events_pb2.Identify(traits=traits)
+    )
+    result = await stub.Ingest(
+        events_pb2.IngestItem(event=event), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    assert result.outcome == events_pb2.OUTCOME_STORED
+    payload = await stack.store.get_event_payload(stack.account_ids["acme"], "typed-1")
+    assert payload is not None and b'"email":"a@example.com"' in payload
+
+    no_event_name = events_pb2.Event(message_id="typed-2", user_id="u2", track=events_pb2.Track())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(
+            events_pb2.IngestItem(event=no_event_name), metadata=bearer(stack.keys["ingest"])
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "track requires `event`"
+    assert reason_of(caught.value) == "missing_field"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code", "reason"),
+    [
+        ([], grpc.StatusCode.UNAUTHENTICATED, "missing_api_key"),
+        (bearer("inlet_0123456789abcdef_wrong"), grpc.StatusCode.UNAUTHENTICATED, "invalid_api_key"),
+    ],
+)
+async def test_ingest_refuses_bad_keys_with_a_reason(
+    channel: grpc.aio.Channel, metadata: list[tuple[str, str]], code: grpc.StatusCode, reason: str
+) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(events_pb2.IngestItem(json=TRACK_JSON), metadata=metadata, timeout=5)
+    assert caught.value.code() == code
+    assert reason_of(caught.value) == reason
+
+
+async def test_ingest_batch_judges_each_item(stack: Stack, channel: grpc.aio.Channel) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    items = [
+        events_pb2.IngestItem(json=TRACK_JSON),
+        events_pb2.IngestItem(json=b'{"type":"track","userId":"u1"}'),
+        events_pb2.IngestItem(json=TRACK_JSON),  # same messageId in the same batch
+        events_pb2.IngestItem(json=b'{"type":"fly","userId":"u1"}'),
+        events_pb2.IngestItem(json=TRACK_JSON, api_key="inlet_0123456789abcdef_wrong"),
+        events_pb2.IngestItem(json=b'{"type":"page","userId":"u1","messageId":"g-2"}',
+                              settings_json=b"[]"),  # fmt: skip
+    ]
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    got = [(r.outcome, grpc.StatusCode.OK if r.code == 0 else r.code, r.reason) for r in reply.results]
+    assert got == [
+        (events_pb2.OUTCOME_STORED, grpc.StatusCode.OK, ""),
+        (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.INVALID_ARGUMENT.value[0], "missing_field"),
+        (events_pb2.OUTCOME_DUPLICATE, grpc.StatusCode.OK, ""),
+        (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.UNIMPLEMENTED.value[0], "unknown_type"),
+        (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.UNAUTHENTICATED.value[0], "invalid_api_key"),
+        (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.INVALID_ARGUMENT.value[0], "invalid_settings"),
+    ]
+    assert await stack.store.count_events(stack.account_ids["acme"]) == 1
+
+
+async def test_ingest_batch_refuses_oversized_batches(stack: Stack, channel: grpc.aio.Channel) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    too_many = [events_pb2.IngestItem(json=TRACK_JSON)] * (stack.core.config.max_batch_items + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.IngestBatch(
+            events_pb2.IngestBatchRequest(items=too_many), metadata=bearer(stack.keys["ingest"])
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "batch_too_large"
+
+
+async def test_admin_creates_lists_and_revokes_keys(stack: Stack, channel: grpc.aio.Channel) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    events = events_pb2_grpc.EventServiceStub(channel)
+    created = await admin.CreateKey(
+        admin_pb2.CreateKeyRequest(scopes=["ingest"], label="segment-prod"),
+        metadata=bearer(stack.keys["admin"]),
+    )
+    assert created.api_key.startswith(f"inlet_{created.key.key_id}_")
+    assert created.key.account == "acme" and list(created.key.scopes) == ["ingest"]
+
+    listed = await admin.ListKeys(admin_pb2.ListKeysRequest(), metadata=bearer(stack.keys["admin"]))
+    assert created.key.key_id in {k.key_id for k in listed.keys}
+    assert all(not k.HasField("revoked_at") for k in listed.keys)
+
+    await events.Ingest(events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(created.api_key))
+    revoked = await admin.RevokeKey(
+        admin_pb2.RevokeKeyRequest(key_id=created.key.key_id), metadata=bearer(stack.keys["admin"])
+    )
+    assert revoked.key.HasField("revoked_at")
+    # Effective at once, although the key was cached a moment ago.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await events.Ingest(events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(created.api_key))
+    assert reason_of(caught.value) == "api_key_revoked"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.RevokeKey(
+            admin_pb2.RevokeKeyRequest(key_id="ffffffffffffffff"), metadata=bearer(stack.keys["admin"])
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_admin_needs_the_admin_scope_and_stays_in_its_account(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.ListKeys(admin_pb2.ListKeysRequest(), metadata=bearer(stack.keys["ingest"]))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    other = await stack.add_key("other-admin", account="globex", scopes=("admin",))
+    listed = await admin.ListKeys(admin_pb2.ListKeysRequest(), metadata=bearer(other))
+    assert {k.account for k in listed.keys} == {"globex"}
+    acme_key_id = stack.keys["ingest"].split("_")[1]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=acme_key_id), metadata=bearer(other))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_admin_rejects_unknown_scopes(stack: Stack, channel: grpc.aio.Channel) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.CreateKey(
+            admin_pb2.CreateKeyRequest(scopes=["root"]), metadata=bearer(stack.keys["admin"])
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_health_and_reflection(stack: Stack, channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inlet.v1.EventService", "inlet.v1.AdminService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for reply in stub.ServerReflectionInfo(iter([request])):
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"inlet.v1.EventService", "inlet.v1.AdminService", "grpc.health.v1.Health"} <= names
+        break
+
+
+async def test_graceful_shutdown_goes_not_serving_then_stops(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.core_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        await stack.core.health.enter_graceful_shutdown()
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="inlet.v1.EventService"))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING

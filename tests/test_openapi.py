@@ -1,0 +1,52 @@
+"""openapi.yaml is the truth: every status the bridge can send is documented."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from http_bridge import errors
+from http_bridge.status_map import GRPC_TO_HTTP
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+
+
+def documented(path: str, method: str) -> set[int]:
+    return {int(status) for status in SPEC["paths"][path][method]["responses"]}
+
+
+def bridge_statuses() -> set[int]:
+    from_core = set(GRPC_TO_HTTP.values())
+    from_bridge = {
+        cls.status
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.BridgeError) and cls is not errors.BridgeError
+    }
+    # aiohttp itself answers 413 while reading an oversized body (re-rendered as JSON).
+    return from_core | from_bridge | {413}
+
+
+def test_every_status_the_webhook_can_send_is_documented() -> None:
+    assert bridge_statuses() <= documented("/segment", "post")
+
+
+def test_nothing_is_documented_that_cannot_happen() -> None:
+    assert documented("/segment", "post") <= bridge_statuses()
+
+
+def test_error_responses_share_the_error_schema() -> None:
+    for status, response in SPEC["paths"]["/segment"]["post"]["responses"].items():
+        schema = response["content"]["application/json"]["schema"]["$ref"]
+        expected = "Accepted" if status == "200" else "Error"
+        assert schema == f"#/components/schemas/{expected}", status
+    assert SPEC["components"]["schemas"]["Error"]["required"] == ["message", "code"]
+
+
+def test_retry_later_statuses_document_retry_after() -> None:
+    responses = SPEC["paths"]["/segment"]["post"]["responses"]
+    for status in ("429", "503"):
+        assert "Retry-After" in responses[status]["headers"]
+    assert "WWW-Authenticate" in responses["401"]["headers"]
