@@ -102,7 +102,7 @@ class Batcher(Generic[Item, Result]):
             results = await self._send([item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} items")
-        except Exception as exc:  # every request of the batch gets the failure
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

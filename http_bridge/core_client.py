@@ -12,11 +12,11 @@ from typing import Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inlet.v1 import events_pb2, events_pb2_grpc
 
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import Internal, Unavailable
 from http_bridge.status_map import http_status_for
-from inlet.v1 import events_pb2, events_pb2_grpc
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 
@@ -90,7 +90,7 @@ class CoreClient:
     async def ready(self) -> bool:
         """True when the core answers its health check with SERVING for EventService."""
         try:
-            reply = await self._health.Check(
+            reply = await self._health.Check(  # type: ignore[attr-defined]  # stubs lack aio
                 health_pb2.HealthCheckRequest(service=EVENT_SERVICE), timeout=1.0
             )
         except grpc.aio.AioRpcError:

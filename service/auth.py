@@ -9,7 +9,7 @@ AdminService takes effect at once (`invalidate`); one made by another process
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 from service import keys
 from service.errors import PermissionDenied, Unauthenticated
@@ -18,7 +18,7 @@ from service.store import KeyRecord, Store
 _MAX_CACHED = 10_000
 
 
-def bearer_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+def bearer_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The API key from gRPC call metadata `authorization: Bearer <key>`, if any."""
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):

@@ -10,7 +10,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 
 from http_bridge.config import BridgeConfig
 from http_bridge.server import start_bridge
@@ -30,14 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service (default: core and bridge together)")
     serve.add_argument("part", nargs="?", choices=("all", "core", "bridge"), default="all")
     serve.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
-    serve.add_argument("--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)")
+    serve.add_argument(
+        "--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)"
+    )
     serve.add_argument("--core", help="core address for `serve bridge` (env INLET_CORE)")
     serve.add_argument("--host", help="bridge host (env INLET_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="bridge port (env INLET_PORT, default 8080)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (env INLET_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key (env INLET_TLS_KEY)")
-    serve.add_argument("--max-body-bytes", type=int, help="request body limit (env INLET_MAX_BODY_BYTES)")
-    serve.add_argument("--types", help="accepted call types, comma-separated (env INLET_SUPPORTED_TYPES)")
+    serve.add_argument(
+        "--max-body-bytes", type=int, help="request body limit (env INLET_MAX_BODY_BYTES)"
+    )
+    serve.add_argument(
+        "--types", help="accepted call types, comma-separated (env INLET_SUPPORTED_TYPES)"
+    )
     serve.add_argument("--no-fsync", action="store_true", help="synchronous=NORMAL: faster, "
                        "but a power cut may lose acknowledged events")  # fmt: skip
 
@@ -79,8 +84,8 @@ def _run(main: object) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.run(main)  # type: ignore[arg-type, no-any-return]
-    return uvloop.run(main)  # type: ignore[arg-type, no-any-return]
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type]
 
 
 def core_config(args: argparse.Namespace) -> CoreConfig:
@@ -168,10 +173,10 @@ async def _keys(args: argparse.Namespace) -> int:
         elif args.action == "list":
             account_id = None
             if args.account:
-                account = await store.get_account(args.account)
-                if account is None:
+                found = await store.get_account(args.account)
+                if found is None:
                     raise StoreError(f"no account named {args.account!r}")
-                account_id = account.id
+                account_id = found.id
             print(f"{'KEY ID':<18} {'ACCOUNT':<20} {'SCOPES':<18} {'CREATED':<25} "
                   f"{'EXPIRES':<25} {'REVOKED':<25} LABEL")  # fmt: skip
             for r in await store.list_keys(account_id, include_revoked=args.all):
@@ -179,10 +184,10 @@ async def _keys(args: argparse.Namespace) -> int:
                       f"{_when(r.created_at_us):<25} {_when(r.expires_at_us):<25} "
                       f"{_when(r.revoked_at_us):<25} {r.label}")  # fmt: skip
         elif args.action == "revoke":
-            record = await store.revoke_key(args.key_id)
-            if record is None:
+            revoked = await store.revoke_key(args.key_id)
+            if revoked is None:
                 raise StoreError(f"no key with id {args.key_id!r}")
-            print(f"revoked key {record.key_id} of account {record.account_name!r} "
+            print(f"revoked key {revoked.key_id} of account {revoked.account_name!r} "
                   "(running servers notice within seconds)")  # fmt: skip
         return 0
     finally:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-
 from inlet.v1 import events_pb2
+
 from service.timestamps import format_micros
 
 _CALL_FIELDS = {
@@ -31,7 +31,7 @@ _COMMON_DATES = {"timestamp": "timestamp", "sent_at": "sentAt", "received_at": "
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)  # type: ignore[no-any-return]
+    return json_format.MessageToDict(value)
 
 
 def _date(value: timestamp_pb2.Timestamp) -> str:
@@ -63,7 +63,7 @@ def event_to_spec(event: events_pb2.Event) -> dict[str, Any]:
         if value := getattr(event, proto_field):
             spec[key] = value
     for proto_field, key in _COMMON_DATES.items():
-        if event.HasField(proto_field):
+        if event.HasField(proto_field):  # type: ignore[arg-type]  # names from the table
             spec[key] = _date(getattr(event, proto_field))
     for name in ("context", "integrations"):
         if event.HasField(name):

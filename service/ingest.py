@@ -12,8 +12,8 @@ import time
 from collections.abc import Collection, Sequence
 
 import orjson
-
 from inlet.v1 import events_pb2
+
 from service.auth import Authenticator
 from service.convert import event_to_spec
 from service.errors import InletError, StoreUnavailable
@@ -72,7 +72,9 @@ class Ingestor:
                 event = canonicalise(
                     _raw_json(item),
                     received_at_us=(
-                        item.received_at.ToMicroseconds() if item.HasField("received_at") else now_us
+                        item.received_at.ToMicroseconds()
+                        if item.HasField("received_at")
+                        else now_us
                     ),
                     settings=item.settings_json,
                     supported_types=self._supported_types,

@@ -18,6 +18,7 @@ from typing import Final
 PREFIX: Final = "inlet"
 SCOPES: Final = ("ingest", "read", "admin")
 _KEY_ID_HEX: Final = 16
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ def split_key(api_key: str) -> tuple[str, str] | None:
     prefix, _, rest = api_key.partition("_")
     key_id, _, secret = rest.partition("_")
     if prefix != PREFIX or len(key_id) != _KEY_ID_HEX or not secret:
+        return None
+    if not all(c in _HEX_DIGITS for c in key_id):
         return None
     return key_id, secret
 

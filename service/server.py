@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+
 from service.auth import Authenticator
 from service.config import CoreConfig
 from service.ingest import Ingestor
@@ -81,7 +81,9 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     await server.start()
     for name in (EVENT_SERVICE, ADMIN_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database)
+    log.info(
+        "core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database
+    )
     return CoreServer(server, health_servicer, store, port, config)
 
 

@@ -16,8 +16,8 @@ import grpc
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+
 from service import keys
 from service.auth import Authenticator, bearer_key
 from service.config import CoreConfig
@@ -48,7 +48,9 @@ def rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Map InletError to its status; turn anything else into a logged INTERNAL."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
         try:
             return await method(self, request, context)
         except InletError as error:
@@ -72,7 +74,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def Ingest(
         self, request: events_pb2.IngestItem, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.IngestResult:
-        (result,) = await self._ingestor.ingest([request], bearer_key(context.invocation_metadata()))
+        (result,) = await self._ingestor.ingest(
+            [request], bearer_key(context.invocation_metadata())
+        )
         if result.outcome == events_pb2.OUTCOME_REJECTED:
             await abort(context, result.code, result.message, result.reason)
         return result

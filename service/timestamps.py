@@ -30,6 +30,17 @@ _LENIENT: Final = re.compile(
 )
 
 
+_MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
+    microseconds=1
+)
+
+
+def _in_range(micros: int) -> int | None:
+    """`micros` if it is a date Python can represent in UTC (years 1-9999), else None."""
+    return micros if _MIN_US <= micros <= _MAX_US else None
+
+
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch; naive datetimes are taken as UTC."""
     if moment.tzinfo is None:
@@ -54,16 +65,17 @@ def parse_timestamp(value: object) -> int | None:
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
     try:
-        return to_micros(datetime.fromisoformat(value))
+        return _in_range(to_micros(datetime.fromisoformat(value)))
     except (ValueError, OverflowError):
         pass
-    return _parse_lenient(value)
+    micros = _parse_lenient(value)
+    return None if micros is None else _in_range(micros)
 
 
 def _from_epoch_number(value: float) -> int | None:
     seconds = value / 1000 if abs(value) >= _MS_THRESHOLD else value
     try:
-        return to_micros(_EPOCH + timedelta(seconds=seconds))
+        return _in_range(to_micros(_EPOCH + timedelta(seconds=seconds)))
     except (OverflowError, ValueError):
         return None
 
@@ -91,11 +103,19 @@ def _parse_lenient(value: str) -> int | None:
     tz = part["tz"]
     if tz and tz.upper() != "Z":
         digits = tz[1:].replace(":", "")
-        offset = int(digits[:2]) * 60 + int(digits[2:4] or 0)
+        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+        if hours >= 24 or minutes >= 60:  # as Python's own parser: |offset| < 24 h
+            return None
+        offset = hours * 60 + minutes
         micros -= (1 if tz[0] == "+" else -1) * offset * 60_000_000
     return micros
 
 
 def format_micros(micros: int) -> str:
     """ISO-8601 with millisecond precision and `Z`, as Segment writes dates."""
-    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros // 1000 % 1000:03d}Z"
+    moment = from_micros(micros)
+    # Not strftime: glibc's %Y does not zero-pad years below 1000.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )

@@ -150,7 +150,9 @@ def canonicalise(
     timestamps: dict[str, int | None] = {}
     for field in _DATE_FIELDS:
         value = fields.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, str | int | float)
+        ):
             raise _wrong_type(field, "a date string", value)
         timestamps[field] = parse_timestamp(value)
 
@@ -199,7 +201,7 @@ def canonicalise(
         name=name,
         group_id=group_id,
         previous_id=previous_id,
-        timestamp_us=timestamps["timestamp"] or received_at_us,
+        timestamp_us=received_at_us if timestamps["timestamp"] is None else timestamps["timestamp"],
         received_at_us=received_at_us,
         raw=raw,
         settings=settings or None,

@@ -12,7 +12,7 @@ from pathlib import Path
 from service.store.base import Account, EventWrite, KeyRecord, Store, StoreError
 from service.store.sqlite import SqliteStore
 
-__all__ = ["Account", "EventWrite", "KeyRecord", "Store", "StoreError", "SqliteStore", "open_store"]
+__all__ = ["Account", "EventWrite", "KeyRecord", "SqliteStore", "Store", "StoreError", "open_store"]
 
 
 def open_store(database: str, *, durable: bool = True) -> Store:

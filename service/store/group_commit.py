@@ -60,7 +60,7 @@ class GroupCommitter(Generic[T, R]):
             flat = [item for items, _ in group for item in items]
             try:
                 results = await loop.run_in_executor(self._executor, self._commit, flat)
-            except Exception as exc:  # every waiter of this group sees the failure
+            except Exception as exc:  # noqa: BLE001 - every waiter of this group sees it
                 for _, future in group:
                     if not future.done():
                         future.set_exception(exc)

@@ -282,7 +282,15 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
                 "created_at_us, expires_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key_id, account_id, secret_hash, ",".join(scopes), label, _now_us(), expires_at_us),
+                (
+                    key_id,
+                    account_id,
+                    secret_hash,
+                    ",".join(scopes),
+                    label,
+                    _now_us(),
+                    expires_at_us,
+                ),
             )
             return self._select_key(conn, key_id)
 
