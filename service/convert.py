@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from inlet.v1 import events_pb2
 
+from service.errors import InvalidEvent
 from service.timestamps import format_micros
 
 _CALL_FIELDS = {
@@ -43,7 +44,18 @@ def event_to_spec(event: events_pb2.Event) -> dict[str, Any]:
 
     A typed event without a call (`oneof call` unset) gets no `type`, which
     validation then rejects with a clear message.
+
+    Raises:
+        InvalidEvent: a value JSON cannot carry (NaN or infinite numbers in a Struct)
+            or a Timestamp outside years 1-9999.
     """
+    try:
+        return _event_to_spec(event)
+    except ValueError as exc:  # protobuf's own checks; its messages name the bad value
+        raise InvalidEvent(f"the typed event cannot be converted: {exc}", "wrong_type") from None
+
+
+def _event_to_spec(event: events_pb2.Event) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if event.HasField("extra"):
         spec.update(_struct(event.extra))

@@ -213,7 +213,7 @@ def _event_type(fields: dict[str, Any], supported: Collection[str]) -> str:
     value = fields.get("type")
     if value is None:
         value = fields.get("action")  # Segment's e-commerce V1 examples use `action`
-    if value is None:
+    if value is None or value == "":
         raise InvalidEvent("the event has no `type`", "missing_field")
     if not isinstance(value, str):
         raise _wrong_type("type", "a string", value)

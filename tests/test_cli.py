@@ -62,7 +62,9 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
 
 
 def test_keys_bad_input_is_a_clear_error(tmp_path: Path) -> None:
-    bad_scope = inlet("keys", "create", "--account", "a", "--scope", "root", cwd=tmp_path, check=False)
+    bad_scope = inlet(
+        "keys", "create", "--account", "a", "--scope", "root", cwd=tmp_path, check=False
+    )
     assert bad_scope.returncode == 2 and "unknown scope root" in bad_scope.stderr
     missing = inlet("keys", "revoke", "0000000000000000", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "no key" in missing.stderr
@@ -100,7 +102,10 @@ def test_serve_stores_events_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         status, body = post(url, key, identify)
         assert status == 200 and body["message"] == "stored"
         # No messageId: a digest of the body stands in, so a redelivery dedupes.
-        assert post(url, key, identify) == (200, dict(body, message="already stored", duplicate=True))
+        assert post(url, key, identify) == (
+            200,
+            dict(body, message="already stored", duplicate=True),
+        )
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     finally:

@@ -115,6 +115,7 @@ BAD_BODIES = [
     (b'{"type": "delete", "anonymousId": "a1"}', "missing_field"),
     (b'{"type": "identify"}', "missing_field"),
     (b'{"userId": "u1"}', "missing_field"),
+    (b'{"type": "", "userId": "u1"}', "missing_field"),
     (b'{"type": "identify", "userId": "u1", "traits": []}', "wrong_type"),
     (b'{"type": "track", "userId": true, "event": "x"}', "wrong_type"),
     (b'{"type": 7, "userId": "u1"}', "wrong_type"),
@@ -125,7 +126,9 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.parametrize(("data", "code"), BAD_BODIES, ids=[c + str(i) for i, (_, c) in enumerate(BAD_BODIES)])
+@pytest.mark.parametrize(
+    ("data", "code"), BAD_BODIES, ids=[c + str(i) for i, (_, c) in enumerate(BAD_BODIES)]
+)
 async def test_bad_event_is_400_with_a_reason(stack: Stack, data: bytes, code: str) -> None:
     status, body, _ = await post(stack, data=data)
     assert (status, body["code"]) == (400, code)
@@ -210,7 +213,9 @@ async def test_non_json_content_type_is_415(stack: Stack, content_type: str) -> 
     assert (status, body["code"]) == (415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.segment+json"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/vnd.segment+json"]
+)
 async def test_json_content_type_variants_are_accepted(stack: Stack, content_type: str) -> None:
     assert (await post(stack, TRACK, headers={"Content-Type": content_type}))[0] == 200
 
@@ -248,8 +253,13 @@ async def test_type_not_enabled_in_the_deployment_is_501(tmp_path: Path) -> None
 
 async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) -> None:
     bridge = await start_bridge(
-        BridgeConfig(host="127.0.0.1", port=0, core_target=f"127.0.0.1:{unused_tcp_port}",
-                     core_timeout_s=1.0, request_timeout_s=2.0)  # fmt: skip
+        BridgeConfig(
+            host="127.0.0.1",
+            port=0,
+            core_target=f"127.0.0.1:{unused_tcp_port}",
+            core_timeout_s=1.0,
+            request_timeout_s=2.0,
+        )  # fmt: skip
     )
     try:
         url = f"http://127.0.0.1:{bridge.port}"

@@ -75,7 +75,11 @@ async def test_ingest_typed_event_gets_the_same_validation(
     ("metadata", "code", "reason"),
     [
         ([], grpc.StatusCode.UNAUTHENTICATED, "missing_api_key"),
-        (bearer("inlet_0123456789abcdef_wrong"), grpc.StatusCode.UNAUTHENTICATED, "invalid_api_key"),
+        (
+            bearer("inlet_0123456789abcdef_wrong"),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "invalid_api_key",
+        ),
     ],
 )
 async def test_ingest_refuses_bad_keys_with_a_reason(
@@ -96,25 +100,54 @@ async def test_ingest_batch_judges_each_item(stack: Stack, channel: grpc.aio.Cha
         events_pb2.IngestItem(json=TRACK_JSON),  # same messageId in the same batch
         events_pb2.IngestItem(json=b'{"type":"fly","userId":"u1"}'),
         events_pb2.IngestItem(json=TRACK_JSON, api_key="inlet_0123456789abcdef_wrong"),
-        events_pb2.IngestItem(json=b'{"type":"page","userId":"u1","messageId":"g-2"}',
-                              settings_json=b"[]"),  # fmt: skip
+        events_pb2.IngestItem(
+            json=b'{"type":"page","userId":"u1","messageId":"g-2"}', settings_json=b"[]"
+        ),  # fmt: skip
     ]
     reply = await stub.IngestBatch(
         events_pb2.IngestBatchRequest(items=items), metadata=bearer(stack.keys["ingest"]), timeout=5
     )
-    got = [(r.outcome, grpc.StatusCode.OK if r.code == 0 else r.code, r.reason) for r in reply.results]
+    got = [
+        (r.outcome, grpc.StatusCode.OK if r.code == 0 else r.code, r.reason) for r in reply.results
+    ]
     assert got == [
         (events_pb2.OUTCOME_STORED, grpc.StatusCode.OK, ""),
         (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.INVALID_ARGUMENT.value[0], "missing_field"),
         (events_pb2.OUTCOME_DUPLICATE, grpc.StatusCode.OK, ""),
         (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.UNIMPLEMENTED.value[0], "unknown_type"),
         (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.UNAUTHENTICATED.value[0], "invalid_api_key"),
-        (events_pb2.OUTCOME_REJECTED, grpc.StatusCode.INVALID_ARGUMENT.value[0], "invalid_settings"),
+        (
+            events_pb2.OUTCOME_REJECTED,
+            grpc.StatusCode.INVALID_ARGUMENT.value[0],
+            "invalid_settings",
+        ),
     ]
     assert await stack.store.count_events(stack.account_ids["acme"]) == 1
 
 
-async def test_ingest_batch_refuses_oversized_batches(stack: Stack, channel: grpc.aio.Channel) -> None:
+async def test_an_unconvertible_typed_event_is_rejected_alone(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    nan = json_format.ParseDict({}, struct_pb2.Struct())
+    nan["score"] = float("nan")
+    bad = events_pb2.Event(
+        message_id="t-bad", user_id="u", identify=events_pb2.Identify(traits=nan)
+    )
+    items = [events_pb2.IngestItem(event=bad), events_pb2.IngestItem(json=TRACK_JSON)]
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    assert [r.outcome for r in reply.results] == [
+        events_pb2.OUTCOME_REJECTED,
+        events_pb2.OUTCOME_STORED,
+    ]
+    assert reply.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_ingest_batch_refuses_oversized_batches(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
     stub = events_pb2_grpc.EventServiceStub(channel)
     too_many = [events_pb2.IngestItem(json=TRACK_JSON)] * (stack.core.config.max_batch_items + 1)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -125,7 +158,9 @@ async def test_ingest_batch_refuses_oversized_batches(stack: Stack, channel: grp
     assert reason_of(caught.value) == "batch_too_large"
 
 
-async def test_admin_creates_lists_and_revokes_keys(stack: Stack, channel: grpc.aio.Channel) -> None:
+async def test_admin_creates_lists_and_revokes_keys(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(channel)
     events = events_pb2_grpc.EventServiceStub(channel)
     created = await admin.CreateKey(
@@ -146,12 +181,15 @@ async def test_admin_creates_lists_and_revokes_keys(stack: Stack, channel: grpc.
     assert revoked.key.HasField("revoked_at")
     # Effective at once, although the key was cached a moment ago.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await events.Ingest(events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(created.api_key))
+        await events.Ingest(
+            events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(created.api_key)
+        )
     assert reason_of(caught.value) == "api_key_revoked"
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.RevokeKey(
-            admin_pb2.RevokeKeyRequest(key_id="ffffffffffffffff"), metadata=bearer(stack.keys["admin"])
+            admin_pb2.RevokeKeyRequest(key_id="ffffffffffffffff"),
+            metadata=bearer(stack.keys["admin"]),
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -169,7 +207,9 @@ async def test_admin_needs_the_admin_scope_and_stays_in_its_account(
     assert {k.account for k in listed.keys} == {"globex"}
     acme_key_id = stack.keys["ingest"].split("_")[1]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=acme_key_id), metadata=bearer(other))
+        await admin.RevokeKey(
+            admin_pb2.RevokeKeyRequest(key_id=acme_key_id), metadata=bearer(other)
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -1,0 +1,108 @@
+"""Realistic Segment events for load: all seven types, ~30 % track with product arrays.
+
+Each template has the placeholder `__MID__` where the messageId goes, so load
+generators (the wrk Lua script, the Python client) only splice in a string.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Final
+
+import orjson
+
+PLACEHOLDER: Final = "__MID__"
+
+_CONTEXT = {
+    "ip": "67.160.210.48",
+    "library": {"name": "analytics.js", "version": "3.8.2"},
+    "page": {"path": "/checkout", "referrer": "https://example.com/cart", "title": "Checkout",
+             "url": "https://example.com/checkout"},  # fmt: skip
+    "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_5) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/75.0.3770.100 Safari/537.36",
+    "locale": "en-US",
+    "timezone": "Europe/Amsterdam",
+}
+
+
+def _common(kind: str, n: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "messageId": PLACEHOLDER,
+        "userId": f"user-{n % 997}",
+        "anonymousId": f"3d316d2c-26e8-451f-91be-{n:012d}",
+        "timestamp": "2026-11-26T08:19:18.595Z",
+        "sentAt": "2026-11-26T08:19:18.601Z",
+        "receivedAt": "2026-11-26T08:19:19.012Z",
+        "channel": "client",
+        "context": _CONTEXT,
+        "integrations": {},
+        "version": 2,
+    }
+
+
+def _products(n: int) -> list[dict[str, Any]]:
+    return [
+        {"product_id": f"sku-{n}-{i}", "sku": f"45790-{i}", "name": f"Monopoly edition {i}",
+         "price": 19.99 + i, "quantity": 1 + i % 3, "category": "Games",
+         "url": f"https://example.com/p/{i}", "image_url": f"https://example.com/p/{i}.jpg"}
+        for i in range(1 + n % 3)
+    ]  # fmt: skip
+
+
+def templates() -> list[bytes]:
+    """20 event bodies in the mix the benchmark sends (6 of them track)."""
+    out: list[dict[str, Any]] = []
+    for n in range(6):
+        event = _common("track", n)
+        event.update(event="Order Completed", properties={
+            "order_id": f"50314b8e9bcf00000000000{n}", "total": 27.5, "revenue": 25.0,
+            "currency": "USD", "products": _products(n)})  # fmt: skip
+        out.append(event)
+    for n in range(4):
+        event = _common("identify", n)
+        event["traits"] = {"email": f"user{n}@example.com", "firstName": "Peter", "plan": "pro"}
+        out.append(event)
+    for n in range(4):
+        event = _common("page", n)
+        event.update(name="Checkout", properties={"path": "/checkout", "title": "Checkout"})
+        out.append(event)
+    for n in range(2):
+        event = _common("screen", n)
+        event.update(name="Home", properties={"Feed Type": "private"})
+        out.append(event)
+    for n in range(2):
+        event = _common("group", n)
+        event.update(groupId=f"group-{n}", traits={"name": "Initech", "employees": 329})
+        out.append(event)
+    alias = _common("alias", 0)
+    alias["previousId"] = "39239-239239-239239-23923"
+    out.append(alias)
+    delete = {"type": "delete", "messageId": PLACEHOLDER, "userId": "user-gone",
+              "context": None, "integrations": None}  # fmt: skip
+    out.append(delete)
+    return [orjson.dumps(event) for event in out]
+
+
+class EventSource:
+    """Bodies with unique messageIds, plus `redeliver` of them re-sent (Segment retries)."""
+
+    def __init__(self, prefix: str, redeliver: float = 0.03, seed: int = 1) -> None:
+        self._templates = templates()
+        self._prefix = prefix
+        self._redeliver = redeliver
+        self._random = random.Random(seed)
+        self._count = 0
+        self._recent: list[bytes] = []
+
+    def next(self) -> bytes:
+        if self._recent and self._random.random() < self._redeliver:
+            return self._random.choice(self._recent)
+        self._count += 1
+        template = self._templates[self._count % len(self._templates)]
+        body = template.replace(PLACEHOLDER.encode(), f"{self._prefix}-{self._count}".encode())
+        if len(self._recent) < 1000:
+            self._recent.append(body)
+        else:
+            self._recent[self._count % 1000] = body
+        return body

@@ -1,0 +1,73 @@
+"""Drive the core's IngestBatch directly (no HTTP): batches of track events, K in flight.
+
+    python bench/grpc_load.py TARGET KEY SECONDS [BATCH] [INFLIGHT]
+
+Prints one JSON line: events sent, stored, duplicates, rejected, seconds, events/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+
+import grpc
+import orjson
+
+from inlet.v1 import events_pb2, events_pb2_grpc
+
+TRACK = orjson.dumps({
+    "type": "track", "messageId": "__MID__", "userId": "user-1", "event": "Order Completed",
+    "timestamp": "2026-11-26T08:19:18.595Z", "context": {"library": {"name": "bench"}},
+    "properties": {"order_id": "50314b8e9bcf000000000000", "revenue": 25.0, "currency": "USD",
+                   "products": [{"product_id": "507f1f77bcf86cd799439011", "price": 19.0}]},
+})  # fmt: skip
+
+
+async def main(target: str, key: str, seconds: float, batch: int, inflight: int) -> None:
+    prefix = uuid.uuid4().hex[:8]
+    counter = 0
+    totals = {"sent": 0, "stored": 0, "duplicate": 0, "rejected": 0}
+    metadata = [("authorization", f"Bearer {key}")]
+
+    def request() -> events_pb2.IngestBatchRequest:
+        nonlocal counter
+        items = []
+        for _ in range(batch):
+            counter += 1
+            body = TRACK.replace(b"__MID__", f"{prefix}-{counter}".encode())
+            items.append(events_pb2.IngestItem(json=body))
+        return events_pb2.IngestBatchRequest(items=items)
+
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                reply = await stub.IngestBatch(request(), metadata=metadata, timeout=30)
+                totals["sent"] += batch
+                for result in reply.results:
+                    if result.outcome == events_pb2.OUTCOME_STORED:
+                        totals["stored"] += 1
+                    elif result.outcome == events_pb2.OUTCOME_DUPLICATE:
+                        totals["duplicate"] += 1
+                    else:
+                        totals["rejected"] += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        elapsed = time.monotonic() - started
+    print(orjson.dumps({**totals, "seconds": elapsed,
+                        "events_per_s": totals["stored"] / elapsed}).decode())  # fmt: skip
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    asyncio.run(
+        main(args[0], args[1], float(args[2]),
+             int(args[3]) if len(args) > 3 else 500, int(args[4]) if len(args) > 4 else 4)
+    )  # fmt: skip

@@ -1,0 +1,362 @@
+"""http_bridge/batcher.py: concurrent submissions coalesced into batch calls.
+
+The fake `send` holds each call open until the test releases it, so every ordering
+below is forced by the test, never by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from http_bridge.batcher import Batcher, QueueFull
+
+LONG = 5.0  # a submit timeout no test should reach
+
+
+class GatedSend:
+    """A `send` whose calls each wait for `release()`; records every batch it gets."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self._gates: list[asyncio.Event] = []
+        self._started: asyncio.Queue[int] = asyncio.Queue()
+        self.failures: dict[int, BaseException] = {}
+        self.wrong_count: set[int] = set()
+
+    async def __call__(self, items: list[str]) -> Sequence[str]:
+        index = len(self.calls)
+        self.calls.append(list(items))
+        gate = asyncio.Event()
+        self._gates.append(gate)
+        self._started.put_nowait(index)
+        await gate.wait()
+        if index in self.failures:
+            raise self.failures[index]
+        if index in self.wrong_count:
+            return [f"done:{item}" for item in items][:-1]
+        return [f"done:{item}" for item in items]
+
+    async def next_call(self) -> list[str]:
+        """Wait for the next call to start; return its batch."""
+        index = await asyncio.wait_for(self._started.get(), LONG)
+        return self.calls[index]
+
+    def release(self, index: int) -> None:
+        self._gates[index].set()
+
+    def release_all(self) -> None:
+        for gate in self._gates:
+            gate.set()
+
+    def no_new_call(self) -> bool:
+        return self._started.empty()
+
+
+@pytest.fixture
+async def send() -> AsyncIterator[GatedSend]:
+    fake = GatedSend()
+    yield fake
+    fake.release_all()
+
+
+async def settle() -> None:
+    """Let every task that is ready run until it blocks (no wall-clock wait)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def submit(
+    batcher: Batcher[str, str], item: str, size: int = 1, timeout: float = LONG
+) -> asyncio.Task[str]:
+    return asyncio.create_task(batcher.submit(item, size, timeout))
+
+
+async def test_lone_submission_is_sent_at_once_and_gets_its_result(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    task = submit(batcher, "a")
+    assert await send.next_call() == ["a"]
+    send.release(0)
+    assert await task == "done:a"
+
+
+async def test_submissions_during_a_call_are_coalesced_into_the_next_single_call(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    assert await send.next_call() == ["a"]
+
+    queued = [submit(batcher, item) for item in ("b", "c", "d")]
+    await settle()
+    assert batcher.pending == 3
+    assert send.no_new_call()  # one call in flight at a time
+
+    send.release(0)
+    assert await send.next_call() == ["b", "c", "d"]
+    send.release(1)
+    assert await first == "done:a"
+    assert [await task for task in queued] == ["done:b", "done:c", "done:d"]
+    assert send.calls == [["a"], ["b", "c", "d"]]
+    assert batcher.pending == 0
+
+
+async def test_each_submitter_gets_the_result_for_its_own_item(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    blocker = submit(batcher, "first")
+    await send.next_call()
+    items = [f"item-{n}" for n in range(50)]
+    tasks = {item: submit(batcher, item) for item in reversed(items)}
+    await settle()
+    send.release(0)
+    assert len(await send.next_call()) == 50
+    send.release(1)
+    await blocker
+    for item, task in tasks.items():
+        assert await task == f"done:{item}"
+
+
+async def test_max_items_splits_batches(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_items=2)
+    first = submit(batcher, "a")
+    await send.next_call()
+    rest = [submit(batcher, item) for item in ("b", "c", "d", "e", "f")]
+    await settle()
+
+    send.release(0)
+    assert await send.next_call() == ["b", "c"]
+    send.release(1)
+    assert await send.next_call() == ["d", "e"]
+    send.release(2)
+    assert await send.next_call() == ["f"]
+    send.release(3)
+    await first
+    assert [await task for task in rest] == ["done:b", "done:c", "done:d", "done:e", "done:f"]
+
+
+async def test_max_bytes_splits_batches(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_bytes=10)
+    first = submit(batcher, "a", size=1)
+    await send.next_call()
+    rest = [submit(batcher, "b", 4), submit(batcher, "c", 6), submit(batcher, "d", 1)]
+    await settle()
+
+    send.release(0)
+    assert await send.next_call() == ["b", "c"]  # 4 + 6 = 10 fits exactly
+    send.release(1)
+    assert await send.next_call() == ["d"]
+    send.release(2)
+    await first
+    assert [await task for task in rest] == ["done:b", "done:c", "done:d"]
+
+
+async def test_item_larger_than_max_bytes_is_still_sent_alone(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_bytes=10)
+    first = submit(batcher, "a")
+    await send.next_call()
+    rest = [submit(batcher, "big", 50), submit(batcher, "small", 1)]
+    await settle()
+
+    send.release(0)
+    assert await send.next_call() == ["big"]
+    send.release(1)
+    assert await send.next_call() == ["small"]
+    send.release(2)
+    await first
+    assert [await task for task in rest] == ["done:big", "done:small"]
+
+
+async def test_send_exception_reaches_every_submitter_of_that_batch_only(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    failing = [submit(batcher, "b"), submit(batcher, "c")]
+    await settle()
+    send.release(0)
+    await send.next_call()
+    later = submit(batcher, "d")
+    await settle()
+
+    boom = ConnectionError("core went away")
+    send.failures[1] = boom
+    send.release(1)
+    for task in failing:
+        with pytest.raises(ConnectionError) as caught:
+            await task
+        assert caught.value is boom
+    assert await send.next_call() == ["d"]
+    send.release(2)
+    assert await first == "done:a"
+    assert await later == "done:d"
+
+
+async def test_wrong_number_of_results_fails_the_batch_instead_of_misdelivering(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    batch = [submit(batcher, "b"), submit(batcher, "c")]
+    await settle()
+    send.release(0)
+    await send.next_call()
+    send.wrong_count.add(1)
+    send.release(1)
+    await first
+    for task in batch:
+        with pytest.raises(RuntimeError, match="1 results for 2 items"):
+            await task
+
+
+async def test_queue_full_past_max_pending(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_pending=2)
+    first = submit(batcher, "a")  # in flight: not pending
+    await send.next_call()
+    queued = [submit(batcher, "b"), submit(batcher, "c")]
+    await settle()
+    assert batcher.pending == 2
+
+    with pytest.raises(QueueFull):
+        await batcher.submit("d", 1, LONG)
+    assert batcher.pending == 2
+
+    send.release(0)
+    assert await send.next_call() == ["b", "c"]
+    send.release(1)
+    await first
+    assert [await task for task in queued] == ["done:b", "done:c"]
+    # room again once the queue has emptied
+    again = submit(batcher, "e")
+    assert await send.next_call() == ["e"]
+    send.release(2)
+    assert await again == "done:e"
+
+
+async def test_submitter_timing_out_while_queued_is_not_sent(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    impatient = submit(batcher, "gave-up", timeout=0.01)
+    patient = submit(batcher, "b")
+
+    # The call in flight is held open until the impatient submitter has given up.
+    with pytest.raises(TimeoutError):
+        await impatient
+    send.release(0)
+    assert await send.next_call() == ["b"]
+    send.release(1)
+    assert await first == "done:a"
+    assert await patient == "done:b"
+    assert "gave-up" not in [item for call in send.calls for item in call]
+
+
+async def test_queue_holding_only_abandoned_submissions_sends_nothing(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    impatient = submit(batcher, "gave-up", timeout=0.01)
+    with pytest.raises(TimeoutError):
+        await impatient
+    send.release(0)
+    assert await first == "done:a"
+    await batcher.drain()
+    assert send.calls == [["a"]]
+    assert batcher.pending == 0
+
+
+async def test_timeout_after_the_batch_was_sent_leaves_the_others_unharmed(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    impatient = submit(batcher, "b", timeout=0.01)
+    patient = submit(batcher, "c")
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["b", "c"]  # sent before it timed out
+    with pytest.raises(TimeoutError):
+        await impatient
+    send.release(1)
+    assert await first == "done:a"
+    assert await patient == "done:c"
+    after = submit(batcher, "d")
+    assert await send.next_call() == ["d"]
+    send.release(2)
+    assert await after == "done:d"
+
+
+async def test_cancelled_submitter_while_queued_is_not_sent(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    cancelled = submit(batcher, "cancelled")
+    kept = submit(batcher, "b")
+    await settle()
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    send.release(0)
+    assert await send.next_call() == ["b"]
+    send.release(1)
+    await first
+    assert await kept == "done:b"
+
+
+async def test_max_inflight_allows_concurrent_calls(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_inflight=2)
+    a, b = submit(batcher, "a"), submit(batcher, "b")
+    assert await send.next_call() == ["a"]
+    assert await send.next_call() == ["b"]  # second call starts while the first is open
+    c = submit(batcher, "c")
+    await settle()
+    assert batcher.pending == 1
+    send.release(1)
+    assert await send.next_call() == ["c"]
+    send.release(0)
+    send.release(2)
+    assert [await a, await b, await c] == ["done:a", "done:b", "done:c"]
+
+
+async def test_drain_waits_for_calls_in_flight(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    drained = asyncio.create_task(batcher.drain())
+    await settle()
+    assert not drained.done()
+
+    send.release(0)
+    await asyncio.wait_for(drained, LONG)
+    assert first.done()
+    assert await first == "done:a"
+
+
+async def test_drain_also_waits_for_the_batch_queued_behind_the_call_in_flight(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    await send.next_call()
+    second = submit(batcher, "b")
+    await settle()
+    drained = asyncio.create_task(batcher.drain())
+
+    send.release(0)
+    assert await send.next_call() == ["b"]
+    await settle()
+    assert not drained.done()
+    send.release(1)
+    await asyncio.wait_for(drained, LONG)
+    assert second.done()
+    assert [await first, await second] == ["done:a", "done:b"]
+
+
+async def test_drain_returns_at_once_when_idle(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    await asyncio.wait_for(batcher.drain(), LONG)
+    assert send.calls == []

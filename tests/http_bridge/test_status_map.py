@@ -1,0 +1,110 @@
+"""http_bridge/status_map.py: gRPC status → HTTP status, by Segment's retry rules."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from http_bridge.status_map import GRPC_TO_HTTP, RETRY_LATER, http_status_for
+from service.errors import (
+    InvalidEvent,
+    NotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+    UnsupportedType,
+)
+
+S = grpc.StatusCode
+TRANSIENT = [S.UNAVAILABLE, S.ABORTED, S.DEADLINE_EXCEEDED, S.CANCELLED]
+
+
+def segment_retries(status: int) -> bool:
+    """Segment retries 5xx except 501, 408 and 429; it drops every other 4xx."""
+    return status in (408, 429) or (status >= 500 and status != 501)
+
+
+def test_every_grpc_status_code_has_a_row() -> None:
+    assert set(GRPC_TO_HTTP) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize("code", TRANSIENT, ids=lambda c: c.name)
+def test_transient_codes_are_503(code: grpc.StatusCode) -> None:
+    assert http_status_for(code) == 503
+    assert http_status_for(code) in RETRY_LATER
+
+
+@pytest.mark.parametrize("code", [*TRANSIENT, S.RESOURCE_EXHAUSTED], ids=lambda c: c.name)
+def test_no_transient_code_becomes_a_status_segment_drops(code: grpc.StatusCode) -> None:
+    status = http_status_for(code)
+    assert segment_retries(status)
+    assert not (400 <= status < 500 and status not in (408, 429))
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (S.OK, 200),
+        (S.ALREADY_EXISTS, 200),  # duplicate messageId: idempotent success
+        (S.INVALID_ARGUMENT, 400),
+        (S.FAILED_PRECONDITION, 400),
+        (S.OUT_OF_RANGE, 400),
+        (S.UNAUTHENTICATED, 401),
+        (S.PERMISSION_DENIED, 403),
+        (S.NOT_FOUND, 404),
+        (S.RESOURCE_EXHAUSTED, 429),
+        (S.UNIMPLEMENTED, 501),
+        (S.UNKNOWN, 500),
+        (S.INTERNAL, 500),
+        (S.DATA_LOSS, 500),
+    ],
+    ids=lambda v: v.name if isinstance(v, grpc.StatusCode) else str(v),
+)
+def test_status_table(code: grpc.StatusCode, status: int) -> None:
+    assert http_status_for(code) == status
+
+
+@pytest.mark.parametrize("code", [S.INVALID_ARGUMENT, S.UNIMPLEMENTED], ids=lambda c: c.name)
+def test_permanent_event_errors_are_not_retried_by_segment(code: grpc.StatusCode) -> None:
+    assert not segment_retries(http_status_for(code))
+
+
+@pytest.mark.parametrize("code", list(grpc.StatusCode), ids=lambda c: c.name)
+def test_integer_codes_map_like_the_enum(code: grpc.StatusCode) -> None:
+    number = code.value[0]
+    assert isinstance(number, int)
+    assert http_status_for(number) == http_status_for(code)
+
+
+def test_integer_code_examples() -> None:
+    assert http_status_for(0) == 200
+    assert http_status_for(3) == 400  # INVALID_ARGUMENT
+    assert http_status_for(12) == 501  # UNIMPLEMENTED
+    assert http_status_for(14) == 503  # UNAVAILABLE
+
+
+@pytest.mark.parametrize("number", [-1, 17, 99, 2**31])
+def test_unknown_integer_code_is_a_500(number: int) -> None:
+    assert http_status_for(number) == 500
+
+
+def test_retry_after_is_sent_for_429_and_503_only() -> None:
+    assert RETRY_LATER == {429, 503}
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (InvalidEvent("bad", "wrong_type"), 400),
+        (UnsupportedType("no", "unknown_type"), 501),
+        (Unauthenticated("who", "unknown_key"), 401),
+        (PermissionDenied("no", "missing_scope"), 403),
+        (NotFound("gone", "no_such_key"), 404),
+        (StoreUnavailable(), 503),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
+)
+def test_core_errors_reach_the_http_status_of_the_webhook_contract(
+    error: Exception, status: int
+) -> None:
+    assert http_status_for(error.grpc_code) == status  # type: ignore[attr-defined]
