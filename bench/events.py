@@ -16,8 +16,12 @@ PLACEHOLDER: Final = "__MID__"
 _CONTEXT = {
     "ip": "67.160.210.48",
     "library": {"name": "analytics.js", "version": "3.8.2"},
-    "page": {"path": "/checkout", "referrer": "https://example.com/cart", "title": "Checkout",
-             "url": "https://example.com/checkout"},  # fmt: skip
+    "page": {
+        "path": "/checkout",
+        "referrer": "https://example.com/cart",
+        "title": "Checkout",
+        "url": "https://example.com/checkout",
+    },
     "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_5) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/75.0.3770.100 Safari/537.36",
     "locale": "en-US",
@@ -43,11 +47,18 @@ def _common(kind: str, n: int) -> dict[str, Any]:
 
 def _products(n: int) -> list[dict[str, Any]]:
     return [
-        {"product_id": f"sku-{n}-{i}", "sku": f"45790-{i}", "name": f"Monopoly edition {i}",
-         "price": 19.99 + i, "quantity": 1 + i % 3, "category": "Games",
-         "url": f"https://example.com/p/{i}", "image_url": f"https://example.com/p/{i}.jpg"}
+        {
+            "product_id": f"sku-{n}-{i}",
+            "sku": f"45790-{i}",
+            "name": f"Monopoly edition {i}",
+            "price": 19.99 + i,
+            "quantity": 1 + i % 3,
+            "category": "Games",
+            "url": f"https://example.com/p/{i}",
+            "image_url": f"https://example.com/p/{i}.jpg",
+        }
         for i in range(1 + n % 3)
-    ]  # fmt: skip
+    ]
 
 
 def templates() -> list[bytes]:
@@ -55,9 +66,16 @@ def templates() -> list[bytes]:
     out: list[dict[str, Any]] = []
     for n in range(6):
         event = _common("track", n)
-        event.update(event="Order Completed", properties={
-            "order_id": f"50314b8e9bcf00000000000{n}", "total": 27.5, "revenue": 25.0,
-            "currency": "USD", "products": _products(n)})  # fmt: skip
+        event.update(
+            event="Order Completed",
+            properties={
+                "order_id": f"50314b8e9bcf00000000000{n}",
+                "total": 27.5,
+                "revenue": 25.0,
+                "currency": "USD",
+                "products": _products(n),
+            },
+        )
         out.append(event)
     for n in range(4):
         event = _common("identify", n)
@@ -78,8 +96,13 @@ def templates() -> list[bytes]:
     alias = _common("alias", 0)
     alias["previousId"] = "39239-239239-239239-23923"
     out.append(alias)
-    delete = {"type": "delete", "messageId": PLACEHOLDER, "userId": "user-gone",
-              "context": None, "integrations": None}  # fmt: skip
+    delete = {
+        "type": "delete",
+        "messageId": PLACEHOLDER,
+        "userId": "user-gone",
+        "context": None,
+        "integrations": None,
+    }
     out.append(delete)
     return [orjson.dumps(event) for event in out]
 

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from events import EventSource  # noqa: E402
+from events import EventSource
 
 
 async def main(url: str, key: str, connections: int, seconds: float, prefix: str) -> None:

@@ -36,10 +36,12 @@ async def post(
         sent["Authorization"] = basic(stack.keys.get(key, key))
     sent.update(headers or {})
     payload = data if data is not None else json.dumps(body).encode()
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=payload, headers=sent) as reply:
-            assert reply.content_type == "application/json"
-            return reply.status, await reply.json(), reply.headers
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=payload, headers=sent) as reply,
+    ):
+        assert reply.content_type == "application/json"
+        return reply.status, await reply.json(), reply.headers
 
 
 async def stored(stack: Stack, message_id: str) -> dict[str, Any] | None:
@@ -259,7 +261,7 @@ async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) ->
             core_target=f"127.0.0.1:{unused_tcp_port}",
             core_timeout_s=1.0,
             request_timeout_s=2.0,
-        )  # fmt: skip
+        )
     )
     try:
         url = f"http://127.0.0.1:{bridge.port}"

@@ -9,8 +9,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+
 from tests.stack import Stack
 
 TRACK_JSON = b'{"type":"track","userId":"u1","event":"Signed Up","messageId":"g-1"}'
@@ -102,7 +102,7 @@ async def test_ingest_batch_judges_each_item(stack: Stack, channel: grpc.aio.Cha
         events_pb2.IngestItem(json=TRACK_JSON, api_key="inlet_0123456789abcdef_wrong"),
         events_pb2.IngestItem(
             json=b'{"type":"page","userId":"u1","messageId":"g-2"}', settings_json=b"[]"
-        ),  # fmt: skip
+        ),
     ]
     reply = await stub.IngestBatch(
         events_pb2.IngestBatchRequest(items=items), metadata=bearer(stack.keys["ingest"]), timeout=5
