@@ -81,36 +81,67 @@ def test_parse_expiry() -> None:
         parse_expiry("2000-01-01", now)
 
 
+def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    """Start `inlet ARGS`; return the process and the match of `ready` in its log."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args], cwd=cwd, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if match := re.search(ready, line):
+            return process, match
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError(f"`inlet {' '.join(args)}` did not start")
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+BRIDGE_READY = r"bridge listening on http://127\.0\.0\.1:(\d+)/segment"
+CORE_READY = r"core listening on 127\.0\.0\.1:(\d+) \(gRPC\)"
+
+
 def test_serve_stores_events_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--grpc", "127.0.0.1:0"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert server.stderr is not None
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            if match := re.search(r"bridge listening on http://127\.0\.0\.1:(\d+)/segment", line):
-                port = int(match[1])
-        assert port is not None, "the bridge did not start"
-        url = f"http://127.0.0.1:{port}/segment"
-        identify = {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}}
-        status, body = post(url, key, identify)
-        assert status == 200 and body["message"] == "stored"
-        # No messageId: a digest of the body stands in, so a redelivery dedupes.
-        assert post(url, key, identify) == (
-            200,
-            dict(body, message="already stored", duplicate=True),
-        )
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
+    server, ready = start(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0"],
+        tmp_path,
+        BRIDGE_READY,
+    )
+    url = f"http://127.0.0.1:{ready[1]}/segment"
+    identify = {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}}
+    status, body = post(url, key, identify)
+    assert status == 200 and body["message"] == "stored"
+    # No messageId: a digest of the body stands in, so a redelivery dedupes.
+    assert post(url, key, identify) == (200, dict(body, message="already stored", duplicate=True))
+    assert stop(server) == 0
     # The event is in the default database after a clean stop.
     db = sqlite3.connect(tmp_path / "inlet-data" / "inlet.db")
     assert db.execute("SELECT count(*), min(type) FROM events").fetchone() == (1, "identify")
+
+
+def test_core_and_bridge_as_separate_processes(tmp_path: Path) -> None:
+    key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
+    core, core_ready = start(["serve", "core", "--grpc", "127.0.0.1:0"], tmp_path, CORE_READY)
+    try:
+        bridge, ready = start(
+            ["serve", "bridge", "--core", f"127.0.0.1:{core_ready[1]}", "--host", "127.0.0.1",
+             "--port", "0"],
+            tmp_path, BRIDGE_READY,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{ready[1]}/segment"
+        event = {"type": "track", "userId": "u1", "event": "Split", "messageId": "s-1"}
+        assert post(url, key, event) == (200, {"message": "stored", "messageId": "s-1"})
+        assert stop(bridge) == 0
+    finally:
+        assert stop(core) == 0
