@@ -17,10 +17,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class QueueFull(Exception):
@@ -61,13 +66,18 @@ class Batcher(Generic[Item, Result]):
         """
         if len(self._queue) >= self._max_pending:
             raise QueueFull()
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._queue.append((item, size, future))
         self._dispatch()
+        # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
+        # Once expired the future is done, so a still-queued item is skipped.
+        expiry = loop.call_later(timeout, _expire, future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await future
         finally:
-            future.cancel()  # no-op when done; marks a queued item as abandoned
+            expiry.cancel()
+            future.cancel()  # no-op when done; marks the item abandoned if we were cancelled
 
     async def drain(self) -> None:
         """Wait until every batch in flight has been answered (for shutdown)."""

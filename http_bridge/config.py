@@ -72,6 +72,8 @@ class BridgeConfig:
             "INLET_CORE_TIMEOUT_S": ("core_timeout_s", float),
             "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
             "INLET_MAX_PENDING": ("max_pending", int),
+            "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
+            "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),
         }
         for variable, (name, kind) in readers.items():
             if variable in environ:

@@ -57,8 +57,8 @@ async def segment_event(request: web.Request) -> web.Response:
     check_media_type(request.headers.get("Content-Type"))
     settings = decode_settings(request.headers.get("X-Segment-Settings"))
     body = await request.read()  # client_max_size: 413 as soon as the limit is passed
-    received_at = timestamp_pb2.Timestamp()
-    received_at.FromNanoseconds(time.time_ns())
+    now_ns = time.time_ns()
+    received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
     item = events_pb2.IngestItem(
         json=body, api_key=api_key, settings_json=settings, received_at=received_at
     )

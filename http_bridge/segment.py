@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from typing import Final
 
@@ -30,6 +31,9 @@ def _b64decode(text: str) -> bytes:
         raise ValueError("not base64") from None
 
 
+# Segment sends the same few header values over and over (one per customer), so
+# the pure decoders below are memoised; errors are not cached (they raise).
+@functools.lru_cache(maxsize=4096)
 def api_key_from_authorization(header: str | None) -> str:
     """The API key in `Basic base64(key:)`. The colon is optional (as Segment's API allows).
 
@@ -54,6 +58,7 @@ def api_key_from_authorization(header: str | None) -> str:
     return api_key
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_settings(header: str | None) -> bytes:
     """The X-Segment-Settings header, base64-decoded (the core checks it is a JSON object).
 
@@ -70,6 +75,7 @@ def decode_settings(header: str | None) -> bytes:
         ) from None
 
 
+@functools.lru_cache(maxsize=256)
 def check_media_type(content_type: str | None) -> None:
     """Accept JSON media types (`application/json`, `application/*+json`) or none at all.
 

@@ -25,10 +25,13 @@ log = logging.getLogger("inlet")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inlet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
 
-    serve = commands.add_parser("serve", help="run the service (default: core and bridge together)")
+    serve = commands.add_parser(
+        "serve", parents=[database], help="run the service (default: core and bridge together)"
+    )
     serve.add_argument("part", nargs="?", choices=("all", "core", "bridge"), default="all")
-    serve.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
     serve.add_argument(
         "--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)"
     )
@@ -47,17 +50,18 @@ def _parser() -> argparse.ArgumentParser:
                        "but a power cut may lose acknowledged events")  # fmt: skip
 
     key_cmd = commands.add_parser("keys", help="manage API keys (directly in the database)")
-    key_cmd.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
     key_actions = key_cmd.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser("create", help="create a key; prints it once")
+    create = key_actions.add_parser(
+        "create", parents=[database], help="create a key; prints it once"
+    )
     create.add_argument("--account", required=True, help="account name (created if new)")
     create.add_argument("--scope", default="ingest", help="comma-separated: ingest,read,admin")
     create.add_argument("--label", default="", help="a note to recognise the key by")
     create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h")
-    listing = key_actions.add_parser("list", help="list keys (never their secrets)")
+    listing = key_actions.add_parser("list", parents=[database], help="list keys (never secrets)")
     listing.add_argument("--account", help="only this account's keys")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
-    revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
+    revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key by its id")
     revoke.add_argument("key_id")
     return parser
 

@@ -50,9 +50,18 @@ def normalise_name(name: str) -> str:
 _SPEC_FIELD_SET: Final = frozenset(_SPEC_FIELDS)
 _BY_NORMAL_NAME: Final = {normalise_name(field): field for field in _SPEC_FIELDS}
 _TYPE_BY_NORMAL_NAME: Final = {normalise_name(t): t for t in EVENT_TYPES}
-_OBJECT_FIELDS: Final = ("context", "integrations", "properties", "traits")
-_TEXT_FIELDS: Final = ("name", "category")
-_DATE_FIELDS: Final = ("timestamp", "sentAt", "receivedAt", "originalTimestamp")
+_OBJECT: Final = ((dict,), "an object")
+_TEXT: Final = ((str,), "a string")
+_DATE: Final = ((str, int, float), "a date string")
+_ID: Final = ((str, int, float), "a string")
+#: The JSON types each Spec field may have (`null` always may: it means absent).
+#: Exact classes, so a boolean is not taken for a number.
+_FIELD_TYPES: Final[dict[str, tuple[tuple[type, ...], str]]] = {
+    "context": _OBJECT, "integrations": _OBJECT, "properties": _OBJECT, "traits": _OBJECT,
+    "name": _TEXT, "category": _TEXT, "event": _TEXT, "type": _TEXT,
+    "timestamp": _DATE, "sentAt": _DATE, "receivedAt": _DATE, "originalTimestamp": _DATE,
+    "userId": _ID, "anonymousId": _ID, "groupId": _ID, "previousId": _ID, "messageId": _ID,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +109,22 @@ def parse_json_object(
 
 
 def spec_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """Map each Spec field name found in `body` (any casing) to its value."""
+    """Map each Spec field name found in `body` (any casing) to its value.
+
+    An exact Spec name wins over look-alikes; among look-alikes, the first one.
+    """
     found: dict[str, Any] = {}
-    exact: set[str] = set()
+    loose: dict[str, Any] | None = None
     for key, value in body.items():
         if key in _SPEC_FIELD_SET:
             found[key] = value
-            exact.add(key)
-            continue
-        field = _BY_NORMAL_NAME.get(normalise_name(key))
-        if field is not None and field not in exact and field not in found:
-            found[field] = value
+        elif (field := _BY_NORMAL_NAME.get(normalise_name(key))) is not None:
+            if loose is None:
+                loose = {}
+            loose.setdefault(field, value)
+    if loose:
+        for field, value in loose.items():
+            found.setdefault(field, value)
     return found
 
 
@@ -138,23 +152,13 @@ def canonicalise(
         parse_json_object(settings, "the X-Segment-Settings header", "invalid_settings")
     fields = spec_fields(body)
     event_type = _event_type(fields, supported_types)
-
-    for field in _OBJECT_FIELDS:
-        value = fields.get(field)
-        if value is not None and not isinstance(value, dict):
-            raise _wrong_type(field, "an object", value)
-    for field in _TEXT_FIELDS:
-        value = fields.get(field)
-        if value is not None and not isinstance(value, str):
-            raise _wrong_type(field, "a string", value)
-    timestamps: dict[str, int | None] = {}
-    for field in _DATE_FIELDS:
-        value = fields.get(field)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, str | int | float)
-        ):
-            raise _wrong_type(field, "a date string", value)
-        timestamps[field] = parse_timestamp(value)
+    # Every Spec field present must have its Spec type, whatever the call type.
+    for field, value in fields.items():
+        expected = _FIELD_TYPES.get(field)  # `action` (legacy) is checked as the type above
+        if expected is not None and value is not None and value.__class__ not in expected[0]:
+            raise _wrong_type(field, expected[1], value)
+    # Only `timestamp` is interpreted; the other dates are kept as sent in the JSON.
+    timestamp_us = parse_timestamp(fields.get("timestamp"))
 
     user_id = _identifier(fields, "userId")
     anonymous_id = _identifier(fields, "anonymousId")
@@ -164,12 +168,9 @@ def canonicalise(
     elif user_id is None and anonymous_id is None:
         raise _missing(event_type, "`userId` or `anonymousId`")
 
-    # Every Spec field present must have its Spec type, whatever the call type.
     group_id = _identifier(fields, "groupId")
     previous_id = _identifier(fields, "previousId")
     event_name = fields.get("event")
-    if event_name is not None and not isinstance(event_name, str):
-        raise _wrong_type("event", "a string", event_name)
     name = fields.get("name")
     if event_type == "track":
         if not event_name:
@@ -201,7 +202,7 @@ def canonicalise(
         name=name,
         group_id=group_id,
         previous_id=previous_id,
-        timestamp_us=received_at_us if timestamps["timestamp"] is None else timestamps["timestamp"],
+        timestamp_us=received_at_us if timestamp_us is None else timestamp_us,
         received_at_us=received_at_us,
         raw=raw,
         settings=settings or None,
@@ -232,14 +233,13 @@ def _event_type(fields: dict[str, Any], supported: Collection[str]) -> str:
 
 
 def _identifier(fields: dict[str, Any], field: str) -> str | None:
+    """An id field as a string (type already checked: str, int or float), or None."""
     value = fields.get(field)
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    if value.__class__ is str:
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _wrong_type(field, "a string", value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    if value.__class__ is float and value.is_integer() and abs(value) < 2**53:
         return str(int(value))  # 42.0 -> "42"; beyond 2**53 floats are not exact integers
     return repr(value)
 

@@ -1,0 +1,327 @@
+"""Inlet's benchmark: the webhook path against a bare-aiohttp ceiling, in the same run.
+
+    python bench/run.py [--duration 10] [--warmup 3] [--connections 32] [--rounds 1]
+
+Starts `inlet serve` on its embedded default (SQLite, fsync on) in a temporary
+folder, creates a key, drives `POST /segment` with realistic Segment events from
+wrk (or the built-in asyncio client where wrk is missing), measures the ceiling
+(bench/ceiling.py: read + parse + Basic check, nothing else) driven the same way,
+drives gRPC IngestBatch directly, checks integrity (every 2xx is in the store,
+nothing twice), and prints and writes everything as JSON (bench/results/).
+The machines are noisy: compare ratios from the same run, and medians of rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from events import templates  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+# -- process statistics from /proc ---------------------------------------------------------
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / CLOCK_TICKS
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of one process, in kB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# -- load generation -----------------------------------------------------------------------
+
+
+def lua_script(key: str, prefix: str, out: Path) -> Path:
+    def long_string(body: bytes) -> str:
+        return "[==[" + body.decode() + "]==]"
+
+    text = (HERE / "wrk.lua.tmpl").read_text()
+    text = text.replace("__TEMPLATES__", ",\n".join(long_string(t) for t in templates()))
+    text = text.replace("__AUTH__", "Basic " + base64.b64encode(f"{key}:".encode()).decode())
+    text = text.replace("__PREFIX__", prefix).replace("__REDELIVER__", "0.03")
+    out.write_text(text)
+    return out
+
+
+def drive(
+    url: str, key: str, seconds: float, connections: int, loadgen: str, prefix: str, work: Path
+) -> dict[str, Any]:
+    """Run the load generator against url/segment; return its JSON summary."""
+    if loadgen == "wrk":
+        script = lua_script(key, prefix, work / f"{prefix}.lua")
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                   "-s", str(script), url + "/segment"]  # fmt: skip
+    else:
+        command = [sys.executable, str(HERE / "http_load.py"), url + "/segment", key,
+                   str(connections), str(seconds), prefix]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(
+        line for line in output.splitlines() if line.lstrip().startswith(("BENCH_JSON", "{"))
+    )
+    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON").strip())
+    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
+    return result
+
+
+def measure(
+    pid: int, url: str, key: str, args: argparse.Namespace, work: Path, loadgen: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Warm up, then measure; return the summary and the raw load-generator results."""
+    warm = drive(url, key, args.warmup, args.connections, loadgen, f"w{time.time_ns()}", work)
+    pids = process_tree(pid)
+    cpu_before = cpu_seconds(pids)
+    rss_start = sum(memory_kb(p, "VmRSS") for p in pids)
+    run = drive(url, key, args.duration, args.connections, loadgen, f"r{time.time_ns()}", work)
+    pids = process_tree(pid)
+    cpu = cpu_seconds(pids) - cpu_before
+    ok = run["statuses"].get(200, 0)
+    summary = {
+        "requests": run["requests"],
+        "events_per_s": ok / run["seconds"],
+        "statuses": run["statuses"],
+        "latency_ms": run["latency_ms"],
+        "cpu_us_per_event": 1e6 * cpu / max(ok, 1),
+        "rss_mb": {
+            "start": rss_start / 1024,
+            "end": sum(memory_kb(p, "VmRSS") for p in pids) / 1024,
+            "peak_per_process": [memory_kb(p, "VmHWM") / 1024 for p in pids],
+        },
+        "processes": len(pids),
+    }
+    return summary, [warm, run]
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def inlet(*args: str, cwd: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, Any]:
+    data = work / f"round-{time.time_ns()}"
+    data.mkdir()
+    database = str(data / "inlet.db")
+    key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
+    out: dict[str, Any] = {}
+
+    port = free_port()
+    ceiling = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port), key])
+    try:
+        time.sleep(0.5)
+        wait_until_up_post(f"http://127.0.0.1:{port}/segment")
+        url = f"http://127.0.0.1:{port}"
+        out["ceiling"], _ = measure(ceiling.pid, url, key, args, work, loadgen)
+    finally:
+        ceiling.terminate()
+        ceiling.wait()
+
+    port, grpc_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
+         "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}", *args.serve_args],
+        cwd=data, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/readyz")
+        url = f"http://127.0.0.1:{port}"
+        out["inlet"], runs = measure(server.pid, url, key, args, work, loadgen)
+        acknowledged = sum(r["statuses"].get(200, 0) - r["duplicates"] for r in runs)
+        if not args.skip_grpc:
+            grpc_out = subprocess.run(
+                [sys.executable, str(HERE / "grpc_load.py"), f"127.0.0.1:{grpc_port}", key,
+                 str(args.grpc_seconds), "500", "4"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            out["grpc_ingest_batch"] = json.loads(grpc_out.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        code = server.wait(timeout=60)
+    out["inlet"]["exit_code"] = code
+
+    db = sqlite3.connect(database)
+    rows, distinct = db.execute(
+        "SELECT count(*), count(DISTINCT message_id) FROM events"
+    ).fetchone()
+    http_rows = rows - out.get("grpc_ingest_batch", {}).get("stored", 0)
+    new_acknowledged = acknowledged
+    out["integrity"] = {
+        "acknowledged_new_events": new_acknowledged,
+        "stored_http_events": http_rows,
+        # wrk abandons requests still in flight when its time is up: those may be stored
+        # without anyone seeing the 200, so the store may hold up to one per connection more.
+        "unacknowledged_but_stored": http_rows - new_acknowledged,
+        "stored_twice": rows - distinct,
+        "ok": http_rows >= new_acknowledged
+        and http_rows - new_acknowledged <= 2 * args.connections
+        and rows == distinct,
+    }
+    out["ratio_to_ceiling"] = out["inlet"]["events_per_s"] / out["ceiling"]["events_per_s"]
+    return out
+
+
+def wait_until_up_post(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(path: tuple[str, ...]) -> float:
+        values = []
+        for r in rounds:
+            value: Any = r
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                values.append(value)
+        return statistics.median(values) if values else float("nan")
+
+    return {
+        "rounds": len(rounds),
+        "ceiling_events_per_s": median(("ceiling", "events_per_s")),
+        "inlet_events_per_s": median(("inlet", "events_per_s")),
+        "ratio_to_ceiling": median(("ratio_to_ceiling",)),
+        "inlet_p50_ms": median(("inlet", "latency_ms", "p50")),
+        "inlet_p99_ms": median(("inlet", "latency_ms", "p99")),
+        "inlet_p99.9_ms": median(("inlet", "latency_ms", "p99.9")),
+        "inlet_cpu_us_per_event": median(("inlet", "cpu_us_per_event")),
+        "ceiling_cpu_us_per_event": median(("ceiling", "cpu_us_per_event")),
+        "inlet_peak_rss_mb": max(max(r["inlet"]["rss_mb"]["peak_per_process"]) for r in rounds),
+        "grpc_ingest_batch_events_per_s": median(("grpc_ingest_batch", "events_per_s")),
+        "integrity_ok": all(r["integrity"]["ok"] for r in rounds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds before each")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat, report medians")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--grpc-seconds", type=float, default=5)
+    parser.add_argument("--skip-grpc", action="store_true")
+    parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
+    parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
+    args = parser.parse_args(argv)
+    loadgen = args.loadgen
+    if loadgen == "auto":
+        loadgen = "wrk" if shutil.which("wrk") else "python"
+
+    work = Path(tempfile.mkdtemp(prefix="inlet-bench-"))
+    try:
+        rounds = []
+        for number in range(args.rounds):
+            result = one_round(args, work, loadgen)
+            rounds.append(result)
+            print(f"round {number + 1}: " + json.dumps({
+                "ceiling": round(result["ceiling"]["events_per_s"]),
+                "inlet": round(result["inlet"]["events_per_s"]),
+                "ratio": round(result["ratio_to_ceiling"], 3),
+                "p99_ms": round(result["inlet"]["latency_ms"]["p99"], 2),
+                "grpc": round(result.get("grpc_ingest_batch", {}).get("events_per_s", 0)),
+                "integrity": result["integrity"]["ok"],
+            }), flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "loadgen": loadgen,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),  # fmt: skip
+        "summary": summarise(rounds),
+        "rounds": rounds,
+    }
+    out = args.out or ROOT / "bench" / "results" / time.strftime("%Y%m%dT%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["summary"], indent=2))
+    print(f"written to {out}")
+    return 0 if report["summary"]["integrity_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
