@@ -14,6 +14,7 @@ import uuid
 
 import grpc
 import orjson
+
 from inlet.v1 import events_pb2, events_pb2_grpc
 
 TRACK = orjson.dumps({

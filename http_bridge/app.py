@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -13,7 +14,7 @@ from aiohttp.typedefs import Handler
 from http_bridge import handlers
 from http_bridge.batcher import Batcher
 from http_bridge.config import BridgeConfig
-from http_bridge.core_client import CoreClient
+from http_bridge.core_client import Core, GrpcCore
 from http_bridge.errors import BridgeError
 from http_bridge.keys import BATCHER, CONFIG, CORE
 
@@ -56,31 +57,40 @@ def _message_for(exc: web.HTTPException, request: web.Request) -> str:
     return exc.reason
 
 
-@contextlib.asynccontextmanager
-async def core_connection(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    core = CoreClient(config)
-    app[CORE] = core
-    app[BATCHER] = Batcher(
-        core.ingest_batch,
-        max_items=config.max_batch_items,
-        max_bytes=config.max_batch_bytes,
-        max_inflight=config.max_inflight_batches,
-        max_pending=config.max_pending,
-    )
-    try:
-        yield
-    finally:
-        # Runs after in-flight requests finished (or timed out): answer what is
-        # still in flight, then close the channel.
-        await app[BATCHER].drain()
-        await core.close()
+CoreFactory = Callable[[BridgeConfig], Core]
 
 
-def create_app(config: BridgeConfig) -> web.Application:
+def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
+    """The cleanup context that connects to the core at startup and disconnects last."""
+
+    @contextlib.asynccontextmanager
+    async def connection(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        core = factory(config)
+        app[CORE] = core
+        app[BATCHER] = Batcher(
+            core.ingest_batch,
+            max_items=config.max_batch_items,
+            max_bytes=config.max_batch_bytes,
+            max_inflight=config.max_inflight_batches,
+            max_pending=config.max_pending,
+        )
+        try:
+            yield
+        finally:
+            # Runs after in-flight requests finished (or timed out): answer what is
+            # still in flight, then close the connection.
+            await app[BATCHER].drain()
+            await core.close()
+
+    return connection
+
+
+def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Application:
+    """The bridge application; `core` makes its connection to the core (gRPC by default)."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
-    app.cleanup_ctx.append(core_connection)
+    app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

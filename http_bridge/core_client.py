@@ -1,22 +1,25 @@
-"""The bridge's side of the gRPC hop: one channel, the IngestBatch call, readiness.
+"""The bridge's view of the core: the `Core` protocol and its gRPC implementation.
 
+`GrpcCore` is the normal transport: one channel, one IngestBatch call per batch.
 The channel is bound to the event loop that creates it (grpc.aio), and gRPC does
 not survive fork() after a channel exists; so it is opened in the app's startup
-(`cleanup_ctx`), never at import time.
+(`cleanup_ctx`), never at import time. When core and bridge share a process
+(`inlet serve`), service/in_process.py provides the same protocol without the
+network hop.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inlet.v1 import events_pb2, events_pb2_grpc
 
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import Internal, Unavailable
 from http_bridge.status_map import http_status_for
+from inlet.v1 import events_pb2, events_pb2_grpc
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 
@@ -55,8 +58,24 @@ def channel_options(config: BridgeConfig) -> list[tuple[str, object]]:
     ]
 
 
-class CoreClient:
-    """Calls into the core. Create inside the running loop; close with `close()`."""
+class Core(Protocol):
+    """What the bridge needs from the core."""
+
+    async def ingest_batch(
+        self, items: list[events_pb2.IngestItem]
+    ) -> list[events_pb2.IngestResult]:
+        """One result per item, in order. Raises Unavailable (transient) or Internal."""
+        ...
+
+    async def ready(self) -> bool:
+        """True when events can be stored now."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcCore:
+    """Calls the core over gRPC. Create inside the running loop; close with `close()`."""
 
     def __init__(self, config: BridgeConfig) -> None:
         self._config = config

@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from google.protobuf import timestamp_pb2
-from inlet.v1 import events_pb2
 
 from http_bridge.batcher import QueueFull
 from http_bridge.errors import CHALLENGE, Internal, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
+from inlet.v1 import events_pb2
 
 JSON = "application/json"
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from http_bridge.app import create_app
+from http_bridge.app import CoreFactory, create_app
 from http_bridge.config import BridgeConfig
+from http_bridge.core_client import GrpcCore
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ class BridgeServer:
         await self.runner.cleanup()
 
 
-async def start_bridge(config: BridgeConfig) -> BridgeServer:
+async def start_bridge(config: BridgeConfig, core: CoreFactory = GrpcCore) -> BridgeServer:
     context = tls_context(config)
     runner = web.AppRunner(
-        create_app(config), access_log=None, shutdown_timeout=config.shutdown_timeout_s
+        create_app(config, core), access_log=None, shutdown_timeout=config.shutdown_timeout_s
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=context)

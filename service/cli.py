@@ -15,6 +15,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.server import start_bridge
 from service import keys
 from service.config import CoreConfig, split_list
+from service.in_process import InProcessCore
 from service.server import start_core, wait_for_signal
 from service.store import Store, StoreError, open_store
 from service.timestamps import format_micros, parse_timestamp
@@ -121,7 +122,11 @@ async def _serve(args: argparse.Namespace) -> None:
                 tls_key=args.tls_key,
                 max_body_bytes=args.max_body_bytes,
             )
-            bridge = await start_bridge(config)
+            if core is None:
+                bridge = await start_bridge(config)
+            else:  # same process: no gRPC hop between bridge and core
+                local = InProcessCore(core)
+                bridge = await start_bridge(config, lambda _: local)
         await wait_for_signal()
         log.info("shutting down: draining in-flight requests")
     finally:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from inlet.v1 import events_pb2
 
+from inlet.v1 import events_pb2
 from service.errors import InvalidEvent
 from service.timestamps import format_micros
 

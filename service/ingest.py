@@ -13,8 +13,8 @@ from collections.abc import Collection, Sequence
 
 import orjson
 from google.protobuf import timestamp_pb2
-from inlet.v1 import events_pb2
 
+from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec
 from service.errors import InletError, StoreUnavailable

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 
+from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service.auth import Authenticator
 from service.config import CoreConfig
 from service.ingest import Ingestor
@@ -47,12 +47,15 @@ class CoreServer:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     store: Store
+    ingestor: Ingestor
     port: int
     config: CoreConfig
+    serving: bool = True
 
     async def stop(self, grace: float | None = None) -> None:
         # Health first, so load balancers and bridges' /readyz stop routing here;
         # then refuse new RPCs and give in-flight ones the grace period.
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
         await self.store.close()
@@ -84,7 +87,7 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     log.info(
         "core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database
     )
-    return CoreServer(server, health_servicer, store, port, config)
+    return CoreServer(server, health_servicer, store, ingestor, port, config)
 
 
 def _with_port(listen: str, port: int) -> str:

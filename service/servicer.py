@@ -16,8 +16,8 @@ import grpc
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 
+from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service import keys
 from service.auth import Authenticator, bearer_key
 from service.config import CoreConfig

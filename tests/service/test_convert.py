@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
-from inlet.v1 import events_pb2
 
+from inlet.v1 import events_pb2
 from service.convert import event_to_spec
 from service.errors import InletError, InvalidEvent
 from service.validation import canonicalise
