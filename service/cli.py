@@ -1,17 +1,24 @@
-"""The `inlet` command line: serve, and manage API keys."""
+"""The `inlet` command line: serve, manage API keys, check a deployment's contract."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from http_bridge.config import BridgeConfig
+from http_bridge.contract.config import ContractConfig
+from http_bridge.contract.report import render_text, write_junit
+from http_bridge.contract.runner import run_contract_test
 from http_bridge.server import start_bridge
 from service import keys
 from service.config import CoreConfig, split_list
@@ -64,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key by its id")
     revoke.add_argument("key_id")
+
+    contract = commands.add_parser(
+        "contract-test",
+        help="check a deployed Segment destination endpoint (needs the `contract` extra)",
+    )
+    contract.add_argument("--url", required=True, help="the webhook URL, e.g. https://host/segment")
+    contract.add_argument("--key", required=True, help="a valid API key for that endpoint")
+    contract.add_argument("--settings", help="partner settings to send, as a JSON object")
+    contract.add_argument("--spec", type=Path, help="OpenAPI spec (default: Inlet's, shipped)")
+    contract.add_argument("--junit-xml", type=Path, help="also write a JUnit XML report here")
+    contract.add_argument("--max-examples", type=int, default=50, help="per Schemathesis phase")
+    contract.add_argument("--cacert", help="CA bundle to trust for the endpoint's certificate")
+    contract.add_argument("--scenarios-only", action="store_true", help="skip the Schemathesis run")
     return parser
 
 
@@ -77,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             _run(_serve(args))
             return 0
+        if args.command == "contract-test":
+            return contract_test(args)
         return _run(_keys(args))
     except (ValueError, StoreError, OSError) as exc:
         print(f"inlet: {exc}", file=sys.stderr)
@@ -137,6 +159,31 @@ async def _serve(args: argparse.Namespace) -> None:
         if core is not None:
             await core.stop()
     log.info("stopped")
+
+
+def contract_test(args: argparse.Namespace) -> int:
+    """Run Segment's contract against a live endpoint; 0 when everything passed."""
+    settings = ""
+    if args.settings:
+        parsed = json.loads(args.settings)
+        if not isinstance(parsed, dict):
+            raise ValueError("--settings must be a JSON object")
+        settings = base64.b64encode(json.dumps(parsed).encode()).decode()
+    config = ContractConfig(
+        url=args.url,
+        api_key=args.key,
+        settings=settings,
+        spec=args.spec,
+        max_examples=args.max_examples,
+        cacert=args.cacert,
+        skip_property_run=args.scenarios_only,
+    )
+    with tempfile.TemporaryDirectory(prefix="inlet-contract-") as work:
+        report = run_contract_test(config, Path(work))
+        print(render_text(report, args.url))
+        if args.junit_xml:
+            write_junit(report, args.junit_xml)
+    return 0 if report.passed else 1
 
 
 def _database(args: argparse.Namespace) -> Store:

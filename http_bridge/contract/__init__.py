@@ -1,0 +1,12 @@
+"""`inlet contract-test`: check any deployed Segment Direct Destination endpoint.
+
+Two parts, one report:
+
+* scenarios.py — Segment's own contract, row by row (DESIGN.md's status table):
+  what a destination must answer, and what Segment then does with the answer.
+* property_run.py — a Schemathesis property-based run of an OpenAPI spec
+  (Inlet's `openapi.yaml`, shipped in this package, by default).
+
+The contract is Segment's, not Inlet's: the scenarios assume nothing about the
+endpoint beyond what Segment's partner documentation asks of every destination.
+"""
