@@ -42,6 +42,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return handlers.error_response(exc.status, message, code, headers)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client went away mid-request; nothing to answer, nothing was stored.
+        log.debug("client disconnected during %s %s", request.method, request.path)
+        return handlers.error_response(400, "the connection was lost", "connection_lost")
     except Exception:
         log.exception("bug handling %s %s", request.method, request.path)
         return handlers.error_response(500, "internal error", "internal")

@@ -7,10 +7,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import timestamp_pb2
 
 from http_bridge.batcher import QueueFull
-from http_bridge.errors import CHALLENGE, Internal, Unavailable
+from http_bridge.errors import CHALLENGE, BadRequest, Internal, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
@@ -22,7 +24,12 @@ JSON = "application/json"
 def json_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON, headers=headers)
+    try:
+        payload = orjson.dumps(body)
+    except TypeError:  # e.g. a lone surrogate in a message: still answer JSON
+        payload = orjson.dumps({k: str(v).encode("utf-8", "backslashreplace").decode("ascii")
+                                for k, v in body.items()})  # fmt: skip
+    return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
 
 
 def error_response(
@@ -56,7 +63,12 @@ async def segment_event(request: web.Request) -> web.Response:
     api_key = api_key_from_authorization(request.headers.get("Authorization"))
     check_media_type(request.headers.get("Content-Type"))
     settings = decode_settings(request.headers.get("X-Segment-Settings"))
-    body = await request.read()  # client_max_size: 413 as soon as the limit is passed
+    try:
+        body = await request.read()  # client_max_size: 413 as soon as the limit is passed
+    except (HttpProcessingError, RequestPayloadError):  # the client's framing or encoding
+        raise BadRequest(
+            "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
+        ) from None
     now_ns = time.time_ns()
     received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
     item = events_pb2.IngestItem(

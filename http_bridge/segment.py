@@ -86,7 +86,9 @@ def check_media_type(content_type: str | None) -> None:
         return
     media_type = content_type.partition(";")[0].strip().lower()
     if not _JSON_MEDIA_TYPE.match(media_type):
+        # aiohttp decodes undecodable header bytes as surrogates: never echo them raw.
+        shown = media_type[:60].encode("utf-8", "backslashreplace").decode("ascii", "replace")
         raise UnsupportedMediaType(
-            f"the body must be application/json, not {media_type or 'empty'!s}",
+            f"the body must be application/json, not {shown or 'empty'}",
             "unsupported_media_type",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 
@@ -13,6 +14,8 @@ from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
 
 log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES: Final = 64 * 1024
 
 
 def tls_context(config: BridgeConfig) -> ssl.SSLContext | None:
@@ -38,7 +41,13 @@ class BridgeServer:
 async def start_bridge(config: BridgeConfig, core: CoreFactory = GrpcCore) -> BridgeServer:
     context = tls_context(config)
     runner = web.AppRunner(
-        create_app(config, core), access_log=None, shutdown_timeout=config.shutdown_timeout_s
+        create_app(config, core),
+        access_log=None,
+        shutdown_timeout=config.shutdown_timeout_s,
+        # aiohttp's default 8190-byte header limit would answer a large (but valid)
+        # X-Segment-Settings with a 400 that Segment drops; allow 64 KiB per header.
+        max_field_size=MAX_HEADER_BYTES,
+        max_line_size=MAX_HEADER_BYTES,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=context)

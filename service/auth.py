@@ -38,6 +38,9 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        # Bumped by invalidate(): a look-up that started before a revocation must not
+        # put the old record back into the cache when it finishes.
+        self._generation = 0
 
     async def authenticate(self, api_key: str | None, scope: str) -> KeyRecord:
         """Return the record of a valid, unexpired, unrevoked key that has `scope`.
@@ -65,6 +68,7 @@ class Authenticator:
 
     def invalidate(self, key_id: str | None = None) -> None:
         """Forget one cached key (or all), e.g. after revoking it."""
+        self._generation += 1
         if key_id is None:
             self._cache.clear()
         else:
@@ -75,7 +79,10 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
+        generation = self._generation
         record = await self._store.get_key(key_id)
+        if generation != self._generation:
+            return record  # invalidated meanwhile: use it once, do not cache it
         if len(self._cache) >= _MAX_CACHED:
             # Unknown key ids are cached too (so a flood of them stays cheap); the
             # bound keeps such a flood from growing memory.

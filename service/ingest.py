@@ -17,8 +17,9 @@ from google.protobuf import timestamp_pb2
 from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec
-from service.errors import InletError, StoreUnavailable
+from service.errors import InletError, InvalidEvent, StoreUnavailable
 from service.store import EventWrite, KeyRecord, Store
+from service.timestamps import MAX_MICROS, MIN_MICROS
 from service.validation import EVENT_TYPES, canonicalise
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,10 @@ class Ingestor:
 
 def _micros(stamp: timestamp_pb2.Timestamp) -> int:
     # Not Timestamp.ToMicroseconds(): that is Python code with checks, on the hot path.
-    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    micros = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    if not MIN_MICROS <= micros <= MAX_MICROS:
+        raise InvalidEvent("`received_at` is outside years 1-9999", "wrong_type")
+    return micros
 
 
 def _raw_json(item: events_pb2.IngestItem) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from service.config import CoreConfig
 from service.errors import InletError, InvalidEvent, NotFound
 from service.ingest import Ingestor
 from service.store import KeyRecord, Store
+from service.timestamps import MAX_MICROS
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:
             raise InvalidEvent(str(exc), "invalid_scope") from None
         new = keys.generate_key()
-        expires = request.expires_at.ToMicroseconds() if request.HasField("expires_at") else None
+        expires = None
+        if request.HasField("expires_at"):
+            expires = request.expires_at.seconds * 1_000_000 + request.expires_at.nanos // 1000
+            if not time.time_ns() // 1000 < expires <= MAX_MICROS:
+                raise InvalidEvent(
+                    "`expires_at` must be a future date before 10000", "invalid_expiry"
+                )
         record = await self._store.create_key(
             caller.account_id, new.key_id, new.secret_hash, scopes, request.label, expires
         )

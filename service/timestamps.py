@@ -30,15 +30,16 @@ _LENIENT: Final = re.compile(
 )
 
 
-_MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
-_MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
+#: The dates Python (and a protobuf Timestamp) can hold: years 1-9999, UTC.
+MIN_MICROS: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+MAX_MICROS: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
     microseconds=1
 )
 
 
 def _in_range(micros: int) -> int | None:
     """`micros` if it is a date Python can represent in UTC (years 1-9999), else None."""
-    return micros if _MIN_US <= micros <= _MAX_US else None
+    return micros if MIN_MICROS <= micros <= MAX_MICROS else None
 
 
 def to_micros(moment: datetime) -> int:

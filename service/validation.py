@@ -48,6 +48,9 @@ def normalise_name(name: str) -> str:
 
 
 _SPEC_FIELD_SET: Final = frozenset(_SPEC_FIELDS)
+_MIN_INT64: Final = -(2**63)
+_MAX_INT64: Final = 2**63 - 1
+_MAX_EXACT_FLOAT: Final = 2**53
 _BY_NORMAL_NAME: Final = {normalise_name(field): field for field in _SPEC_FIELDS}
 _TYPE_BY_NORMAL_NAME: Final = {normalise_name(t): t for t in EVENT_TYPES}
 _OBJECT: Final = ((dict,), "an object")
@@ -233,15 +236,22 @@ def _event_type(fields: dict[str, Any], supported: Collection[str]) -> str:
 
 
 def _identifier(fields: dict[str, Any], field: str) -> str | None:
-    """An id field as a string (type already checked: str, int or float), or None."""
+    """An id field as a string (type already checked: str, int or float), or None.
+
+    Numbers must be exact integers that fit 64 bits: JSON parsers (ours included)
+    read larger or fractional numbers as floats, and two different ids could then
+    print the same, turning a new event into a "duplicate".
+    """
     value = fields.get(field)
     if value is None or value == "":
         return None
     if value.__class__ is str:
         return value
-    if value.__class__ is float and value.is_integer() and abs(value) < 2**53:
-        return str(int(value))  # 42.0 -> "42"; beyond 2**53 floats are not exact integers
-    return repr(value)
+    if value.__class__ is float and value.is_integer() and abs(value) <= _MAX_EXACT_FLOAT:
+        value = int(value)  # 42.0 -> 42
+    if value.__class__ is int and _MIN_INT64 <= value <= _MAX_INT64:
+        return str(value)
+    raise InvalidEvent(f"`{field}` must be a string or an integer of at most 64 bits", "wrong_type")
 
 
 def _missing(event_type: str, what: str) -> InvalidEvent:

@@ -24,9 +24,16 @@ class GroupCommitter(Generic[T, R]):
     one call at a time, each call covering every submission queued meanwhile."""
 
     def __init__(
-        self, commit: Callable[[list[T]], list[R]], executor: Executor, max_items: int = 5000
+        self,
+        commit: Callable[[list[T]], list[R]],
+        executor: Executor,
+        max_items: int = 5000,
+        transient: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:
+        """`transient(exc)`: the failure is the store's, not the data's (no point retrying
+        submissions one by one; every waiter gets it)."""
         self._commit = commit
+        self._transient = transient
         self._executor = executor
         self._max_items = max_items
         self._queue: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
@@ -60,13 +67,32 @@ class GroupCommitter(Generic[T, R]):
             flat = [item for items, _ in group for item in items]
             try:
                 results = await loop.run_in_executor(self._executor, self._commit, flat)
-            except Exception as exc:  # noqa: BLE001 - every waiter of this group sees it
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiters
+                if len(group) == 1 or self._transient(exc):
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    # One submission's bad data must not fail the others that happened
+                    # to share its transaction: commit each on its own.
+                    await self._commit_one_by_one(group)
                 continue
             start = 0
             for items, future in group:
                 if not future.done():
                     future.set_result(results[start : start + len(items)])
                 start += len(items)
+
+    async def _commit_one_by_one(
+        self, group: list[tuple[Sequence[T], asyncio.Future[list[R]]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for items, future in group:
+            try:
+                result = await loop.run_in_executor(self._executor, self._commit, list(items))
+            except Exception as exc:  # noqa: BLE001 - handed to this waiter only
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)

@@ -112,7 +112,11 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inlet-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._events = GroupCommitter[EventWrite, int | None](self._write_events, self._executor)
+        self._events = GroupCommitter[EventWrite, int | None](
+            self._write_events,
+            self._executor,
+            transient=lambda exc: isinstance(exc, StoreUnavailable),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -227,15 +231,18 @@ class SqliteStore:
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         def read() -> KeyRecord | None:
-            row = (
-                self._db()
-                .execute(
-                    f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a "
-                    "ON a.id = k.account_id WHERE k.key_id = ?",
-                    (key_id,),
+            try:
+                row = (
+                    self._db()
+                    .execute(
+                        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a "
+                        "ON a.id = k.account_id WHERE k.key_id = ?",
+                        (key_id,),
+                    )
+                    .fetchone()
                 )
-                .fetchone()
-            )
+            except sqlite3.OperationalError as exc:  # on the ingest path: 503, retry later
+                raise StoreUnavailable() from exc
             return None if row is None else _key(row)
 
         return await self._run(read)

@@ -305,3 +305,78 @@ async def test_health_routes(stack: Stack) -> None:
             assert (reply.status, await reply.json()) == (200, {"status": "ok"})
         async with session.get(stack.url + "/readyz") as reply:
             assert (reply.status, await reply.json()) == (200, {"status": "ready"})
+
+
+# -- hostile input found in review ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw_id", "stored_as"),
+    [(b"42", "42"), (b"42.0", "42"), (b"-9223372036854775808", "-9223372036854775808")],
+)
+async def test_integer_ids_are_stored_as_strings(
+    stack: Stack, raw_id: bytes, stored_as: str
+) -> None:
+    body = b'{"type": "track", "userId": "u", "event": "E", "messageId": ' + raw_id + b"}"
+    status, reply, _ = await post(stack, data=body)
+    assert (status, reply["messageId"]) == (200, stored_as)
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [b"123456789012345678901234567890", b"123456789012345678901234567891", b"0.1", b"1e300",
+     b"9223372036854775808"],
+)  # fmt: skip
+async def test_inexact_numeric_ids_are_refused_not_merged(stack: Stack, raw_id: bytes) -> None:
+    # Parsed as floats, two such ids would print alike and the second event would be
+    # answered "already stored" without ever being stored.
+    body = b'{"type": "track", "userId": "u", "event": "E", "messageId": ' + raw_id + b"}"
+    status, reply, _ = await post(stack, data=body)
+    assert (status, reply["code"]) == (400, "wrong_type")
+
+
+async def test_undecodable_content_type_is_a_json_415(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.bridge.port)
+    request = (
+        b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: \xff\xfe/json\r\n"
+        b"Authorization: " + basic(stack.keys["ingest"]).encode() + b"\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    writer.write(request)
+    reply = await reader.read()
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 415") and b"application/json" in head
+    assert json.loads(body)["code"] == "unsupported_media_type"
+
+
+async def test_corrupt_gzip_body_is_400(stack: Stack) -> None:
+    headers = {"Content-Encoding": "gzip"}
+    status, body, _ = await post(stack, data=b"definitely not gzip", headers=headers)
+    assert (status, body["code"]) == (400, "invalid_body")
+
+
+async def test_large_settings_header_is_accepted(stack: Stack) -> None:
+    settings = {f"setting{i}": "x" * 40 for i in range(250)}  # ~14 KB once base64-encoded
+    header = base64.b64encode(json.dumps(settings).encode()).decode()
+    assert len(header) > 8190  # aiohttp's default limit, which would answer 400
+    status, _, _ = await post(stack, TRACK, headers={"X-Segment-Settings": header})
+    assert status == 200
+
+
+async def test_store_read_failure_during_key_lookup_is_503(stack: Stack) -> None:
+    fresh = await stack.add_key("fresh")  # not cached yet: the core must read the store
+    store = stack.store
+    real_db = store._db  # type: ignore[attr-defined]
+
+    class Failing:
+        def execute(self, *args: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    store._db = lambda: Failing()  # type: ignore[attr-defined]
+    try:
+        status, body, headers = await post(stack, TRACK, key="fresh")
+    finally:
+        store._db = real_db  # type: ignore[attr-defined]
+    assert (status, body["code"]) == (503, "store_unavailable") and "Retry-After" in headers
+    assert fresh and (await post(stack, TRACK, key="fresh"))[0] == 200

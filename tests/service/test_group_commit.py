@@ -115,21 +115,44 @@ async def test_submissions_queued_during_a_commit_go_into_one_next_commit(
     assert len(commit.calls) == 2
 
 
-async def test_exception_fails_only_the_group_it_came_from(
+async def test_a_failing_submission_is_retried_alone_so_the_others_commit(
     commit: GatedCommit, executor: ThreadPoolExecutor
 ) -> None:
     committer: GroupCommitter[str, str] = GroupCommitter(commit, executor)
     first = submit(committer, "a")
     await commit.next_call()
-    failing = [submit(committer, "boom"), submit(committer, "c")]
+    poisoned, innocent = submit(committer, "boom"), submit(committer, "c")
+    await settle()
+    commit.release(0)
+    assert await commit.next_call() == ["boom", "c"]
+    commit.release(1)
+    # The shared transaction failed on bad data: each submission is committed alone.
+    assert await commit.next_call() == ["boom"]
+    commit.release(2)
+    assert await commit.next_call() == ["c"]
+    commit.release(3)
+    with pytest.raises(ValueError, match="commit 2 failed"):
+        await poisoned
+    assert await innocent == ["c!"]
+    assert await first == ["a!"]
+
+
+async def test_a_transient_failure_fails_the_whole_group_without_retrying(
+    commit: GatedCommit, executor: ThreadPoolExecutor
+) -> None:
+    committer: GroupCommitter[str, str] = GroupCommitter(
+        commit, executor, transient=lambda exc: isinstance(exc, ValueError)
+    )
+    first = submit(committer, "a")
+    await commit.next_call()
+    group = [submit(committer, "boom"), submit(committer, "c")]
     await settle()
     commit.release(0)
     assert await commit.next_call() == ["boom", "c"]
     later = submit(committer, "d")
     await settle()
-
     commit.release(1)
-    for task in failing:
+    for task in group:  # the store is down: every waiter hears it, retries later
         with pytest.raises(ValueError, match="commit 1 failed"):
             await task
     assert await commit.next_call() == ["d"]  # the committer goes on after a failure

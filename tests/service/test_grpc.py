@@ -242,3 +242,34 @@ async def test_graceful_shutdown_goes_not_serving_then_stops(stack: Stack) -> No
         await stack.core.health.enter_graceful_shutdown()
         reply = await health.Check(health_pb2.HealthCheckRequest(service="inlet.v1.EventService"))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_a_poisoned_item_does_not_fail_others_sharing_its_commit(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    poisoned = events_pb2.IngestItem(json=TRACK_JSON.replace(b"g-1", b"g-poison"))
+    poisoned.received_at.seconds = 2**62  # beyond any date; once overflowed SQLite
+    good = events_pb2.IngestItem(json=TRACK_JSON)
+    metadata = bearer(stack.keys["ingest"])
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=[good, poisoned]), metadata=metadata, timeout=5
+    )
+    assert [r.outcome for r in reply.results] == [
+        events_pb2.OUTCOME_STORED,
+        events_pb2.OUTCOME_REJECTED,
+    ]
+    assert reply.results[1].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+@pytest.mark.parametrize("seconds", [1, 10**12])
+async def test_admin_refuses_expiry_in_the_past_or_beyond_year_9999(
+    stack: Stack, channel: grpc.aio.Channel, seconds: int
+) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    request = admin_pb2.CreateKeyRequest(scopes=["ingest"])
+    request.expires_at.seconds = seconds
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.CreateKey(request, metadata=bearer(stack.keys["admin"]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "invalid_expiry"

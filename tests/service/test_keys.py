@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 
 import pytest
 
+from service.auth import Authenticator
 from service.keys import SCOPES, generate_key, hash_secret, parse_scopes, secret_matches, split_key
+from service.store import KeyRecord
 
 KEY_ID = "0123456789abcdef"
 
@@ -135,3 +138,28 @@ def test_parse_scopes_rejects_unknown_scopes_by_name(text: str, unknown: str) ->
         parse_scopes(text)
     assert unknown in str(caught.value)
     assert "ingest, read, admin" in str(caught.value)
+
+
+async def test_a_lookup_racing_a_revocation_does_not_recache_the_old_record() -> None:
+    release = asyncio.Event()
+    new = generate_key()
+
+    class SlowStore:
+        revoked = False
+
+        async def get_key(self, key_id: str) -> object:
+            revoked = self.revoked  # the row as read before the revocation committed
+            await release.wait()
+            return KeyRecord(new.key_id, 1, "acme", False, ("ingest",), "", new.secret_hash,
+                             0, None, 1 if revoked else None)  # fmt: skip
+
+    store = SlowStore()
+    auth = Authenticator(store, ttl_s=60)  # type: ignore[arg-type]
+    racing = asyncio.create_task(auth.authenticate(new.plaintext, "ingest"))
+    await asyncio.sleep(0)
+    store.revoked = True
+    auth.invalidate(new.key_id)  # the revocation lands while the look-up is in flight
+    release.set()
+    await racing  # that one call may still see the old record...
+    with pytest.raises(Exception, match="revoked"):  # ...but nothing caches it
+        await auth.authenticate(new.plaintext, "ingest")
