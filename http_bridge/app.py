@@ -78,6 +78,7 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
             max_bytes=config.max_batch_bytes,
             max_inflight=config.max_inflight_batches,
             max_pending=config.max_pending,
+            max_pending_bytes=config.max_pending_bytes,
         )
         try:
             yield

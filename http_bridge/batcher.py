@@ -43,12 +43,15 @@ class Batcher(Generic[Item, Result]):
         max_bytes: int = 8 * 1024 * 1024,
         max_inflight: int = 1,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._send = send
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_inflight = max_inflight
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._queue: deque[tuple[Item, int, asyncio.Future[Result]]] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -64,11 +67,15 @@ class Batcher(Generic[Item, Result]):
             TimeoutError: no result within `timeout`.
             Exception: whatever `send` raised for the batch holding this item.
         """
-        if len(self._queue) >= self._max_pending:
+        if (
+            len(self._queue) >= self._max_pending
+            or self._pending_bytes + size > self._max_pending_bytes
+        ):
             raise QueueFull()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.append((item, size, future))
+        self._pending_bytes += size
         self._dispatch()
         # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
         # Once expired the future is done, so a still-queued item is skipped.
@@ -99,10 +106,12 @@ class Batcher(Generic[Item, Result]):
             item, item_size, future = self._queue[0]
             if future.done():  # its request gave up while queued
                 self._queue.popleft()
+                self._pending_bytes -= item_size
                 continue
             if batch and size + item_size > self._max_bytes:
                 break
             self._queue.popleft()
+            self._pending_bytes -= item_size
             batch.append((item, future))
             size += item_size
         return batch

@@ -42,7 +42,12 @@ class BridgeConfig:
     """IngestBatch calls in flight at once. One keeps batches large under load (DESIGN.md)."""
 
     max_pending: int = 10_000
-    """Requests queued for the core beyond which new ones get 503 at once (bounded memory)."""
+    max_pending_bytes: int = 64 * 1024 * 1024
+    """Requests (and their bytes) queued for the core beyond which new ones get 503 at
+    once: memory stays bounded whatever the load."""
+
+    body_timeout_s: float = 10.0
+    """Longest a client may take to send its body (slow-loris defence): then 408."""
 
     retry_after_s: int = 5
     """Retry-After sent with 503 and 429."""
@@ -72,6 +77,7 @@ class BridgeConfig:
             "INLET_CORE_TIMEOUT_S": ("core_timeout_s", float),
             "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
             "INLET_MAX_PENDING": ("max_pending", int),
+            "INLET_BODY_TIMEOUT_S": ("body_timeout_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),
         }

@@ -3,6 +3,7 @@
     BridgeError                 status, stable `code`, message (+ headers)
     ├── BadRequest              400  malformed settings header
     ├── Unauthorized            401  Authorization missing, not Basic, undecodable
+    ├── RequestTimeout          408  the body did not arrive in time (slow client; Segment retries 408)
     ├── PayloadTooLarge         413  body over the limit (checked while reading)
     ├── UnsupportedMediaType    415  Content-Type not JSON
     ├── Unavailable             503  core unreachable, too slow, draining, overloaded (+ Retry-After)
@@ -39,6 +40,10 @@ class Unauthorized(BridgeError):
 
     def __init__(self, message: str, code: str = "invalid_authorization") -> None:
         super().__init__(message, code, dict(CHALLENGE))
+
+
+class RequestTimeout(BridgeError):
+    status = 408
 
 
 class PayloadTooLarge(BridgeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import timestamp_pb2
 
 from http_bridge.batcher import QueueFull
-from http_bridge.errors import CHALLENGE, BadRequest, Internal, Unavailable
+from http_bridge.errors import CHALLENGE, BadRequest, Internal, RequestTimeout, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
@@ -64,7 +65,14 @@ async def segment_event(request: web.Request) -> web.Response:
     check_media_type(request.headers.get("Content-Type"))
     settings = decode_settings(request.headers.get("X-Segment-Settings"))
     try:
-        body = await request.read()  # client_max_size: 413 as soon as the limit is passed
+        # client_max_size: 413 as soon as the limit is passed; the timeout keeps a
+        # trickling (slow-loris) client from holding a connection and a handler.
+        async with asyncio.timeout(config.body_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout_s:g} s", "request_timeout"
+        ) from None
     except (HttpProcessingError, RequestPayloadError):  # the client's framing or encoding
         raise BadRequest(
             "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"

@@ -8,6 +8,7 @@ AdminService takes effect at once (`invalidate`); one made by another process
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -16,6 +17,11 @@ from service.errors import PermissionDenied, Unauthenticated
 from service.store import KeyRecord, Store
 
 _MAX_CACHED = 10_000
+log = logging.getLogger(__name__)
+
+
+def _invalid() -> Unauthenticated:
+    return Unauthenticated("the API key is not valid", "invalid_api_key")
 
 
 def bearer_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
@@ -54,12 +60,16 @@ class Authenticator:
         parts = keys.split_key(api_key)
         record = None if parts is None else await self._lookup(parts[0])
         if parts is None or record is None or not keys.secret_matches(parts[1], record.secret_hash):
-            raise Unauthenticated("the API key is not valid", "invalid_api_key")
+            raise _invalid()
         now_us = time.time_ns() // 1000
+        # Revoked and expired look exactly like unknown to the caller (no oracle for
+        # which key ids exist); the operator's log says which, by key id only.
         if record.revoked_at_us is not None and record.revoked_at_us <= now_us:
-            raise Unauthenticated("the API key has been revoked", "api_key_revoked")
+            log.info("refused API key %s: revoked", record.key_id)
+            raise _invalid()
         if record.expires_at_us is not None and record.expires_at_us <= now_us:
-            raise Unauthenticated("the API key has expired", "api_key_expired")
+            log.info("refused API key %s: expired", record.key_id)
+            raise _invalid()
         if scope not in record.scopes:
             raise PermissionDenied(f"the API key lacks the `{scope}` scope", "missing_scope")
         if record.account_suspended:

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--types", help="accepted call types, comma-separated (env INLET_SUPPORTED_TYPES)"
     )
+    serve.add_argument(
+        "--rate-limit",
+        type=float,
+        dest="rate_limit",
+        help="events/s per API key, 0 = none (env INLET_RATE_LIMIT_PER_KEY)",
+    )
     serve.add_argument("--no-fsync", action="store_true", help="synchronous=NORMAL: faster, "
                        "but a power cut may lose acknowledged events")  # fmt: skip
 
@@ -122,6 +128,7 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
         listen=args.grpc_listen,
         supported_types=split_list(args.types) if args.types else None,
         durable=False if args.no_fsync else None,
+        rate_limit_per_key=args.rate_limit,
     )
 
 

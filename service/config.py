@@ -53,12 +53,22 @@ class CoreConfig:
     key_cache_ttl_s: float = 2.0
     """How long a verified API key is trusted before it is read again from the store."""
 
+    rate_limit_per_key: float = 0.0
+    """Events per second each API key may send (bursts up to one second's worth);
+    beyond it: RESOURCE_EXHAUSTED / HTTP 429 + Retry-After. 0: no limit."""
+
+    max_inflight_events: int = 50_000
+    """Events being validated and committed at once; beyond it calls are refused with
+    UNAVAILABLE / HTTP 503 at once, so memory stays bounded under overload."""
+
     def __post_init__(self) -> None:
         unknown = set(self.supported_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"unknown event types {sorted(unknown)}: expected {EVENT_TYPES}")
         if self.max_batch_items < 1 or self.shutdown_grace_s < 0 or self.key_cache_ttl_s < 0:
             raise ValueError("max_batch_items must be >= 1, grace and ttl >= 0")
+        if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
+            raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> CoreConfig:
@@ -74,5 +84,7 @@ class CoreConfig:
             values["supported_types"] = split_list(environ["INLET_SUPPORTED_TYPES"])
         if "INLET_SHUTDOWN_GRACE_S" in environ:
             values["shutdown_grace_s"] = float(environ["INLET_SHUTDOWN_GRACE_S"])
+        if "INLET_RATE_LIMIT_PER_KEY" in environ:
+            values["rate_limit_per_key"] = float(environ["INLET_RATE_LIMIT_PER_KEY"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

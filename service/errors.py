@@ -8,6 +8,8 @@
     │   ├── Unauthenticated         UNAUTHENTICATED   (missing, unknown, revoked, expired key)
     │   └── PermissionDenied        PERMISSION_DENIED (no scope, account suspended)
     ├── NotFound                    NOT_FOUND         (admin: no such key)
+    ├── RateLimited                 RESOURCE_EXHAUSTED (the key's rate limit: retry later)
+    ├── Overloaded                  UNAVAILABLE       (too many events in flight: retry later)
     └── StoreUnavailable            UNAVAILABLE       (database locked, full, unreachable: retry later)
 
 Anything else raised inside the core is a bug: it is logged and surfaces as INTERNAL
@@ -59,6 +61,14 @@ class PermissionDenied(AuthError):
 
 class NotFound(InletError):
     grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class RateLimited(InletError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Overloaded(InletError):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
 class StoreUnavailable(InletError):

@@ -17,7 +17,8 @@ from google.protobuf import timestamp_pb2
 from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec
-from service.errors import InletError, InvalidEvent, StoreUnavailable
+from service.errors import InletError, InvalidEvent, Overloaded, RateLimited, StoreUnavailable
+from service.ratelimit import RateLimiter
 from service.store import EventWrite, KeyRecord, Store
 from service.timestamps import MAX_MICROS, MIN_MICROS
 from service.validation import EVENT_TYPES, canonicalise
@@ -43,15 +44,42 @@ class Ingestor:
         store: Store,
         auth: Authenticator,
         supported_types: Collection[str] = EVENT_TYPES,
+        limiter: RateLimiter | None = None,
+        max_inflight_events: int = 50_000,
     ) -> None:
         self._store = store
         self._auth = auth
         self._supported_types = frozenset(supported_types)
+        self._limiter = limiter
+        self._max_inflight = max_inflight_events
+        self._inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        """Events being validated and committed right now."""
+        return self._inflight
 
     async def ingest(
         self, items: Sequence[events_pb2.IngestItem], call_key: str | None = None
     ) -> list[events_pb2.IngestResult]:
-        """Process `items`; `call_key` is the key from call metadata (for items without one)."""
+        """Process `items`; `call_key` is the key from call metadata (for items without one).
+
+        Past `max_inflight_events` events being processed at once, a call is refused
+        whole with UNAVAILABLE at once (HTTP 503): memory stays bounded and callers
+        retry, instead of every event waiting longer and longer.
+        """
+        if self._inflight + len(items) > self._max_inflight:
+            error = Overloaded("the core is overloaded, retry later", "overloaded")
+            return [rejected(error) for _ in items]
+        self._inflight += len(items)
+        try:
+            return await self._ingest(items, call_key)
+        finally:
+            self._inflight -= len(items)
+
+    async def _ingest(
+        self, items: Sequence[events_pb2.IngestItem], call_key: str | None
+    ) -> list[events_pb2.IngestResult]:
         now_us = time.time_ns() // 1000
         results: list[events_pb2.IngestResult | None] = [None] * len(items)
         writes: list[EventWrite] = []
@@ -69,6 +97,15 @@ class Ingestor:
                 keys[api_key] = record
             if isinstance(record, InletError):
                 results[position] = rejected(record)
+                continue
+            if self._limiter is not None and (wait := self._limiter.take(record.key_id)):
+                results[position] = rejected(
+                    RateLimited(
+                        f"this key's rate limit ({self._limiter.rate:g} events/s) is exceeded; "
+                        f"retry in {wait:.1f} s",
+                        "rate_limited",
+                    )
+                )
                 continue
             try:
                 event = canonicalise(

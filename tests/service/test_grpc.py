@@ -184,7 +184,7 @@ async def test_admin_creates_lists_and_revokes_keys(
         await events.Ingest(
             events_pb2.IngestItem(json=TRACK_JSON), metadata=bearer(created.api_key)
         )
-    assert reason_of(caught.value) == "api_key_revoked"
+    assert reason_of(caught.value) == "invalid_api_key"
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.RevokeKey(
