@@ -32,7 +32,7 @@ class RateLimiter:
         now = self._clock()
         tokens, updated = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        if tokens >= count:
+        if tokens + 1e-9 >= count:  # float refills: 10 x 0.1 s must make a whole token
             if len(self._buckets) >= _MAX_BUCKETS and key not in self._buckets:
                 self._buckets.clear()  # bounded memory; a reset only ever allows more
             self._buckets[key] = (tokens - count, now)

@@ -360,3 +360,22 @@ async def test_drain_returns_at_once_when_idle(send: GatedSend) -> None:
     batcher: Batcher[str, str] = Batcher(send)
     await asyncio.wait_for(batcher.drain(), LONG)
     assert send.calls == []
+
+
+async def test_queued_bytes_are_capped_too() -> None:
+    gate = asyncio.Event()
+
+    async def send(items: list[str]) -> list[str]:
+        await gate.wait()
+        return items
+
+    batcher: Batcher[str, str] = Batcher(send, max_pending=100, max_pending_bytes=1000)
+    first = asyncio.create_task(batcher.submit("a", 10, timeout=5))  # sent at once
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(batcher.submit("b", 900, timeout=5))  # waits: 900 bytes
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await batcher.submit("c", 200, timeout=5)  # 900 + 200 > 1000
+    gate.set()
+    assert await first == "a" and await queued == "b"
+    assert await batcher.submit("c", 200, timeout=5) == "c"  # room again once sent
