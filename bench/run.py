@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_up(url: str, timeout: float = 30) -> None:
+def wait_until_up(url: str, post: bool = False, timeout: float = 30) -> None:
+    """Until `url` answers at all (any HTTP status)."""
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, data=b"{}" if post else None)
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(request, timeout=1):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
@@ -179,8 +184,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
     port = free_port()
     ceiling = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port), key])
     try:
-        time.sleep(0.5)
-        wait_until_up_post(f"http://127.0.0.1:{port}/segment")
+        wait_until_up(f"http://127.0.0.1:{port}/segment", post=True)
         url = f"http://127.0.0.1:{port}"
         out["ceiling"], _ = measure(ceiling.pid, url, key, args, work, loadgen)
     finally:
@@ -215,33 +219,19 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         "SELECT count(*), count(DISTINCT message_id) FROM events"
     ).fetchone()
     http_rows = rows - out.get("grpc_ingest_batch", {}).get("stored", 0)
-    new_acknowledged = acknowledged
     out["integrity"] = {
-        "acknowledged_new_events": new_acknowledged,
+        "acknowledged_new_events": acknowledged,
         "stored_http_events": http_rows,
         # wrk abandons requests still in flight when its time is up: those may be stored
         # without anyone seeing the 200, so the store may hold up to one per connection more.
-        "unacknowledged_but_stored": http_rows - new_acknowledged,
+        "unacknowledged_but_stored": http_rows - acknowledged,
         "stored_twice": rows - distinct,
-        "ok": http_rows >= new_acknowledged
-        and http_rows - new_acknowledged <= 2 * args.connections
+        "ok": http_rows >= acknowledged
+        and http_rows - acknowledged <= 2 * args.connections
         and rows == distinct,
     }
     out["ratio_to_ceiling"] = out["inlet"]["events_per_s"] / out["ceiling"]["events_per_s"]
     return out
-
-
-def wait_until_up_post(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
