@@ -49,6 +49,10 @@ class BridgeConfig:
     body_timeout_s: float = 10.0
     """Longest a client may take to send its body (slow-loris defence): then 408."""
 
+    header_timeout_s: float = 30.0
+    """A connection that has not completed a request's headers this long after it opened
+    (or after its previous response) is closed: slow-loris and idle keep-alive alike."""
+
     retry_after_s: int = 5
     """Retry-After sent with 503 and 429."""
 
@@ -78,6 +82,7 @@ class BridgeConfig:
             "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
             "INLET_MAX_PENDING": ("max_pending", int),
             "INLET_BODY_TIMEOUT_S": ("body_timeout_s", float),
+            "INLET_HEADER_TIMEOUT_S": ("header_timeout_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),
         }

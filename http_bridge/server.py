@@ -48,6 +48,10 @@ async def start_bridge(config: BridgeConfig, core: CoreFactory = GrpcCore) -> Br
         # X-Segment-Settings with a 400 that Segment drops; allow 64 KiB per header.
         max_field_size=MAX_HEADER_BYTES,
         max_line_size=MAX_HEADER_BYTES,
+        # aiohttp's keep-alive timer runs from the moment a connection opens (or a
+        # response ends) until the next request's headers are complete; its default of
+        # an hour would let trickled headers hold a connection that long.
+        keepalive_timeout=config.header_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=context)

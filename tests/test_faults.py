@@ -335,3 +335,32 @@ async def test_overload_is_refused_at_once_with_503(tmp_path: Path) -> None:
     finally:
         blocker.close()
         await stack.stop()
+
+
+async def test_trickled_headers_are_cut_off(tmp_path: Path) -> None:
+    stack = await start_stack(
+        tmp_path, bridge_config=BridgeConfig(host="127.0.0.1", port=0, header_timeout_s=0.5)
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.bridge.port)
+        writer.write(b"POST /segment HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the server hung up
+        assert time.monotonic() - started < 5
+        writer.close()
+        # Meanwhile and afterwards, real requests are served.
+        status, _ = await _post_one(stack)
+        assert status == 200
+    finally:
+        await stack.stop()
+
+
+async def _post_one(stack: Stack) -> tuple[int, dict[str, str]]:
+    event = {"type": "track", "userId": "u", "event": "E", "messageId": "after-slow"}
+    headers = {"Authorization": basic(stack.keys["ingest"]), "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/segment", json=event, headers=headers) as reply,
+    ):
+        return reply.status, await reply.json()
