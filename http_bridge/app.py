@@ -96,7 +96,7 @@ def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Applic
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     app.cleanup_ctx.append(core_connection(core))
-    app.router.add_post("/segment", handlers.segment_event)
+    app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app

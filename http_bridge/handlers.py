@@ -103,6 +103,19 @@ async def segment_event(request: web.Request) -> web.Response:
     return result_response(result, config.retry_after_s)
 
 
+async def expect(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue` as aiohttp does it; any other expectation gets a JSON 417
+    (aiohttp's own answer would be plain text, outside the error middleware)."""
+    value = request.headers.get("Expect", "")
+    if request.version != (1, 1):
+        return None
+    if value.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler does
+        return None
+    return error_response(417, "only `Expect: 100-continue` is supported", "expectation_failed")
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return json_response(200, {"status": "ok"})

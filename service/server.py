@@ -15,6 +15,7 @@ from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service.auth import Authenticator
 from service.config import CoreConfig
 from service.ingest import Ingestor
+from service.interceptors import DecodeErrorInterceptor
 from service.ratelimit import RateLimiter
 from service.servicer import AdminServicer, EventServicer
 from service.store import Store, open_store
@@ -70,7 +71,9 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     limiter = RateLimiter(config.rate_limit_per_key) if config.rate_limit_per_key else None
     ingestor = Ingestor(store, auth, config.supported_types, limiter, config.max_inflight_events)
 
-    server = grpc.aio.server(options=server_options(config))
+    server = grpc.aio.server(
+        interceptors=[DecodeErrorInterceptor()], options=server_options(config)
+    )
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(ingestor, config), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store, auth), server)
     health_servicer = health.aio.HealthServicer()

@@ -25,8 +25,9 @@ def bridge_statuses() -> set[int]:
         for _, cls in inspect.getmembers(errors, inspect.isclass)
         if issubclass(cls, errors.BridgeError) and cls is not errors.BridgeError
     }
-    # aiohttp itself answers 413 while reading an oversized body (re-rendered as JSON).
-    return from_core | from_bridge | {413}
+    # aiohttp itself answers 413 while reading an oversized body (re-rendered as JSON);
+    # the Expect handler answers 417.
+    return from_core | from_bridge | {413, 417}
 
 
 def test_every_status_the_webhook_can_send_is_documented() -> None:
