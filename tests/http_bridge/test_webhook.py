@@ -388,3 +388,22 @@ async def test_store_read_failure_during_key_lookup_is_503(stack: Stack) -> None
         store._db = real_db  # type: ignore[attr-defined]
     assert (status, body["code"]) == (503, "store_unavailable") and "Retry-After" in headers
     assert fresh and (await post(stack, TRACK, key="fresh"))[0] == 200
+
+
+async def test_keys_never_appear_in_logs_or_answers(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = stack.keys["ingest"]
+    secret = key.split("_")[2]
+    wrong_secret = key[:-4] + "AAAA"
+    answers = []
+    with caplog.at_level(logging.DEBUG):
+        answers.append(await post(stack, TRACK))
+        answers.append(await post(stack, TRACK, key=wrong_secret))
+        answers.append(await post(stack, {"type": "track", "userId": "u"}))
+        answers.append(await post(stack, data=b"{not json"))
+        answers.append(await post(stack, {"type": "teleport", "userId": "u"}))
+    for status, body, headers in answers:
+        shown = json.dumps(body) + json.dumps(dict(headers))
+        assert secret not in shown and "AAAA" not in shown, status
+    assert secret not in caplog.text and wrong_secret not in caplog.text
