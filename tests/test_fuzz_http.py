@@ -32,11 +32,12 @@ from typing import Any, Final
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import currently_in_test_context, event, given
 from hypothesis import strategies as st
 
 from http_bridge.config import BridgeConfig
 from http_bridge.server import MAX_HEADER_BYTES
+from tests.fuzzing import FUZZ
 from tests.stack import LiveStack, basic
 
 MAX_BODY: Final = BridgeConfig().max_body_bytes  # the live stack runs with the defaults
@@ -44,18 +45,6 @@ TIMEOUT_S: Final = 10.0
 #: orjson refuses documents nested deeper than this many arrays/objects.
 MAX_DEPTH: Final = 1024
 
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-        HealthCheck.filter_too_much,
-    ],
-)
 
 _ids = itertools.count()
 

@@ -30,10 +30,11 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import currently_in_test_context, event, given
 from hypothesis import strategies as st
 
 from inlet.v1 import events_pb2, events_pb2_grpc
+from tests.fuzzing import FUZZ
 from tests.stack import LiveStack
 
 S = grpc.StatusCode
@@ -53,17 +54,6 @@ TIMEOUT_S: Final = 10.0
 INGEST: Final = "/inlet.v1.EventService/Ingest"
 INGEST_BATCH: Final = "/inlet.v1.EventService/IngestBatch"
 
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
 
 _ids = itertools.count()
 
