@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,18 +73,18 @@ class CoreConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> CoreConfig:
         """Read INLET_* variables; `overrides` (from flags, None = unset) win."""
-        values: dict[str, object] = {}
-        if "INLET_CORE_LISTEN" in environ:
-            values["listen"] = environ["INLET_CORE_LISTEN"]
-        if "INLET_DATABASE_URL" in environ:
-            values["database"] = environ["INLET_DATABASE_URL"]
-        if "INLET_DURABLE" in environ:
-            values["durable"] = env_bool(environ["INLET_DURABLE"])
-        if "INLET_SUPPORTED_TYPES" in environ:
-            values["supported_types"] = split_list(environ["INLET_SUPPORTED_TYPES"])
-        if "INLET_SHUTDOWN_GRACE_S" in environ:
-            values["shutdown_grace_s"] = float(environ["INLET_SHUTDOWN_GRACE_S"])
-        if "INLET_RATE_LIMIT_PER_KEY" in environ:
-            values["rate_limit_per_key"] = float(environ["INLET_RATE_LIMIT_PER_KEY"])
+        readers: dict[str, tuple[str, Callable[[str], object]]] = {
+            "INLET_CORE_LISTEN": ("listen", str),
+            "INLET_DATABASE_URL": ("database", str),
+            "INLET_DURABLE": ("durable", env_bool),
+            "INLET_SUPPORTED_TYPES": ("supported_types", split_list),
+            "INLET_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
+            "INLET_RATE_LIMIT_PER_KEY": ("rate_limit_per_key", float),
+        }
+        values = {
+            name: read(environ[variable])
+            for variable, (name, read) in readers.items()
+            if variable in environ
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,23 @@
+"""BridgeConfig: INLET_* variables, flags winning over them, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from http_bridge.config import BridgeConfig
+
+
+def test_environment_then_flags() -> None:
+    environ = {"INLET_PORT": "9000", "INLET_CORE": "core:1", "INLET_BODY_TIMEOUT_S": "2.5"}
+    config = BridgeConfig.from_env(environ, port=9100, host=None)
+    assert (config.port, config.core_target, config.body_timeout_s) == (9100, "core:1", 2.5)
+    assert config.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"tls_cert": "cert.pem"}, {"max_body_bytes": 0}, {"request_timeout_s": 0}],
+)
+def test_bad_settings_are_refused_at_start(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        BridgeConfig.from_env({}, **overrides)
