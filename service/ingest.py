@@ -144,7 +144,7 @@ class Ingestor:
 def _micros(stamp: timestamp_pb2.Timestamp) -> int:
     # Not Timestamp.ToMicroseconds(): that is Python code with checks, on the hot path.
     micros = stamp.seconds * 1_000_000 + stamp.nanos // 1000
-    if not MIN_MICROS <= micros <= MAX_MICROS:
+    if not (0 <= stamp.nanos < 1_000_000_000 and MIN_MICROS <= micros <= MAX_MICROS):
         raise InvalidEvent("`received_at` is outside years 1-9999", "wrong_type")
     return micros
 

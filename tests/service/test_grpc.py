@@ -273,3 +273,15 @@ async def test_admin_refuses_expiry_in_the_past_or_beyond_year_9999(
         await admin.CreateKey(request, metadata=bearer(stack.keys["admin"]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(caught.value) == "invalid_expiry"
+
+
+@pytest.mark.parametrize("nanos", [-1, 1_000_000_000])
+async def test_received_at_with_invalid_nanos_is_refused(
+    stack: Stack, channel: grpc.aio.Channel, nanos: int
+) -> None:
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    item = events_pb2.IngestItem(json=TRACK_JSON)
+    item.received_at.seconds, item.received_at.nanos = 1_700_000_000, nanos
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(item, metadata=bearer(stack.keys["ingest"]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
