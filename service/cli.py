@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.contract.config import ContractConfig
 from http_bridge.contract.report import render_text, write_junit
 from http_bridge.contract.runner import run_contract_test
+from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import start_bridge
 from service import keys
 from service.config import CoreConfig, split_list
@@ -90,6 +90,30 @@ def _parser() -> argparse.ArgumentParser:
     contract.add_argument("--max-examples", type=int, default=50, help="per Schemathesis phase")
     contract.add_argument("--cacert", help="CA bundle to trust for the endpoint's certificate")
     contract.add_argument("--scenarios-only", action="store_true", help="skip the Schemathesis run")
+
+    send = commands.add_parser(
+        "send-test",
+        help="play Segment: send sample events with Segment's headers and show both sides",
+    )
+    send.add_argument(
+        "--url", required=True, help="the webhook URL, e.g. http://127.0.0.1:8080/segment"
+    )
+    send.add_argument("--key", required=True, help="the API key, sent as Segment sends it")
+    send.add_argument("--settings", help="partner settings, as a JSON object")
+    send.add_argument(
+        "--type",
+        default="all",
+        choices=("all", *SAMPLE_FILES),
+        help="which sample event to send (default: one of each)",
+    )
+    send.add_argument("--file", type=Path, help="send this JSON event instead of a sample")
+    send.add_argument("--count", type=int, help="send this many events (load mode, with a summary)")
+    send.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="events per second with --count (0: as fast as possible)",
+    )
     return parser
 
 
@@ -105,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "contract-test":
             return contract_test(args)
+        if args.command == "send-test":
+            return send_test(args)
         return _run(_keys(args))
     except (ValueError, StoreError, OSError) as exc:
         print(f"inlet: {exc}", file=sys.stderr)
@@ -170,12 +196,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def contract_test(args: argparse.Namespace) -> int:
     """Run Segment's contract against a live endpoint; 0 when everything passed."""
-    settings = ""
-    if args.settings:
-        parsed = json.loads(args.settings)
-        if not isinstance(parsed, dict):
-            raise ValueError("--settings must be a JSON object")
-        settings = base64.b64encode(json.dumps(parsed).encode()).decode()
+    settings = settings_header(args.settings)
     config = ContractConfig(
         url=args.url,
         api_key=args.key,
@@ -191,6 +212,23 @@ def contract_test(args: argparse.Namespace) -> int:
         if args.junit_xml:
             write_junit(report, args.junit_xml)
     return 0 if report.passed else 1
+
+
+def send_test(args: argparse.Namespace) -> int:
+    """0 when every answer was a 2xx."""
+    settings = settings_header(args.settings)
+    if args.file:
+        events = [json.loads(args.file.read_text())]
+    else:
+        kinds = list(SAMPLE_FILES) if args.type == "all" else [args.type]
+        events = [sample(kind) for kind in kinds]
+    if args.count:
+        ok = asyncio.run(
+            run_load(args.url, args.key, settings, events, args.count, args.rate, sys.stdout)
+        )
+    else:
+        ok = asyncio.run(run_once(args.url, args.key, settings, events, sys.stdout))
+    return 0 if ok else 1
 
 
 def _database(args: argparse.Namespace) -> Store:

@@ -19,7 +19,7 @@ from http_bridge.server import start_bridge
 from service.config import CoreConfig
 from tests.stack import Stack, basic, start_stack
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "http_bridge" / "samples"
 TRACK = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "m-1"}
 
 
