@@ -2,7 +2,7 @@
 
 A key looks like `inlet_<key_id>_<secret>`: `key_id` (16 hex characters) is the
 public handle used to look the key up, list and revoke it; `secret` is 256 random
-bits. Only SHA-256(secret) is stored. A fast hash is right here (unlike for
+bits (43 letters and digits). Only SHA-256(secret) is stored. A fast hash is right here (unlike for
 passwords) because the secret is random and high-entropy: there is nothing to
 brute-force. Comparison uses `hmac.compare_digest` so timing reveals nothing.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import string
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +20,8 @@ PREFIX: Final = "inlet"
 SCOPES: Final = ("ingest", "read", "admin")
 _KEY_ID_HEX: Final = 16
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
+_SECRET_ALPHABET: Final = string.ascii_letters + string.digits
+_SECRET_LENGTH: Final = 43
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +34,9 @@ class NewKey:
 
 def generate_key() -> NewKey:
     key_id = secrets.token_hex(_KEY_ID_HEX // 2)
-    secret = secrets.token_urlsafe(32)
+    # 43 base-62 characters = 256 bits. No `_` or `-`: the key stays one "word" when
+    # double-clicked, and `_` only ever separates its parts.
+    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(_SECRET_LENGTH))
     return NewKey(key_id, hash_secret(secret), f"{PREFIX}_{key_id}_{secret}")
 
 
