@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import timestamp_pb2
 
 from http_bridge.batcher import QueueFull
-from http_bridge.errors import CHALLENGE, BadRequest, Internal, RequestTimeout, Unavailable
+from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
@@ -94,9 +94,7 @@ async def segment_event(request: web.Request) -> web.Response:
             "core_timeout",
             config.retry_after_s,
         ) from None
-    except (Unavailable, Internal):
-        raise
-    except ConnectionError:
+    except ConnectionError:  # the batch call was cancelled: the bridge is stopping
         raise Unavailable(
             "the bridge is shutting down, retry later", "shutting_down", config.retry_after_s
         ) from None
