@@ -68,7 +68,9 @@ class Ingestor:
         whole with UNAVAILABLE at once (HTTP 503): memory stays bounded and callers
         retry, instead of every event waiting longer and longer.
         """
-        if self._inflight + len(items) > self._max_inflight:
+        # An idle core takes any call, however large: refusing one that can never fit
+        # would make its caller retry forever.
+        if self._inflight and self._inflight + len(items) > self._max_inflight:
             error = Overloaded("the core is overloaded, retry later", "overloaded")
             return [rejected(error) for _ in items]
         self._inflight += len(items)
