@@ -13,7 +13,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from inlet.v1 import events_pb2
 from service.errors import InvalidEvent
-from service.timestamps import format_micros
+from service.timestamps import MAX_MICROS, MIN_MICROS, format_micros
 
 _CALL_FIELDS = {
     # oneof field -> (Spec type, {proto field: Spec key})
@@ -37,6 +37,18 @@ def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
 
 def _date(value: timestamp_pb2.Timestamp) -> str:
     return format_micros(value.ToMicroseconds())
+
+
+def timestamp_micros(stamp: timestamp_pb2.Timestamp, field: str, reason: str = "wrong_type") -> int:
+    """A Timestamp from a caller as µs since the epoch; InvalidEvent naming `field` if it is
+    not a valid date of years 1-9999.
+
+    Not Timestamp.ToMicroseconds(): that is Python code with checks, on the hot path.
+    """
+    micros = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    if not (0 <= stamp.nanos < 1_000_000_000 and MIN_MICROS <= micros <= MAX_MICROS):
+        raise InvalidEvent(f"`{field}` is not a valid date of years 1-9999", reason)
+    return micros
 
 
 def event_to_spec(event: events_pb2.Event) -> dict[str, Any]:

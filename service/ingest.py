@@ -12,15 +12,13 @@ import time
 from collections.abc import Collection, Sequence
 
 import orjson
-from google.protobuf import timestamp_pb2
 
 from inlet.v1 import events_pb2
 from service.auth import Authenticator
-from service.convert import event_to_spec
-from service.errors import InletError, InvalidEvent, Overloaded, RateLimited, StoreUnavailable
+from service.convert import event_to_spec, timestamp_micros
+from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable
 from service.ratelimit import RateLimiter
 from service.store import EventWrite, KeyRecord, Store
-from service.timestamps import MAX_MICROS, MIN_MICROS
 from service.validation import EVENT_TYPES, canonicalise
 
 log = logging.getLogger(__name__)
@@ -113,7 +111,9 @@ class Ingestor:
                 event = canonicalise(
                     _raw_json(item),
                     received_at_us=(
-                        _micros(item.received_at) if item.HasField("received_at") else now_us
+                        timestamp_micros(item.received_at, "received_at")
+                        if item.HasField("received_at")
+                        else now_us
                     ),
                     settings=item.settings_json,
                     supported_types=self._supported_types,
@@ -141,14 +141,6 @@ class Ingestor:
         done = [result for result in results if result is not None]
         assert len(done) == len(items), "every item must have a result"
         return done
-
-
-def _micros(stamp: timestamp_pb2.Timestamp) -> int:
-    # Not Timestamp.ToMicroseconds(): that is Python code with checks, on the hot path.
-    micros = stamp.seconds * 1_000_000 + stamp.nanos // 1000
-    if not (0 <= stamp.nanos < 1_000_000_000 and MIN_MICROS <= micros <= MAX_MICROS):
-        raise InvalidEvent("`received_at` is outside years 1-9999", "wrong_type")
-    return micros
 
 
 def _raw_json(item: events_pb2.IngestItem) -> bytes:

@@ -22,10 +22,10 @@ from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service import keys
 from service.auth import Authenticator, bearer_key
 from service.config import CoreConfig
+from service.convert import timestamp_micros
 from service.errors import InletError, InvalidEvent, NotFound
 from service.ingest import Ingestor
 from service.store import KeyRecord, Store
-from service.timestamps import MAX_MICROS
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         new = keys.generate_key()
         expires = None
         if request.HasField("expires_at"):
-            expires = request.expires_at.seconds * 1_000_000 + request.expires_at.nanos // 1000
-            if not time.time_ns() // 1000 < expires <= MAX_MICROS:
-                raise InvalidEvent(
-                    "`expires_at` must be a future date before 10000", "invalid_expiry"
-                )
+            expires = timestamp_micros(request.expires_at, "expires_at", "invalid_expiry")
+            if expires <= time.time_ns() // 1000:
+                raise InvalidEvent("`expires_at` must be in the future", "invalid_expiry")
         record = await self._store.create_key(
             caller.account_id, new.key_id, new.secret_hash, scopes, request.label, expires
         )

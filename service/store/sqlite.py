@@ -232,18 +232,9 @@ class SqliteStore:
     async def get_key(self, key_id: str) -> KeyRecord | None:
         def read() -> KeyRecord | None:
             try:
-                row = (
-                    self._db()
-                    .execute(
-                        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a "
-                        "ON a.id = k.account_id WHERE k.key_id = ?",
-                        (key_id,),
-                    )
-                    .fetchone()
-                )
+                return self._select_key(self._db(), key_id)
             except sqlite3.OperationalError as exc:  # on the ingest path: 503, retry later
                 raise StoreUnavailable() from exc
-            return None if row is None else _key(row)
 
         return await self._run(read)
 
@@ -299,18 +290,20 @@ class SqliteStore:
                     expires_at_us,
                 ),
             )
-            return self._select_key(conn, key_id)
+            record = self._select_key(conn, key_id)
+            assert record is not None  # inserted just above, in this transaction
+            return record
 
         return await self._run(self._transaction, work)
 
     @staticmethod
-    def _select_key(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
+    def _select_key(conn: sqlite3.Connection, key_id: str) -> KeyRecord | None:
         row = conn.execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
             "WHERE k.key_id = ?",
             (key_id,),
         ).fetchone()
-        return _key(row)
+        return None if row is None else _key(row)
 
     async def list_keys(
         self, account_id: int | None = None, include_revoked: bool = False
