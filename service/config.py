@@ -61,12 +61,21 @@ class CoreConfig:
     """Events being validated and committed at once; beyond it calls are refused with
     UNAVAILABLE / HTTP 503 at once, so memory stays bounded under overload."""
 
+    feed_poll_s: float = 1.0
+    """Subscribe streams that are caught up re-read the store at least this often (commits
+    by this core wake them at once; the poll catches other processes' commits)."""
+
+    switch_refresh_s: float = 2.0
+    """How often the maintenance switch is re-read from the database (other cores, the CLI)."""
+
     def __post_init__(self) -> None:
         unknown = set(self.supported_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"unknown event types {sorted(unknown)}: expected {EVENT_TYPES}")
         if self.max_batch_items < 1 or self.shutdown_grace_s < 0 or self.key_cache_ttl_s < 0:
             raise ValueError("max_batch_items must be >= 1, grace and ttl >= 0")
+        if self.feed_poll_s <= 0 or self.switch_refresh_s <= 0:
+            raise ValueError("feed_poll_s and switch_refresh_s must be > 0")
         if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
             raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
 
@@ -80,6 +89,8 @@ class CoreConfig:
             "INLET_SUPPORTED_TYPES": ("supported_types", split_list),
             "INLET_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
             "INLET_RATE_LIMIT_PER_KEY": ("rate_limit_per_key", float),
+            "INLET_FEED_POLL_S": ("feed_poll_s", float),
+            "INLET_SWITCH_REFRESH_S": ("switch_refresh_s", float),
         }
         values = {
             name: read(environ[variable])

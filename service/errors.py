@@ -7,10 +7,13 @@
     ├── AuthError                   the key or the account
     │   ├── Unauthenticated         UNAUTHENTICATED   (missing, unknown, revoked, expired key)
     │   └── PermissionDenied        PERMISSION_DENIED (no scope, account suspended)
-    ├── NotFound                    NOT_FOUND         (admin: no such key)
+    ├── InvalidArgument             INVALID_ARGUMENT  (a request field of a read/admin RPC; names the field)
+    ├── NotFound                    NOT_FOUND         (no such key, account, profile)
+    ├── AlreadyExists               ALREADY_EXISTS    (admin: the account exists)
     ├── RateLimited                 RESOURCE_EXHAUSTED (the key's rate limit: retry later)
-    ├── Overloaded                  UNAVAILABLE       (too many events in flight: retry later)
-    └── StoreUnavailable            UNAVAILABLE       (database locked, full, unreachable: retry later)
+    └── Unavailable                 UNAVAILABLE       (maintenance mode, shutting down: retry later)
+        ├── Overloaded                                (too many events in flight)
+        └── StoreUnavailable                          (database locked, full, unreachable)
 
 Anything else raised inside the core is a bug: it is logged and surfaces as INTERNAL
 with no internals in the message. `reason` values are part of the API (the bridge
@@ -59,22 +62,40 @@ class PermissionDenied(AuthError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class InvalidArgument(InletError):
+    """A request field is wrong; `field` names it (sent as a google.rpc.BadRequest)."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, reason: str, field: str) -> None:
+        super().__init__(message, reason)
+        self.field = field
+
+
 class NotFound(InletError):
     grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(InletError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class RateLimited(InletError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class Overloaded(InletError):
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-
-
-class StoreUnavailable(InletError):
-    """The store cannot take writes right now; the caller should retry (Segment does on 503)."""
+class Unavailable(InletError):
+    """Not now: the caller should retry later (Segment does on 503)."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(Unavailable):
+    pass
+
+
+class StoreUnavailable(Unavailable):
+    """The store cannot take writes right now."""
 
     def __init__(self, message: str = "the event store is temporarily unavailable") -> None:
         super().__init__(message, "store_unavailable")

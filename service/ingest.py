@@ -17,6 +17,7 @@ from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec, timestamp_micros
 from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable
+from service.maintenance import MaintenanceMode
 from service.ratelimit import RateLimiter
 from service.store import EventWrite, KeyRecord, Store
 from service.validation import EVENT_TYPES, canonicalise
@@ -44,6 +45,7 @@ class Ingestor:
         supported_types: Collection[str] = EVENT_TYPES,
         limiter: RateLimiter | None = None,
         max_inflight_events: int = 50_000,
+        maintenance: MaintenanceMode | None = None,
     ) -> None:
         self._store = store
         self._auth = auth
@@ -51,6 +53,7 @@ class Ingestor:
         self._limiter = limiter
         self._max_inflight = max_inflight_events
         self._inflight = 0
+        self._maintenance = maintenance
 
     @property
     def inflight(self) -> int:
@@ -66,6 +69,9 @@ class Ingestor:
         whole with UNAVAILABLE at once (HTTP 503): memory stays bounded and callers
         retry, instead of every event waiting longer and longer.
         """
+        if self._maintenance is not None and self._maintenance.on:
+            error = self._maintenance.error()
+            return [rejected(error) for _ in items]
         # An idle core takes any call, however large: refusing one that can never fit
         # would make its caller retry forever.
         if self._inflight and self._inflight + len(items) > self._max_inflight:

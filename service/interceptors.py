@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.servicer import abort
+from service.rpc import abort
 
 
 class _Undecodable:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Final
 
 PREFIX: Final = "inlet"
-SCOPES: Final = ("ingest", "read", "admin")
+#: `operator` (all accounts, maintenance mode) is granted only by `inlet keys create`
+#: on the database itself, or by another operator key.
+SCOPES: Final = ("ingest", "read", "admin", "operator")
 _KEY_ID_HEX: Final = 16
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 _SECRET_ALPHABET: Final = string.ascii_letters + string.digits

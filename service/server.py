@@ -11,19 +11,32 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from inlet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    profiles_pb2,
+    profiles_pb2_grpc,
+)
+from service.admin import AdminServicer
 from service.auth import Authenticator
 from service.config import CoreConfig
+from service.feed import Feed
 from service.ingest import Ingestor
 from service.interceptors import DecodeErrorInterceptor
+from service.maintenance import MaintenanceMode
+from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
-from service.servicer import AdminServicer, EventServicer
+from service.servicer import EventServicer
 from service.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
 EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+PROFILE_SERVICE = profiles_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+SERVICES = (EVENT_SERVICE, ADMIN_SERVICE, PROFILE_SERVICE)
 
 
 def server_options(config: CoreConfig) -> list[tuple[str, int]]:
@@ -52,14 +65,22 @@ class CoreServer:
     ingestor: Ingestor
     port: int
     config: CoreConfig
+    feed: Feed
+    maintenance: MaintenanceMode
+    background: list[asyncio.Task[None]]
     serving: bool = True
 
     async def stop(self, grace: float | None = None) -> None:
         # Health first, so load balancers and bridges' /readyz stop routing here;
-        # then refuse new RPCs and give in-flight ones the grace period.
+        # then end the (endless) Subscribe streams, which resume elsewhere; then
+        # refuse new RPCs and give in-flight ones the grace period.
         self.serving = False
         await self.health.enter_graceful_shutdown()
+        self.feed.close()
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.store.close()
 
 
@@ -69,17 +90,27 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     await store.open()
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
     limiter = RateLimiter(config.rate_limit_per_key) if config.rate_limit_per_key else None
-    ingestor = Ingestor(store, auth, config.supported_types, limiter, config.max_inflight_events)
+    maintenance = MaintenanceMode(store, config.switch_refresh_s)
+    await maintenance.refresh()
+    ingestor = Ingestor(
+        store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance
+    )
+    feed = Feed(store, poll_s=config.feed_poll_s)
 
     server = grpc.aio.server(
         interceptors=[DecodeErrorInterceptor()], options=server_options(config)
     )
-    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(ingestor, config), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(store, auth), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(
+        EventServicer(ingestor, config, store, auth, feed), server
+    )
+    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(store, auth), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(store, auth, maintenance), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (EVENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(config.listen)
@@ -87,12 +118,15 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
         await store.close()
         raise OSError(f"cannot listen on {config.listen} for gRPC: {exc}") from None
     await server.start()
-    for name in (EVENT_SERVICE, ADMIN_SERVICE):
+    for name in SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database
     )
-    return CoreServer(server, health_servicer, store, ingestor, port, config)
+    background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
+    return CoreServer(
+        server, health_servicer, store, ingestor, port, config, feed, maintenance, background
+    )
 
 
 def _with_port(listen: str, port: int) -> str:

@@ -1,80 +1,65 @@
-"""gRPC servicers: EventService (ingest) and AdminService (API keys).
-
-Expected failures (InletError) leave as their gRPC code with a google.rpc.ErrorInfo
-carrying the stable `reason`; anything else is a bug, logged here and reported as
-INTERNAL without internals.
-"""
+"""EventService: ingest (scope `ingest`), history and the live feed (scope `read`)."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
 
-import grpc
-from google.protobuf import any_pb2, timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
-from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
-from service import keys
+from inlet.v1 import events_pb2, events_pb2_grpc
+from service import cursors
 from service.auth import Authenticator, bearer_key
 from service.config import CoreConfig
 from service.convert import timestamp_micros
-from service.errors import InletError, InvalidEvent, NotFound
+from service.errors import InvalidArgument, InvalidEvent
+from service.feed import Feed
 from service.ingest import Ingestor
-from service.store import KeyRecord, Store
+from service.messages import stored_event
+from service.rpc import Context, abort, caller, rpc, stream_rpc
+from service.store import Store
+from service.store.base import EventQuery
+from service.validation import EVENT_TYPES, normalise_name
 
-log = logging.getLogger(__name__)
-
-ERROR_DOMAIN = "inlet.dev"
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
-
-
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: int, message: str, reason: str
-) -> None:
-    """End the RPC with `code`, `message` and a google.rpc.ErrorInfo naming `reason`."""
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    status = status_pb2.Status(code=code, message=message, details=[detail])
-    await context.abort_with_status(rpc_status.to_status(status))
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_TYPES = {normalise_name(t): t for t in EVENT_TYPES}
 
 
-def rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map InletError to its status; turn anything else into a logged INTERNAL."""
+def event_types(requested: Sequence[str]) -> tuple[str, ...]:
+    """Requested type filters in their Spec form; InvalidArgument for an unknown one."""
+    types = []
+    for name in requested:
+        spec = _TYPES.get(normalise_name(name))
+        if spec is None:
+            raise InvalidArgument(
+                f"unknown type {name[:40]!r}: expected {', '.join(EVENT_TYPES)}",
+                "invalid_type",
+                "types",
+            )
+        types.append(spec)
+    return tuple(types)
 
-    @functools.wraps(method)
-    async def wrapper(
-        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
-    ) -> Resp:
-        try:
-            return await method(self, request, context)
-        except InletError as error:
-            await abort(context, error.grpc_code.value[0], error.message, error.reason)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("bug in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        raise AssertionError("unreachable: abort raises")
 
-    return wrapper
+def _micros(request: events_pb2.ListEventsRequest, field: str) -> int | None:
+    if not request.HasField(field):  # type: ignore[arg-type]  # `since` or `until`
+        return None
+    try:
+        return timestamp_micros(getattr(request, field), field)
+    except InvalidEvent as error:
+        raise InvalidArgument(error.message, "invalid_time", field) from None
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, ingestor: Ingestor, config: CoreConfig) -> None:
+    def __init__(
+        self, ingestor: Ingestor, config: CoreConfig, store: Store, auth: Authenticator, feed: Feed
+    ) -> None:
         self._ingestor = ingestor
         self._config = config
+        self._store = store
+        self._auth = auth
+        self._feed = feed
 
     @rpc
     async def Ingest(
-        self, request: events_pb2.IngestItem, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: events_pb2.IngestItem, context: Context
     ) -> events_pb2.IngestResult:
         (result,) = await self._ingestor.ingest(
             [request], bearer_key(context.invocation_metadata())
@@ -85,7 +70,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 
     @rpc
     async def IngestBatch(
-        self, request: events_pb2.IngestBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: events_pb2.IngestBatchRequest, context: Context
     ) -> events_pb2.IngestBatchResponse:
         if len(request.items) > self._config.max_batch_items:
             raise InvalidEvent(
@@ -97,72 +82,48 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         )
         return events_pb2.IngestBatchResponse(results=results)
 
-
-def _timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
-    if micros is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMicroseconds(micros)
-    return stamp
-
-
-def key_message(record: KeyRecord) -> admin_pb2.ApiKey:
-    return admin_pb2.ApiKey(
-        key_id=record.key_id,
-        account=record.account_name,
-        scopes=list(record.scopes),
-        label=record.label,
-        created_at=_timestamp(record.created_at_us),
-        expires_at=_timestamp(record.expires_at_us),
-        revoked_at=_timestamp(record.revoked_at_us),
-    )
-
-
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Key management for the caller's own account (needs the `admin` scope)."""
-
-    def __init__(self, store: Store, auth: Authenticator) -> None:
-        self._store = store
-        self._auth = auth
-
-    async def _admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> KeyRecord:
-        return await self._auth.authenticate(bearer_key(context.invocation_metadata()), "admin")
-
     @rpc
-    async def CreateKey(
-        self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> admin_pb2.CreateKeyResponse:
-        caller = await self._admin(context)
-        try:
-            scopes = keys.parse_scopes(",".join(request.scopes) or "ingest")
-        except ValueError as exc:
-            raise InvalidEvent(str(exc), "invalid_scope") from None
-        new = keys.generate_key()
-        expires = None
-        if request.HasField("expires_at"):
-            expires = timestamp_micros(request.expires_at, "expires_at", "invalid_expiry")
-            if expires <= time.time_ns() // 1000:
-                raise InvalidEvent("`expires_at` must be in the future", "invalid_expiry")
-        record = await self._store.create_key(
-            caller.account_id, new.key_id, new.secret_hash, scopes, request.label, expires
+    async def ListEvents(
+        self, request: events_pb2.ListEventsRequest, context: Context
+    ) -> events_pb2.ListEventsResponse:
+        key = await caller(self._auth, context, "read")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"`page_size` must be 1-{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})",
+                "invalid_page_size",
+                "page_size",
+            )
+        newest_first = request.order == events_pb2.ORDER_NEWEST_FIRST
+        query = EventQuery(
+            key.account_id,
+            ids=(
+                await self._store.linked_ids(key.account_id, request.user_id)
+                if request.user_id
+                else None
+            ),
+            types=event_types(request.types),
+            name=request.name or None,
+            since_us=_micros(request, "since"),
+            until_us=_micros(request, "until"),
+            newest_first=newest_first,
+            after=cursors.decode(request.page_token, newest_first) if request.page_token else None,
+            limit=size + 1,  # one more than asked: whether another page exists
         )
-        return admin_pb2.CreateKeyResponse(key=key_message(record), api_key=new.plaintext)
+        records = await self._store.list_events(query)
+        page = records[:size]
+        more = len(records) > size
+        return events_pb2.ListEventsResponse(
+            events=[stored_event(r) for r in page],
+            next_page_token=cursors.encode(page[-1].seq, newest_first) if more else "",
+        )
 
-    @rpc
-    async def ListKeys(
-        self, request: admin_pb2.ListKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> admin_pb2.ListKeysResponse:
-        caller = await self._admin(context)
-        records = await self._store.list_keys(caller.account_id, request.include_revoked)
-        return admin_pb2.ListKeysResponse(keys=[key_message(r) for r in records])
-
-    @rpc
-    async def RevokeKey(
-        self, request: admin_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> admin_pb2.RevokeKeyResponse:
-        caller = await self._admin(context)
-        record = await self._store.revoke_key(request.key_id, caller.account_id)
-        if record is None:
-            raise NotFound(f"no key {request.key_id!r} in this account", "key_not_found")
-        self._auth.invalidate(request.key_id)
-        return admin_pb2.RevokeKeyResponse(key=key_message(record))
+    @stream_rpc
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[events_pb2.StoredEvent]:
+        key = await caller(self._auth, context, "read")
+        types = event_types(request.types)
+        after = await self._store.latest_sequence() if request.from_now else request.after_sequence
+        async for record in self._feed.follow(key.account_id, after, types):
+            yield stored_event(record)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.validation import CanonicalEvent
@@ -42,6 +43,84 @@ class EventWrite:
     account_id: int
     key_id: str
     event: CanonicalEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An event as stored, with its place in the commit order."""
+
+    seq: int
+    message_id: str
+    type: str
+    user_id: str | None
+    anonymous_id: str | None
+    name: str | None
+    group_id: str | None
+    previous_id: str | None
+    timestamp_us: int
+    received_at_us: int
+    key_id: str
+    payload: bytes
+    settings: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """A filtered, ordered slice of one account's events (ListEvents, Subscribe)."""
+
+    account_id: int
+    #: Any of these ids as userId or anonymousId (a profile's linked ids); None: all.
+    ids: tuple[str, ...] | None = None
+    types: tuple[str, ...] = ()
+    name: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    newest_first: bool = False
+    #: Exclusive cursor: seq > after (oldest first) or seq < after (newest first).
+    after: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TraitRecord:
+    value: bytes
+    timestamp_us: int
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    group_id: str
+    timestamp_us: int
+    traits: dict[str, TraitRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    linked_ids: tuple[str, ...]
+    traits: dict[str, TraitRecord]
+    groups: tuple[GroupRecord, ...]
+    first_seen_us: int | None
+    last_seen_us: int | None
+    event_counts: dict[str, int] = field(default_factory=dict)
+
+
+class CommitSignal:
+    """Wakes subscribers when events are committed. Never blocks the writer.
+
+    Take `current()` *before* reading, then `wait(it)` if there was nothing new: a
+    commit in between has already set it, so no wake-up is lost.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def publish(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
 
 
 class Store(Protocol):
@@ -87,5 +166,45 @@ class Store(Protocol):
         ...
 
     async def count_events(self, account_id: int) -> int: ...
+
+    #: Published after every commit that stored events.
+    commits: CommitSignal
+
+    async def list_events(self, query: EventQuery) -> list[StoredRecord]: ...
+
+    async def latest_sequence(self) -> int:
+        """The highest sequence committed so far (0 when there is none)."""
+        ...
+
+    async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
+        """`id` and every id linked to it, sorted."""
+        ...
+
+    async def get_profile(self, account_id: int, id: str) -> ProfileRecord | None:
+        """The merged profile of `id`'s linked ids; None when nothing is known of them."""
+        ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def rotate_key(
+        self,
+        key_id: str,
+        account_id: int,
+        new_key_id: str,
+        new_secret_hash: bytes,
+        old_valid_until_us: int,
+    ) -> KeyRecord | None:
+        """Create a key like `key_id` (scopes, label, expiry) and make the old one expire
+        at `old_valid_until_us` (or its own earlier expiry), in one transaction.
+        None if there is no such live key in the account."""
+        ...
+
+    async def get_switch(self, name: str) -> tuple[str, int] | None:
+        """A deployment-wide setting: (value, changed at µs), or None if never set."""
+        ...
+
+    async def set_switch(self, name: str, value: str) -> int:
+        """Set a deployment-wide setting; returns the change time (µs)."""
+        ...
 
     async def get_event_payload(self, account_id: int, message_id: str) -> bytes | None: ...

@@ -12,18 +12,38 @@ cut, not only a crash. Group commit (group_commit.py) keeps that affordable.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import orjson
+
 from service.errors import StoreUnavailable
-from service.store.base import Account, EventWrite, KeyRecord, StoreError
+from service.projections import GROUP, USER, Projection, project
+from service.store.base import (
+    Account,
+    CommitSignal,
+    EventQuery,
+    EventWrite,
+    GroupRecord,
+    KeyRecord,
+    ProfileRecord,
+    StoredRecord,
+    StoreError,
+    TraitRecord,
+)
 from service.store.group_commit import GroupCommitter
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_MAX_KNOWN_LINKS: Final = 100_000
 
 # Versioned schema. Append, never edit: each entry runs once, in order, and
 # `PRAGMA user_version` records how far a database has come.
@@ -66,6 +86,52 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UNIQUE (account_id, message_id)
     );
     """,
+    # 2: profiles (projections.py), history and subscription indexes, switches.
+    """
+    CREATE INDEX events_account_seq ON events(account_id, seq);
+    CREATE INDEX events_user ON events(account_id, user_id);
+    CREATE INDEX events_anonymous ON events(account_id, anonymous_id);
+    -- Each link is stored in both directions, so a profile is one recursive walk.
+    CREATE TABLE identity_links (
+        account_id INTEGER NOT NULL,
+        id         TEXT NOT NULL,
+        other      TEXT NOT NULL,
+        PRIMARY KEY (account_id, id, other)
+    ) WITHOUT ROWID;
+    -- subject_kind 'user' (identify traits by userId/anonymousId) or 'group'.
+    CREATE TABLE traits (
+        account_id   INTEGER NOT NULL,
+        subject_kind TEXT NOT NULL,
+        subject_id   TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        value        BLOB NOT NULL,
+        timestamp_us INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        PRIMARY KEY (account_id, subject_kind, subject_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE memberships (
+        account_id   INTEGER NOT NULL,
+        member_id    TEXT NOT NULL,
+        group_id     TEXT NOT NULL,
+        timestamp_us INTEGER NOT NULL,
+        PRIMARY KEY (account_id, member_id, group_id)
+    ) WITHOUT ROWID;
+    -- The record that a deletion happened (not the data): who, when, how much.
+    CREATE TABLE deletions (
+        id              INTEGER PRIMARY KEY,
+        account_id      INTEGER NOT NULL REFERENCES accounts(id),
+        user_id         TEXT NOT NULL,
+        message_id      TEXT NOT NULL,
+        requested_at_us INTEGER NOT NULL,
+        erased_ids      INTEGER NOT NULL,
+        erased_events   INTEGER NOT NULL
+    );
+    CREATE TABLE switches (
+        name          TEXT PRIMARY KEY,
+        value         TEXT NOT NULL,
+        changed_at_us INTEGER NOT NULL
+    );
+    """,
 )
 
 _INSERT_EVENT: Final = """
@@ -73,6 +139,35 @@ _INSERT_EVENT: Final = """
                         previous_id, timestamp_us, received_at_us, key_id, payload, settings)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (account_id, message_id) DO NOTHING
+"""
+# Newest timestamp wins; on a tie the later arrival does (a redelivery with new data).
+_UPSERT_TRAIT: Final = """
+    INSERT INTO traits (account_id, subject_kind, subject_id, key, value, timestamp_us, message_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (account_id, subject_kind, subject_id, key) DO UPDATE
+    SET value = excluded.value, timestamp_us = excluded.timestamp_us,
+        message_id = excluded.message_id
+    WHERE excluded.timestamp_us >= traits.timestamp_us
+"""
+_UPSERT_MEMBERSHIP: Final = """
+    INSERT INTO memberships (account_id, member_id, group_id, timestamp_us) VALUES (?, ?, ?, ?)
+    ON CONFLICT (account_id, member_id, group_id) DO UPDATE
+    SET timestamp_us = max(timestamp_us, excluded.timestamp_us)
+"""
+_LINK: Final = "INSERT OR IGNORE INTO identity_links (account_id, id, other) VALUES (?, ?, ?)"
+# Every id reachable from ?2 through links; UNION (not UNION ALL) stops at cycles.
+_LINKED_IDS: Final = """
+    WITH RECURSIVE linked(id) AS (
+        SELECT ?2
+        UNION
+        SELECT l.other FROM identity_links l JOIN linked ON l.account_id = ?1 AND l.id = linked.id
+    )
+    SELECT id FROM linked ORDER BY id
+"""
+_IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
+_EVENT_COLUMNS: Final = """
+    seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,
+    received_at_us, key_id, payload, settings
 """
 _KEY_COLUMNS: Final = """
     k.key_id, k.account_id, a.name, a.suspended, k.scopes, k.label, k.secret_hash,
@@ -99,6 +194,27 @@ def _key(row: tuple[Any, ...]) -> KeyRecord:
     )
 
 
+def _stored(row: tuple[Any, ...]) -> StoredRecord:
+    return StoredRecord(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+        bytes(row[11]), None if row[12] is None else bytes(row[12]),
+    )  # fmt: skip
+
+
+def _linked(conn: sqlite3.Connection, account_id: int, id: str) -> tuple[str, ...]:
+    return tuple(row[0] for row in conn.execute(_LINKED_IDS, (account_id, id)))
+
+
+def _newest_traits(rows: Iterable[tuple[str, bytes, int, str]]) -> dict[str, TraitRecord]:
+    """One value per key across the linked ids' traits: the newest timestamp wins."""
+    merged: dict[str, TraitRecord] = {}
+    for key, value, timestamp_us, message_id in rows:
+        current = merged.get(key)
+        if current is None or timestamp_us > current.timestamp_us:
+            merged[key] = TraitRecord(bytes(value), timestamp_us, message_id)
+    return merged
+
+
 def _account(row: tuple[Any, ...]) -> Account:
     return Account(id=row[0], name=row[1], suspended=bool(row[2]), created_at_us=row[3])
 
@@ -112,6 +228,16 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inlet-sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Reads (history, profiles, subscriptions) run beside the writer: WAL lets
+        # readers see the last commit without waiting for, or delaying, the next one.
+        self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inlet-read")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        # (account, id, other) links known to be stored: most events of a known user
+        # carry the same two ids again, and skipping their insert keeps ingest cheap.
+        # Touched on the writer thread only.
+        self._known_links: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        self.commits = CommitSignal()
         self._events = GroupCommitter[EventWrite, int | None](
             self._write_events,
             self._executor,
@@ -129,6 +255,10 @@ class SqliteStore:
             await self._run(self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+        self._read_executor.shutdown(wait=True)
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +290,28 @@ class SqliteStore:
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
+    async def _read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `func(connection)` on a reader thread, in one read transaction."""
+
+        def run() -> T:
+            conn = getattr(self._local, "conn", None)
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                    conn.execute("PRAGMA query_only = 1")
+                    self._local.conn = conn
+                    self._readers.append(conn)
+                conn.execute("BEGIN")  # one snapshot for all of func's statements
+                try:
+                    return func(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable() from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("the store is not open")
@@ -185,9 +337,14 @@ class SqliteStore:
     # -- events ------------------------------------------------------------------------
 
     async def write_events(self, writes: Sequence[EventWrite]) -> list[int | None]:
-        return await self._events.submit(writes)
+        results = await self._events.submit(writes)
+        if any(seq is not None for seq in results):
+            self.commits.publish()
+        return results
 
     def _write_events(self, writes: list[EventWrite]) -> list[int | None]:
+        new_links: list[tuple[int, str, str]] = []
+
         def work(conn: sqlite3.Connection) -> list[int | None]:
             cursor = conn.cursor()
             results: list[int | None] = []
@@ -201,10 +358,171 @@ class SqliteStore:
                         write.key_id, e.raw, e.settings,
                     ),
                 )  # fmt: skip
-                results.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+                if cursor.rowcount != 1:
+                    results.append(None)  # a duplicate: its projection was applied before
+                    continue
+                seq = cursor.lastrowid
+                assert seq is not None
+                results.append(seq)
+                projection = project(e)
+                if not projection.empty:
+                    self._apply(cursor, write, seq, projection, new_links)
             return results
 
-        return self._transaction(work)
+        results = self._transaction(work)
+        for link in new_links:  # only once committed: a rolled-back link is not stored
+            self._remember_link(link)
+        return results
+
+    def _apply(
+        self,
+        cursor: sqlite3.Cursor,
+        write: EventWrite,
+        seq: int,
+        projection: Projection,
+        new_links: list[tuple[int, str, str]],
+    ) -> None:
+        """Apply one stored event's projection, inside its transaction (writer thread)."""
+        account, event = write.account_id, write.event
+        for a, b in projection.links:
+            if (account, a, b) not in self._known_links:
+                cursor.executemany(_LINK, ((account, a, b), (account, b, a)))
+                new_links.append((account, a, b))
+        if projection.traits:
+            cursor.executemany(
+                _UPSERT_TRAIT,
+                [
+                    (account, t.subject_kind, t.subject_id, t.key, t.value,
+                     event.timestamp_us, event.message_id)
+                    for t in projection.traits
+                ],
+            )  # fmt: skip
+        if projection.membership is not None:
+            member, group = projection.membership
+            cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
+        if projection.erase is not None:
+            self._erase(cursor, account, projection.erase, event.message_id, seq)
+
+    def _erase(
+        self, cursor: sqlite3.Cursor, account: int, user_id: str, message_id: str, seq: int
+    ) -> None:
+        ids = [row[0] for row in cursor.execute(_LINKED_IDS, (account, user_id)).fetchall()]
+        any_id = orjson.dumps(ids).decode()
+        # Earlier delete events stay: with this one, they are the record of deletions.
+        erased = cursor.execute(
+            f"DELETE FROM events WHERE account_id = ? AND type != 'delete' "
+            f"AND (user_id {_IN_IDS} OR anonymous_id {_IN_IDS})",
+            (account, any_id, any_id),
+        ).rowcount
+        cursor.execute(
+            f"DELETE FROM traits WHERE account_id = ? AND subject_kind = '{USER}' "
+            f"AND subject_id {_IN_IDS}",
+            (account, any_id),
+        )
+        cursor.execute(
+            f"DELETE FROM memberships WHERE account_id = ? AND member_id {_IN_IDS}",
+            (account, any_id),
+        )
+        cursor.execute(
+            f"DELETE FROM identity_links WHERE account_id = ? AND id {_IN_IDS}", (account, any_id)
+        )
+        cursor.execute(
+            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+            "erased_ids, erased_events) VALUES (?, ?, ?, ?, ?, ?)",
+            (account, user_id, message_id, _now_us(), len(ids), erased),
+        )
+        # Links of the erased ids are gone: forget them all (rare; refills as events come).
+        self._known_links.clear()
+        log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
+
+    def _remember_link(self, link: tuple[int, str, str]) -> None:
+        self._known_links[link] = None
+        if len(self._known_links) > _MAX_KNOWN_LINKS:
+            self._known_links.popitem(last=False)
+
+    async def list_events(self, query: EventQuery) -> list[StoredRecord]:
+        def read(conn: sqlite3.Connection) -> list[StoredRecord]:
+            where: list[str] = ["account_id = ?"]
+            args: list[object] = [query.account_id]
+            if query.ids is not None:
+                any_id = orjson.dumps(query.ids).decode()
+                where.append(f"(user_id {_IN_IDS} OR anonymous_id {_IN_IDS})")
+                args += [any_id, any_id]
+            if query.types:
+                where.append(f"type {_IN_IDS}")
+                args.append(orjson.dumps(query.types).decode())
+            for clause, value in (
+                ("name = ?", query.name),
+                ("timestamp_us >= ?", query.since_us),
+                ("timestamp_us < ?", query.until_us),
+                ("seq < ?" if query.newest_first else "seq > ?", query.after),
+            ):
+                if value is not None:
+                    where.append(clause)
+                    args.append(value)
+            sql = (
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                f"ORDER BY seq {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
+            )
+            return [_stored(row) for row in conn.execute(sql, [*args, query.limit])]
+
+        return await self._read(read)
+
+    async def latest_sequence(self) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        )
+
+    async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
+        return await self._read(lambda conn: _linked(conn, account_id, id))
+
+    async def get_profile(self, account_id: int, id: str) -> ProfileRecord | None:
+        def read(conn: sqlite3.Connection) -> ProfileRecord | None:
+            ids = _linked(conn, account_id, id)
+            any_id = orjson.dumps(ids).decode()
+            traits = _newest_traits(
+                conn.execute(
+                    f"SELECT key, value, timestamp_us, message_id FROM traits "
+                    f"WHERE account_id = ? AND subject_kind = '{USER}' AND subject_id {_IN_IDS}",
+                    (account_id, any_id),
+                )
+            )
+            joined = conn.execute(
+                f"SELECT group_id, max(timestamp_us) FROM memberships "
+                f"WHERE account_id = ? AND member_id {_IN_IDS} GROUP BY group_id ORDER BY group_id",
+                (account_id, any_id),
+            ).fetchall()
+            groups = tuple(
+                GroupRecord(
+                    group_id,
+                    timestamp_us,
+                    _newest_traits(
+                        conn.execute(
+                            "SELECT key, value, timestamp_us, message_id FROM traits "
+                            f"WHERE account_id = ? AND subject_kind = '{GROUP}' AND subject_id = ?",
+                            (account_id, group_id),
+                        )
+                    ),
+                )
+                for group_id, timestamp_us in joined
+            )
+            counts: dict[str, int] = {}
+            first: int | None = None
+            last: int | None = None
+            for event_type, count, oldest, newest in conn.execute(
+                f"SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
+                f"WHERE account_id = ? AND type != 'delete' "
+                f"AND (user_id {_IN_IDS} OR anonymous_id {_IN_IDS}) GROUP BY type",
+                (account_id, any_id, any_id),
+            ):
+                counts[event_type] = count
+                first = oldest if first is None else min(first, oldest)
+                last = newest if last is None else max(last, newest)
+            if not (traits or groups or counts):
+                return None
+            return ProfileRecord(ids, traits, groups, first, last, counts)
+
+        return await self._read(read)
 
     async def count_events(self, account_id: int) -> int:
         def read() -> int:
@@ -257,6 +575,32 @@ class SqliteStore:
 
         return await self._run(read)
 
+    async def list_accounts(self) -> list[Account]:
+        return await self._read(
+            lambda conn: [_account(r) for r in conn.execute("SELECT * FROM accounts ORDER BY name")]
+        )
+
+    async def get_switch(self, name: str) -> tuple[str, int] | None:
+        def read(conn: sqlite3.Connection) -> tuple[str, int] | None:
+            sql = "SELECT value, changed_at_us FROM switches WHERE name = ?"
+            row = conn.execute(sql, (name,)).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self._read(read)
+
+    async def set_switch(self, name: str, value: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            now = _now_us()
+            conn.execute(
+                "INSERT INTO switches (name, value, changed_at_us) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "changed_at_us = excluded.changed_at_us",
+                (name, value, now),
+            )
+            return now
+
+        return await self._run(self._transaction, work)
+
     async def set_account_suspended(self, name: str, suspended: bool) -> Account:
         def work(conn: sqlite3.Connection) -> Account:
             conn.execute("UPDATE accounts SET suspended = ? WHERE name = ?", (suspended, name))
@@ -277,24 +621,60 @@ class SqliteStore:
         expires_at_us: int | None = None,
     ) -> KeyRecord:
         def work(conn: sqlite3.Connection) -> KeyRecord:
-            conn.execute(
-                "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
-                "created_at_us, expires_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key_id,
-                    account_id,
-                    secret_hash,
-                    ",".join(scopes),
-                    label,
-                    _now_us(),
-                    expires_at_us,
-                ),
+            return self._insert_key(
+                conn, account_id, key_id, secret_hash, scopes, label, expires_at_us
             )
-            record = self._select_key(conn, key_id)
-            assert record is not None  # inserted just above, in this transaction
-            return record
 
         return await self._run(self._transaction, work)
+
+    async def rotate_key(
+        self,
+        key_id: str,
+        account_id: int,
+        new_key_id: str,
+        new_secret_hash: bytes,
+        old_valid_until_us: int,
+    ) -> KeyRecord | None:
+        def work(conn: sqlite3.Connection) -> KeyRecord | None:
+            old = self._select_key(conn, key_id)
+            now = _now_us()
+            if (
+                old is None
+                or old.account_id != account_id
+                or old.revoked_at_us is not None
+                or (old.expires_at_us is not None and old.expires_at_us <= now)
+            ):
+                return None
+            until = old_valid_until_us
+            if old.expires_at_us is not None:
+                until = min(until, old.expires_at_us)
+            conn.execute("UPDATE api_keys SET expires_at_us = ? WHERE key_id = ?", (until, key_id))
+            return self._insert_key(
+                conn, account_id, new_key_id, new_secret_hash, old.scopes, old.label,
+                old.expires_at_us,
+            )  # fmt: skip
+
+        return await self._run(self._transaction, work)
+
+    @classmethod
+    def _insert_key(
+        cls,
+        conn: sqlite3.Connection,
+        account_id: int,
+        key_id: str,
+        secret_hash: bytes,
+        scopes: Sequence[str],
+        label: str,
+        expires_at_us: int | None,
+    ) -> KeyRecord:
+        conn.execute(
+            "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
+            "created_at_us, expires_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key_id, account_id, secret_hash, ",".join(scopes), label, _now_us(), expires_at_us),
+        )
+        record = cls._select_key(conn, key_id)
+        assert record is not None  # inserted just above, in this transaction
+        return record
 
     @staticmethod
     def _select_key(conn: sqlite3.Connection, key_id: str) -> KeyRecord | None:

@@ -120,7 +120,7 @@ def test_parse_scopes_keeps_order_and_drops_duplicates_and_blanks(
 
 
 def test_every_known_scope_parses() -> None:
-    assert parse_scopes(",".join(SCOPES)) == SCOPES == ("ingest", "read", "admin")
+    assert parse_scopes(",".join(SCOPES)) == SCOPES == ("ingest", "read", "admin", "operator")
 
 
 @pytest.mark.parametrize("text", ["", " ", ",", " , ,"])

@@ -49,6 +49,36 @@ class AdminServiceStub:
                 request_serializer=inlet_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=inlet_dot_v1_dot_admin__pb2.RevokeKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/inlet.v1.AdminService/RotateKey',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateAccount = channel.unary_unary(
+                '/inlet.v1.AdminService/CreateAccount',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.CreateAccountRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.CreateAccountResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/inlet.v1.AdminService/ListAccounts',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.SetAccountSuspended = channel.unary_unary(
+                '/inlet.v1.AdminService/SetAccountSuspended',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.Account.FromString,
+                _registered_method=True)
+        self.SetMaintenance = channel.unary_unary(
+                '/inlet.v1.AdminService/SetMaintenance',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.SetMaintenanceRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.Maintenance.FromString,
+                _registered_method=True)
+        self.GetMaintenance = channel.unary_unary(
+                '/inlet.v1.AdminService/GetMaintenance',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.GetMaintenanceRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.Maintenance.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -74,6 +104,52 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKey(self, request, context):
+        """Replace a key: a new key with the same scopes and label, while the old one
+        stays valid until `old_key_valid_until` (then expires), so senders can switch
+        without losing events. The new secret is returned once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAccount(self, request, context):
+        """Operator: create an account (and, optionally, its first key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountSuspended(self, request, context):
+        """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
+        drops its events with 403) or resume an account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMaintenance(self, request, context):
+        """Operator: maintenance mode. While on, every ingest call is refused with
+        UNAVAILABLE (reason `maintenance`; the bridge answers 503 + Retry-After, so
+        Segment keeps the events and retries). Reads and administration go on.
+        Stored in the database: every core on it follows within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMaintenance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +167,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=inlet_dot_v1_dot_admin__pb2.RevokeKeyRequest.FromString,
                     response_serializer=inlet_dot_v1_dot_admin__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.RotateKeyRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'CreateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccount,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.CreateAccountRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.CreateAccountResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.ListAccountsRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'SetAccountSuspended': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountSuspended,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.Account.SerializeToString,
+            ),
+            'SetMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaintenance,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.SetMaintenanceRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.Maintenance.SerializeToString,
+            ),
+            'GetMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMaintenance,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.GetMaintenanceRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.Maintenance.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +280,168 @@ class AdminService:
             '/inlet.v1.AdminService/RevokeKey',
             inlet_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
             inlet_dot_v1_dot_admin__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/RotateKey',
+            inlet_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/CreateAccount',
+            inlet_dot_v1_dot_admin__pb2.CreateAccountRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.CreateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/ListAccounts',
+            inlet_dot_v1_dot_admin__pb2.ListAccountsRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountSuspended(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/SetAccountSuspended',
+            inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/SetMaintenance',
+            inlet_dot_v1_dot_admin__pb2.SetMaintenanceRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.Maintenance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/GetMaintenance',
+            inlet_dot_v1_dot_admin__pb2.GetMaintenanceRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.Maintenance.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,25 @@ OUTCOME_REJECTED: Outcome.ValueType  # 3
 """Not stored; `code`, `reason` and `message` say why."""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _Order:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Order.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_UNSPECIFIED: _Order.ValueType  # 0
+    """Oldest first."""
+    ORDER_OLDEST_FIRST: _Order.ValueType  # 1
+    ORDER_NEWEST_FIRST: _Order.ValueType  # 2
+
+class Order(_Order, metaclass=_OrderEnumTypeWrapper): ...
+
+ORDER_UNSPECIFIED: Order.ValueType  # 0
+"""Oldest first."""
+ORDER_OLDEST_FIRST: Order.ValueType  # 1
+ORDER_NEWEST_FIRST: Order.ValueType  # 2
+Global___Order: _TypeAlias = Order  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """A Segment Spec event in typed form. Field names follow the Spec in snake_case."""
@@ -428,3 +447,183 @@ class IngestBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestBatchResponse: _TypeAlias = IngestBatchResponse  # noqa: Y015
+
+@_typing.final
+class StoredEvent(_message.Message):
+    """An event as the store holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    SETTINGS_JSON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the commit order: the cursor for `Subscribe.after_sequence`.
+    Increasing, never reused; not contiguous (other accounts' events, deletions).
+    """
+    message_id: _builtins.str
+    type: _builtins.str
+    """identify, track, page, screen, group, alias or delete."""
+    user_id: _builtins.str
+    anonymous_id: _builtins.str
+    name: _builtins.str
+    """Track's `event`; page and screen `name`."""
+    group_id: _builtins.str
+    previous_id: _builtins.str
+    key_id: _builtins.str
+    """The API key it was sent with (its public id)."""
+    json: _builtins.bytes
+    """The event exactly as received: a UTF-8 JSON object with the customer's keys."""
+    settings_json: _builtins.bytes
+    """The partner settings it came with (a JSON object), if any."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """The event's `timestamp` (the receive time when it had none)."""
+
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        anonymous_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        group_id: _builtins.str = ...,
+        previous_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        key_id: _builtins.str = ...,
+        json: _builtins.bytes = ...,
+        settings_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at", "timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_id", b"anonymous_id", "group_id", b"group_id", "json", b"json", "key_id", b"key_id", "message_id", b"message_id", "name", b"name", "previous_id", b"previous_id", "received_at", b"received_at", "sequence", b"sequence", "settings_json", b"settings_json", "timestamp", b"timestamp", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredEvent: _TypeAlias = StoredEvent  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Only this user's events: any id of the profile (userId, anonymousId, or an
+    id linked to them by alias or by an event carrying both), all linked ids.
+    """
+    name: _builtins.str
+    """Only events with this track `event` / page or screen `name`."""
+    order: Global___Order.ValueType
+    """Commit order (`sequence`): oldest or newest first."""
+    page_size: _builtins.int
+    """1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, with otherwise the same request."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these types (any of them)."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Event `timestamp` in [since, until)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        order: Global___Order.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "types", b"types", "until", b"until", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page. Empty when this page was the last one
+    at the time of the call (oldest first: `Subscribe` from the last sequence
+    follows what comes next).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StoredEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Send events committed after this sequence (0: from the account's first event)."""
+    from_now: _builtins.bool
+    """Ignore `after_sequence`: only events committed after the call starts."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these types (any of them); empty: all."""
+
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        from_now: _builtins.bool = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "from_now", b"from_now", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015

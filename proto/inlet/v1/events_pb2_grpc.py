@@ -47,6 +47,16 @@ class EventServiceStub:
                 request_serializer=inlet_dot_v1_dot_events__pb2.IngestBatchRequest.SerializeToString,
                 response_deserializer=inlet_dot_v1_dot_events__pb2.IngestBatchResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/inlet.v1.EventService/ListEvents',
+                request_serializer=inlet_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/inlet.v1.EventService/Subscribe',
+                request_serializer=inlet_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_events__pb2.StoredEvent.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -72,6 +82,26 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """The account's stored events, filtered, a page at a time (scope `read`).
+        Pages follow the commit order, so events stored meanwhile never shift a page:
+        paging on loses and repeats nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Every event the account commits from now on, or after a cursor, in commit
+        order (scope `read`). Resumable: pass the last `StoredEvent.sequence` seen as
+        `after_sequence`. At least once: after a reconnect, events after the cursor
+        are sent again. A slow reader is sent events as fast as it reads them; the
+        server holds at most one page per stream and never slows ingestion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +114,16 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.IngestBatch,
                     request_deserializer=inlet_dot_v1_dot_events__pb2.IngestBatchRequest.FromString,
                     response_serializer=inlet_dot_v1_dot_events__pb2.IngestBatchResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=inlet_dot_v1_dot_events__pb2.ListEventsRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_events__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=inlet_dot_v1_dot_events__pb2.SubscribeRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_events__pb2.StoredEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +183,60 @@ class EventService:
             '/inlet.v1.EventService/IngestBatch',
             inlet_dot_v1_dot_events__pb2.IngestBatchRequest.SerializeToString,
             inlet_dot_v1_dot_events__pb2.IngestBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.EventService/ListEvents',
+            inlet_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+            inlet_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/inlet.v1.EventService/Subscribe',
+            inlet_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
+            inlet_dot_v1_dot_events__pb2.StoredEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,18 @@ class EventServiceStub:
     its own result. The RPC itself fails only when the request as a whole is
     unusable (too many items).
     """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
+    """The account's stored events, filtered, a page at a time (scope `read`).
+    Pages follow the commit order, so events stored meanwhile never shift a page:
+    paging on loses and repeats nothing.
+    """
+    Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.StoredEvent]
+    """Every event the account commits from now on, or after a cursor, in commit
+    order (scope `read`). Resumable: pass the last `StoredEvent.sequence` seen as
+    `after_sequence`. At least once: after a reconnect, events after the cursor
+    are sent again. A slow reader is sent events as fast as it reads them; the
+    server holds at most one page per stream and never slows ingestion.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -67,6 +79,18 @@ class EventServiceAsyncStub(EventServiceStub):
     """Ingest many events in one call and one store transaction; each item gets
     its own result. The RPC itself fails only when the request as a whole is
     unusable (too many items).
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """The account's stored events, filtered, a page at a time (scope `read`).
+    Pages follow the commit order, so events stored meanwhile never shift a page:
+    paging on loses and repeats nothing.
+    """
+    Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.StoredEvent]  # type: ignore[assignment]
+    """Every event the account commits from now on, or after a cursor, in commit
+    order (scope `read`). Resumable: pass the last `StoredEvent.sequence` seen as
+    `after_sequence`. At least once: after a reconnect, events after the cursor
+    are sent again. A slow reader is sent events as fast as it reads them; the
+    server holds at most one page per stream and never slows ingestion.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -94,6 +118,30 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Ingest many events in one call and one store transaction; each item gets
         its own result. The RPC itself fails only when the request as a whole is
         unusable (too many items).
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _events_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListEventsResponse, _abc.Awaitable[_events_pb2.ListEventsResponse]]:
+        """The account's stored events, filtered, a page at a time (scope `read`).
+        Pages follow the commit order, so events stored meanwhile never shift a page:
+        paging on loses and repeats nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _events_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.StoredEvent], _abc.AsyncIterator[_events_pb2.StoredEvent]]:
+        """Every event the account commits from now on, or after a cursor, in commit
+        order (scope `read`). Resumable: pass the last `StoredEvent.sequence` seen as
+        `after_sequence`. At least once: after a reconnect, events after the cursor
+        are sent again. A slow reader is sent events as fast as it reads them; the
+        server holds at most one page per stream and never slows ingestion.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

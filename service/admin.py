@@ -1,0 +1,179 @@
+"""AdminService: API keys of the caller's account (scope `admin`); accounts and
+maintenance mode of the whole deployment (scope `operator`)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from inlet.v1 import admin_pb2, admin_pb2_grpc
+from service import keys
+from service.auth import Authenticator
+from service.convert import timestamp_micros
+from service.errors import AlreadyExists, InvalidArgument, InvalidEvent, NotFound, PermissionDenied
+from service.maintenance import MaintenanceMode
+from service.messages import account_message, key_message, timestamp
+from service.rpc import Context, caller, rpc
+from service.store import KeyRecord, Store, StoreError
+
+ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: How long a rotated key keeps working when the caller does not say.
+DEFAULT_ROTATION_OVERLAP_US: Final = 24 * 3600 * 1_000_000
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _scopes(requested: Sequence[str], granter: KeyRecord, field: str) -> tuple[str, ...]:
+    """Scopes for a new key; a key cannot grant `operator` unless it has it itself."""
+    try:
+        scopes = keys.parse_scopes(",".join(requested) or "ingest")
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), "invalid_scope", field) from None
+    if "operator" in scopes and "operator" not in granter.scopes:
+        raise PermissionDenied("only an `operator` key can grant `operator`", "missing_scope")
+    return scopes
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, store: Store, auth: Authenticator, maintenance: MaintenanceMode) -> None:
+        self._store = store
+        self._auth = auth
+        self._maintenance = maintenance
+
+    # -- keys of the caller's account --------------------------------------------------
+
+    @rpc
+    async def CreateKey(
+        self, request: admin_pb2.CreateKeyRequest, context: Context
+    ) -> admin_pb2.CreateKeyResponse:
+        admin = await caller(self._auth, context, "admin")
+        scopes = _scopes(request.scopes, admin, "scopes")
+        expires = None
+        if request.HasField("expires_at"):
+            expires = self._future(request, "expires_at")
+        return await self._create_key(admin.account_id, scopes, request.label, expires)
+
+    async def _create_key(
+        self, account_id: int, scopes: Sequence[str], label: str, expires: int | None
+    ) -> admin_pb2.CreateKeyResponse:
+        new = keys.generate_key()
+        record = await self._store.create_key(
+            account_id, new.key_id, new.secret_hash, scopes, label, expires
+        )
+        return admin_pb2.CreateKeyResponse(key=key_message(record), api_key=new.plaintext)
+
+    @staticmethod
+    def _future(
+        request: admin_pb2.CreateKeyRequest | admin_pb2.RotateKeyRequest, field: str
+    ) -> int:
+        try:
+            micros = timestamp_micros(getattr(request, field), field, "invalid_expiry")
+        except InvalidEvent as error:
+            raise InvalidArgument(error.message, error.reason, field) from None
+        if micros <= _now_us():
+            raise InvalidArgument(f"`{field}` must be in the future", "invalid_expiry", field)
+        return micros
+
+    @rpc
+    async def ListKeys(
+        self, request: admin_pb2.ListKeysRequest, context: Context
+    ) -> admin_pb2.ListKeysResponse:
+        admin = await caller(self._auth, context, "admin")
+        records = await self._store.list_keys(admin.account_id, request.include_revoked)
+        return admin_pb2.ListKeysResponse(keys=[key_message(r) for r in records])
+
+    @rpc
+    async def RevokeKey(
+        self, request: admin_pb2.RevokeKeyRequest, context: Context
+    ) -> admin_pb2.RevokeKeyResponse:
+        admin = await caller(self._auth, context, "admin")
+        record = await self._store.revoke_key(request.key_id, admin.account_id)
+        if record is None:
+            raise NotFound(f"no key {request.key_id!r} in this account", "key_not_found")
+        self._auth.invalidate(request.key_id)
+        return admin_pb2.RevokeKeyResponse(key=key_message(record))
+
+    @rpc
+    async def RotateKey(
+        self, request: admin_pb2.RotateKeyRequest, context: Context
+    ) -> admin_pb2.CreateKeyResponse:
+        admin = await caller(self._auth, context, "admin")
+        until = (
+            self._future(request, "old_key_valid_until")
+            if request.HasField("old_key_valid_until")
+            else _now_us() + DEFAULT_ROTATION_OVERLAP_US
+        )
+        new = keys.generate_key()
+        record = await self._store.rotate_key(
+            request.key_id, admin.account_id, new.key_id, new.secret_hash, until
+        )
+        if record is None:
+            raise NotFound(f"no live key {request.key_id!r} in this account", "key_not_found")
+        self._auth.invalidate(request.key_id)
+        return admin_pb2.CreateKeyResponse(key=key_message(record), api_key=new.plaintext)
+
+    # -- the deployment (operator) -----------------------------------------------------
+
+    @rpc
+    async def CreateAccount(
+        self, request: admin_pb2.CreateAccountRequest, context: Context
+    ) -> admin_pb2.CreateAccountResponse:
+        operator = await caller(self._auth, context, "operator")
+        if not ACCOUNT_NAME.fullmatch(request.name):
+            raise InvalidArgument(
+                "`name` must be 1-100 letters, digits, `.`, `_` or `-`", "invalid_name", "name"
+            )
+        if await self._store.get_account(request.name) is not None:
+            raise AlreadyExists(f"account {request.name!r} exists", "account_exists")
+        account = await self._store.ensure_account(request.name)
+        response = admin_pb2.CreateAccountResponse(account=account_message(account))
+        if request.first_key_scopes:
+            scopes = _scopes(request.first_key_scopes, operator, "first_key_scopes")
+            response.first_key.CopyFrom(await self._create_key(account.id, scopes, "first", None))
+        return response
+
+    @rpc
+    async def ListAccounts(
+        self, request: admin_pb2.ListAccountsRequest, context: Context
+    ) -> admin_pb2.ListAccountsResponse:
+        await caller(self._auth, context, "operator")
+        accounts = await self._store.list_accounts()
+        return admin_pb2.ListAccountsResponse(accounts=[account_message(a) for a in accounts])
+
+    @rpc
+    async def SetAccountSuspended(
+        self, request: admin_pb2.SetAccountSuspendedRequest, context: Context
+    ) -> admin_pb2.Account:
+        await caller(self._auth, context, "operator")
+        try:
+            account = await self._store.set_account_suspended(request.name, request.suspended)
+        except StoreError:
+            raise NotFound(f"no account {request.name!r}", "account_not_found") from None
+        self._auth.invalidate()  # cached key records carry the account's state
+        return account_message(account)
+
+    @rpc
+    async def SetMaintenance(
+        self, request: admin_pb2.SetMaintenanceRequest, context: Context
+    ) -> admin_pb2.Maintenance:
+        await caller(self._auth, context, "operator")
+        await self._maintenance.set(request.on, request.message[:500])
+        return self._state()
+
+    @rpc
+    async def GetMaintenance(
+        self, request: admin_pb2.GetMaintenanceRequest, context: Context
+    ) -> admin_pb2.Maintenance:
+        await caller(self._auth, context, "operator")
+        await self._maintenance.refresh()
+        return self._state()
+
+    def _state(self) -> admin_pb2.Maintenance:
+        state = self._maintenance.state
+        return admin_pb2.Maintenance(
+            on=state.on, message=state.message, changed_at=timestamp(state.changed_at_us)
+        )

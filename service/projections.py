@@ -1,0 +1,114 @@
+"""What each event changes in the profiles: pure functions, no I/O.
+
+The store turns a `Projection` into writes in the same transaction that stores
+the event, so a profile never shows an event that is not stored, nor misses one
+that is. The rules (Segment Spec, and DESIGN.md "The core"):
+
+* identify merges its traits into the user's traits; per trait, the value from
+  the event with the newest `timestamp` wins (Segment retries for hours and does
+  not keep order, so arrival order means nothing).
+* Any event carrying both `userId` and `anonymousId` links the two ids; alias
+  links `previousId` to `userId`. A profile is everything reachable through links
+  (identity resolution as Segment's Unify does it for these two id kinds).
+* group records the membership of the sender and the group's traits (same rule).
+* track, page and screen add nothing beyond the stored event: history is the
+  events table itself, indexed by user.
+* delete erases the user's profile, links, memberships and events; the delete
+  event itself stays as the record that the deletion happened.
+
+Traits are kept as a whole value per top-level key (`address` is one value).
+Reserved traits are stored under their Spec name whatever casing they came in,
+so `first_name` and `firstName` are one trait; custom traits keep the key as sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from service.validation import CanonicalEvent, normalise_name, spec_fields
+
+#: Segment Spec reserved traits: identify (spec-identify.md) and group (spec-group.md).
+RESERVED_TRAITS: Final = (
+    "address", "age", "avatar", "birthday", "company", "createdAt", "description", "email",
+    "employees", "firstName", "gender", "id", "industry", "lastName", "name", "phone", "plan",
+    "title", "username", "website",
+)  # fmt: skip
+_RESERVED_BY_NORMAL: Final = {normalise_name(t): t for t in RESERVED_TRAITS}
+
+#: Subject kinds in the traits table.
+USER: Final = "user"
+GROUP: Final = "group"
+
+
+def trait_key(key: str) -> str:
+    """The key a trait is stored under: the Spec name for reserved traits, else as sent."""
+    return _RESERVED_BY_NORMAL.get(normalise_name(key), key)
+
+
+@dataclass(frozen=True, slots=True)
+class TraitWrite:
+    subject_kind: str
+    subject_id: str
+    key: str
+    #: The value as JSON.
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """The profile changes one stored event makes."""
+
+    #: Pairs of ids to link (each pair is stored in both directions).
+    links: tuple[tuple[str, str], ...] = ()
+    traits: tuple[TraitWrite, ...] = ()
+    #: (member id, group id).
+    membership: tuple[str, str] | None = None
+    #: The userId whose profile to erase.
+    erase: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.links or self.traits or self.membership or self.erase)
+
+
+NOTHING: Final = Projection()
+
+
+def project(event: CanonicalEvent) -> Projection:
+    """The profile changes `event` makes (NOTHING for most track/page/screen events)."""
+    if event.type == "delete":
+        return Projection(erase=event.user_id)
+    links: list[tuple[str, str]] = []
+    user, anonymous = event.user_id, event.anonymous_id
+    if user is not None and anonymous is not None and user != anonymous:
+        links.append((user, anonymous))
+    if event.type == "alias":
+        assert event.previous_id is not None and event.user_id is not None  # validated
+        if event.previous_id != event.user_id:
+            links.append((event.user_id, event.previous_id))
+    subject = event.user_id if event.user_id is not None else event.anonymous_id
+    if event.type == "identify" and subject is not None:
+        return Projection(links=tuple(links), traits=_traits(USER, subject, event.body))
+    if event.type == "group" and subject is not None:
+        assert event.group_id is not None  # validated
+        return Projection(
+            links=tuple(links),
+            traits=_traits(GROUP, event.group_id, event.body),
+            membership=(subject, event.group_id),
+        )
+    return Projection(links=tuple(links)) if links else NOTHING
+
+
+def _traits(kind: str, subject: str, body: dict[str, Any]) -> tuple[TraitWrite, ...]:
+    traits = spec_fields(body).get("traits")
+    if not isinstance(traits, dict):
+        return ()
+    # Two spellings of one reserved trait in one call (`email`, `Email`): the last wins,
+    # as it would in the customer's own JSON object.
+    merged = {trait_key(key): value for key, value in traits.items()}
+    return tuple(
+        TraitWrite(kind, subject, key, orjson.dumps(value)) for key, value in merged.items()
+    )
