@@ -125,5 +125,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         key = await caller(self._auth, context, "read")
         types = event_types(request.types)
         after = await self._store.latest_sequence() if request.from_now else request.after_sequence
+        # Tells the caller where the stream starts (its first cursor), and that every
+        # event committed from now on will come: a `from_now` caller can act on it.
+        await context.send_initial_metadata((("inlet-start-sequence", str(after)),))
         async for record in self._feed.follow(key.account_id, after, types):
             yield stored_event(record)
