@@ -20,7 +20,7 @@ from http_bridge.contract.report import render_text, write_junit
 from http_bridge.contract.runner import run_contract_test
 from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import start_bridge
-from service import keys
+from service import cli_admin, cli_client, keys
 from service.config import CoreConfig, split_list
 from service.in_process import InProcessCore
 from service.server import start_core, wait_for_signal
@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key by its id")
     revoke.add_argument("key_id")
+    cli_admin.register(commands, key_actions, database)
+    cli_client.register(commands)
 
     contract = commands.add_parser(
         "contract-test",
@@ -131,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return contract_test(args)
         if args.command == "send-test":
             return send_test(args)
+        if args.command in ("profile", "events"):
+            return _run(cli_client.run(args))
         return _run(_keys(args))
     except (ValueError, StoreError, OSError) as exc:
         print(f"inlet: {exc}", file=sys.stderr)
@@ -256,9 +260,16 @@ def _when(micros: int | None) -> str:
 
 
 async def _keys(args: argparse.Namespace) -> int:
+    """`keys`, `accounts`, `maintenance`: work on the database directly."""
     store = _database(args)
     await store.open()
     try:
+        if args.command == "accounts":
+            return await cli_admin.accounts(store, args)
+        if args.command == "maintenance":
+            return await cli_admin.maintenance(store, args)
+        if args.action == "rotate":
+            return await cli_admin.rotate(store, args)
         if args.action == "create":
             scopes = keys.parse_scopes(args.scope)
             expires = parse_expiry(args.expires) if args.expires else None

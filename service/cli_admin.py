@@ -1,0 +1,107 @@
+"""`inlet accounts`, `inlet keys rotate`, `inlet maintenance`: operator commands that
+work on the database directly, like `inlet keys create` (no server needed; running
+cores notice within seconds)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from service import keys
+from service.admin import ACCOUNT_NAME
+from service.maintenance import MaintenanceMode
+from service.store import Store, StoreError
+from service.timestamps import format_micros
+
+
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    key_actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    database: argparse.ArgumentParser,
+) -> None:
+    accounts = commands.add_parser("accounts", help="manage accounts (directly in the database)")
+    actions = accounts.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", parents=[database], help="create an account")
+    create.add_argument("name", help="1-100 letters, digits, '.', '_' or '-'")
+    actions.add_parser("list", parents=[database], help="list accounts")
+    for verb, text in (("suspend", "refuse its events (403)"), ("resume", "accept them again")):
+        action = actions.add_parser(verb, parents=[database], help=f"{verb} an account: {text}")
+        action.add_argument("name")
+
+    rotate = key_actions.add_parser(
+        "rotate", parents=[database], help="replace a key; the old one works a while longer"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--overlap", default="24h", help="how long the old key keeps working (30d, 12h, 15m, 0m)"
+    )
+
+    maintenance = commands.add_parser(
+        "maintenance",
+        parents=[database],
+        help="refuse ingestion with 503 (Segment retries) while on",
+    )
+    maintenance.add_argument("state", choices=("on", "off", "status"))
+    maintenance.add_argument("--message", default="", help="shown to senders in the 503")
+
+
+def _duration_us(text: str) -> int:
+    text = text.strip()
+    units = {"d": 86_400, "h": 3_600, "m": 60}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"--overlap: expected a duration such as 24h, 30d, 15m; got {text!r}")
+    return int(text[:-1]) * units[text[-1]] * 1_000_000
+
+
+async def accounts(store: Store, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        if not ACCOUNT_NAME.fullmatch(args.name):
+            raise ValueError("account names are 1-100 letters, digits, '.', '_' or '-'")
+        if await store.get_account(args.name) is not None:
+            raise StoreError(f"account {args.name!r} exists")
+        account = await store.ensure_account(args.name)
+        print(f"created account {account.name!r}")
+    elif args.action == "list":
+        print(f"{'ACCOUNT':<30} {'STATE':<10} CREATED")
+        for a in await store.list_accounts():
+            state = "suspended" if a.suspended else "active"
+            print(f"{a.name:<30} {state:<10} {format_micros(a.created_at_us)}")
+    else:
+        account = await store.set_account_suspended(args.name, args.action == "suspend")
+        state = "suspended" if account.suspended else "active"
+        print(f"account {account.name!r} is {state} (running servers notice within seconds)")
+    return 0
+
+
+async def rotate(store: Store, args: argparse.Namespace) -> int:
+    old = await store.get_key(args.key_id)
+    if old is None:
+        raise StoreError(f"no key with id {args.key_id!r}")
+    new = keys.generate_key()
+    until = time.time_ns() // 1000 + _duration_us(args.overlap)
+    record = await store.rotate_key(old.key_id, old.account_id, new.key_id, new.secret_hash, until)
+    if record is None:
+        raise StoreError(f"key {args.key_id!r} is revoked or expired: create a new one instead")
+    print(f"created key {record.key_id} to replace {old.key_id} (account {old.account_name!r}, "
+          f"scopes {','.join(record.scopes)}); the old key stops working at "
+          f"{format_micros(min(until, old.expires_at_us or until))}. "
+          "The new key is shown only once:", file=sys.stderr)  # fmt: skip
+    print(new.plaintext)
+    return 0
+
+
+async def maintenance(store: Store, args: argparse.Namespace) -> int:
+    mode = MaintenanceMode(store)
+    state = (
+        await mode.refresh()
+        if args.state == "status"
+        else await mode.set(args.state == "on", args.message)
+    )
+    when = "" if state.changed_at_us is None else f" since {format_micros(state.changed_at_us)}"
+    if state.on:
+        print(f"maintenance mode is on{when}: ingestion answers 503 (Segment retries)"
+              + (f"; message: {state.message}" if state.message else ""))  # fmt: skip
+    else:
+        print(f"maintenance mode is off{when}")
+    return 0

@@ -1,0 +1,165 @@
+"""The read and operator commands against a real `inlet serve`: profile, events, tail,
+accounts, key rotation, maintenance mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import BRIDGE_READY, inlet, post, start, stop
+
+
+@dataclass
+class Served:
+    url: str
+    core: str
+    key: str
+    cwd: Path
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return inlet(*args, "--core", self.core, "--key", self.key, cwd=self.cwd, check=check)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """`inlet serve` in tmp_path with a key that may ingest and read."""
+    key = inlet(
+        "keys", "create", "--account", "acme", "--scope", "ingest,read", cwd=tmp_path
+    ).stdout.strip()
+    core = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("INLET_SWITCH_REFRESH_S", "0.1")  # the CLI's switch, seen at once
+    server, ready = start(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", core], tmp_path, BRIDGE_READY
+    )
+    try:
+        yield Served(f"http://127.0.0.1:{ready[1]}/segment", core, key, tmp_path)
+    finally:
+        assert stop(server) == 0
+
+
+def test_profile_and_events_from_the_shell(served: Served) -> None:
+    for event in (
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "c-1",
+         "timestamp": "2026-01-01T00:00:00Z", "traits": {"First Name": "Ann"}},
+        {"type": "track", "anonymousId": "a1", "event": "Clicked", "messageId": "c-2"},
+        {"type": "track", "userId": "u2", "event": "Other", "messageId": "c-3"},
+    ):  # fmt: skip
+        assert post(served.url, served.key, event)[0] == 200
+
+    profile = json.loads(served.client("profile", "get", "a1").stdout)
+    assert profile["linkedIds"] == ["a1", "u1"]
+    assert profile["traits"]["firstName"]["value"] == "Ann"
+    assert profile["eventCounts"] == {"identify": "1", "track": "1"}
+
+    lines = served.client("events", "list", "--user", "u1").stdout.splitlines()
+    assert [json.loads(line)["messageId"] for line in lines] == ["c-1", "c-2"]
+    newest = served.client("events", "list", "--newest-first", "--limit", "1")
+    (line,) = newest.stdout.splitlines()
+    assert json.loads(line)["event"]["event"] == "Other"
+    assert "--page-token" in newest.stderr  # how to go on
+
+    missing = served.client("profile", "get", "nobody", check=False)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def tail(served: Served, cursor_file: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "events", "tail", "--core", served.core,
+         "--key", served.key, "--all", "--cursor-file", str(cursor_file)],
+        cwd=served.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
+    assert process.stdout is not None
+    return [json.loads(process.stdout.readline())["messageId"] for _ in range(count)]
+
+
+def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path) -> None:
+    cursor_file = tmp_path / "tail.cursor"
+    for n in range(3):
+        event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
+        assert post(served.url, served.key, event)[0] == 200
+
+    first = tail(served, cursor_file)
+    try:
+        assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
+        # Live: posted after the tail started.
+        post(served.url, served.key, {"type": "track", "userId": "u1", "event": "E",
+                                      "messageId": "t-3"})  # fmt: skip
+        assert read_lines(first, 1) == ["t-3"]
+        deadline = time.monotonic() + 10
+        while not (cursor_file.exists() and cursor_file.read_text().strip()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        first.kill()
+        first.wait()
+    for n in (4, 5):
+        event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
+        assert post(served.url, served.key, event)[0] == 200
+    # Restarted with the same cursor file: it goes on after the last event it printed.
+    second = tail(served, cursor_file)
+    try:
+        assert read_lines(second, 2) == ["t-4", "t-5"]
+    finally:
+        second.kill()
+        second.wait()
+
+
+def test_operator_commands(served: Served) -> None:
+    cwd = served.cwd
+    inlet("accounts", "create", "globex", cwd=cwd)
+    assert inlet("accounts", "create", "globex", cwd=cwd, check=False).returncode == 2
+    listing = inlet("accounts", "list", cwd=cwd).stdout
+    assert "acme" in listing and "globex" in listing
+
+    key_id = served.key.split("_")[1]
+    rotated = inlet("keys", "rotate", key_id, "--overlap", "1h", cwd=cwd)
+    new_key = rotated.stdout.strip()
+    assert new_key.startswith("inlet_") and "stops working at" in rotated.stderr
+    event = {"type": "track", "userId": "u1", "event": "E"}
+    assert post(served.url, new_key, event)[0] == 200
+    assert post(served.url, served.key, dict(event, event="F"))[0] == 200  # still valid
+
+    inlet("maintenance", "on", "--message", "upgrading", cwd=cwd)
+    assert "is on" in inlet("maintenance", "status", cwd=cwd).stdout
+    deadline = time.monotonic() + 10
+    while (answer := post(served.url, new_key, dict(event, event="G")))[0] != 503:
+        assert time.monotonic() < deadline, "the server never saw maintenance mode"
+        time.sleep(0.05)
+    assert answer[1] == {"message": "upgrading", "code": "maintenance"}
+    inlet("maintenance", "off", cwd=cwd)
+    while post(served.url, new_key, dict(event, event="G"))[0] != 200:
+        assert time.monotonic() < deadline, "the server never left maintenance mode"
+        time.sleep(0.05)
+
+    inlet("accounts", "suspend", "acme", cwd=cwd)
+    while post(served.url, new_key, dict(event, event="H"))[0] != 403:
+        assert time.monotonic() < deadline, "the suspension was never seen"
+        time.sleep(0.05)
+    inlet("accounts", "resume", "acme", cwd=cwd)
+
+
+def test_read_commands_need_a_key(tmp_path: Path) -> None:
+    env_without_key = {k: v for k, v in os.environ.items() if k != "INLET_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "profile", "get", "u1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env_without_key,
+    )  # fmt: skip
+    assert result.returncode == 2 and "INLET_API_KEY" in result.stderr
