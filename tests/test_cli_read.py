@@ -160,6 +160,6 @@ def test_read_commands_need_a_key(tmp_path: Path) -> None:
     env_without_key = {k: v for k, v in os.environ.items() if k != "INLET_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "profile", "get", "u1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env_without_key,
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env_without_key, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "INLET_API_KEY" in result.stderr

@@ -170,7 +170,9 @@ async def test_maintenance_mode_makes_segment_retry(
             admin_pb2.GetMaintenanceRequest(), metadata=bearer(operator)
         )
         assert got.on
-        await admin.SetMaintenance(admin_pb2.SetMaintenanceRequest(on=False), metadata=bearer(operator))
+        await admin.SetMaintenance(
+            admin_pb2.SetMaintenanceRequest(on=False), metadata=bearer(operator)
+        )
         async with http.post(f"{stack.url}/segment", data=TRACK, headers=headers) as response:
             assert response.status == 200
 

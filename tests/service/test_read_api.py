@@ -100,11 +100,21 @@ async def test_alias_and_anonymous_ids_link_one_profile(
         channel,
         key,
         {"type": "page", "anonymousId": "anon-7", "name": "Home", "messageId": "p-1"},
-        {"type": "identify", "anonymousId": "anon-7", "userId": "u7", "messageId": "i-7",
-         "traits": {"email": "u7@example.com"}},  # fmt: skip
+        {
+            "type": "identify",
+            "anonymousId": "anon-7",
+            "userId": "u7",
+            "messageId": "i-7",
+            "traits": {"email": "u7@example.com"},
+        },
         {"type": "alias", "previousId": "u7", "userId": "u7-new", "messageId": "a-7"},
-        {"type": "group", "userId": "u7-new", "groupId": "g1", "messageId": "g-7",
-         "traits": {"name": "Initech", "employees": 50}},  # fmt: skip
+        {
+            "type": "group",
+            "userId": "u7-new",
+            "groupId": "g1",
+            "messageId": "g-7",
+            "traits": {"name": "Initech", "employees": 50},
+        },
     )
     for looked_up in ("anon-7", "u7", "u7-new"):
         found = await profile(channel, key, looked_up)
@@ -133,8 +143,13 @@ async def test_delete_erases_the_profile_and_leaves_a_record(
     await send(
         channel,
         key,
-        {"type": "identify", "userId": "gone", "anonymousId": "anon-g", "messageId": "d-1",
-         "traits": {"email": "gone@example.com"}},  # fmt: skip
+        {
+            "type": "identify",
+            "userId": "gone",
+            "anonymousId": "anon-g",
+            "messageId": "d-1",
+            "traits": {"email": "gone@example.com"},
+        },
         track("d-2", "gone"),
         {"type": "group", "userId": "gone", "groupId": "g9", "messageId": "d-3"},
         track("d-keep", "someone-else"),
@@ -256,9 +271,7 @@ async def test_bad_list_requests_name_the_field(
     assert [v.field for v in bad_request.field_violations] == [field]
 
 
-async def read_stream(
-    call: Any, count: int, timeout: float = 10
-) -> list[events_pb2.StoredEvent]:
+async def read_stream(call: Any, count: int, timeout: float = 10) -> list[events_pb2.StoredEvent]:
     received = []
     async with asyncio.timeout(timeout):
         while len(received) < count:
