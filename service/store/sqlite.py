@@ -402,6 +402,9 @@ class SqliteStore:
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
         if projection.erase is not None:
             self._erase(cursor, account, projection.erase, event.message_id, seq)
+            # Links made earlier in this transaction may be erased now: none may be
+            # remembered as stored (the cache is cleared too, in _erase).
+            new_links.clear()
 
     def _erase(
         self, cursor: sqlite3.Cursor, account: int, user_id: str, message_id: str, seq: int

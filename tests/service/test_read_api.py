@@ -178,6 +178,22 @@ async def test_delete_erases_the_profile_and_leaves_a_record(
     assert dict((await profile(channel, key, "gone")).event_counts) == {"track": 1}
 
 
+async def test_links_made_and_erased_in_one_batch_can_be_made_again(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    key = stack.keys["admin"]
+    both = {"type": "track", "userId": "u5", "anonymousId": "a5", "event": "E"}
+    # One transaction links u5-a5, then erases the link with the user.
+    await send(
+        channel,
+        key,
+        {**both, "messageId": "l-1"},
+        {"type": "delete", "userId": "u5", "messageId": "l-2"},
+    )
+    await send(channel, key, {**both, "messageId": "l-3"})
+    assert list((await profile(channel, key, "a5")).linked_ids) == ["a5", "u5"]
+
+
 async def test_list_events_pages_lose_and_repeat_nothing_while_events_arrive(
     stack: Stack, channel: grpc.aio.Channel
 ) -> None:
