@@ -165,6 +165,19 @@ _LINKED_IDS: Final = """
     SELECT id FROM linked ORDER BY id
 """
 _IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
+# Events of any of the ids (a JSON array) as userId or anonymousId; takes the
+# parameters (account, ids, account, ids). Not `user_id IN .. OR anonymous_id IN ..`:
+# SQLite plans that as a scan of the whole account, this as two index look-ups.
+_OF_IDS: Final = (
+    f"seq IN (SELECT seq FROM events WHERE account_id = ? AND user_id {_IN_IDS} "
+    f"UNION ALL SELECT seq FROM events WHERE account_id = ? AND anonymous_id {_IN_IDS})"
+)
+# Earlier delete events stay: with the new one, they are the record of deletions.
+_ERASE_EVENTS: Final = f"DELETE FROM events WHERE type != 'delete' AND {_OF_IDS}"
+_PROFILE_COUNTS: Final = (
+    "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
+    f"WHERE type != 'delete' AND {_OF_IDS} GROUP BY type"
+)
 _EVENT_COLUMNS: Final = """
     seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,
     received_at_us, key_id, payload, settings
@@ -411,12 +424,7 @@ class SqliteStore:
     ) -> None:
         ids = [row[0] for row in cursor.execute(_LINKED_IDS, (account, user_id)).fetchall()]
         any_id = orjson.dumps(ids).decode()
-        # Earlier delete events stay: with this one, they are the record of deletions.
-        erased = cursor.execute(
-            f"DELETE FROM events WHERE account_id = ? AND type != 'delete' "
-            f"AND (user_id {_IN_IDS} OR anonymous_id {_IN_IDS})",
-            (account, any_id, any_id),
-        ).rowcount
+        erased = cursor.execute(_ERASE_EVENTS, (account, any_id, account, any_id)).rowcount
         cursor.execute(
             f"DELETE FROM traits WHERE account_id = ? AND subject_kind = '{USER}' "
             f"AND subject_id {_IN_IDS}",
@@ -449,8 +457,8 @@ class SqliteStore:
             args: list[object] = [query.account_id]
             if query.ids is not None:
                 any_id = orjson.dumps(query.ids).decode()
-                where.append(f"(user_id {_IN_IDS} OR anonymous_id {_IN_IDS})")
-                args += [any_id, any_id]
+                where.append(_OF_IDS)
+                args += [query.account_id, any_id, query.account_id, any_id]
             if query.types:
                 where.append(f"type {_IN_IDS}")
                 args.append(orjson.dumps(query.types).decode())
@@ -513,10 +521,7 @@ class SqliteStore:
             first: int | None = None
             last: int | None = None
             for event_type, count, oldest, newest in conn.execute(
-                f"SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-                f"WHERE account_id = ? AND type != 'delete' "
-                f"AND (user_id {_IN_IDS} OR anonymous_id {_IN_IDS}) GROUP BY type",
-                (account_id, any_id, any_id),
+                _PROFILE_COUNTS, (account_id, any_id, account_id, any_id)
             ):
                 counts[event_type] = count
                 first = oldest if first is None else min(first, oldest)

@@ -1,0 +1,49 @@
+"""The store's per-user statements use indexes: a delete or a profile look-up costs a few
+index searches, not a scan of the account's events (which grew with every event stored
+and once made each `delete` in the benchmark's mix take tens of milliseconds)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service.store import SqliteStore
+from service.store.sqlite import _ERASE_EVENTS, _LINKED_IDS, _OF_IDS, _PROFILE_COUNTS
+
+
+@pytest.fixture
+async def conn(tmp_path: Path) -> sqlite3.Connection:
+    store = SqliteStore(tmp_path / "plans.db")
+    await store.open()  # the real schema, migrations applied
+    await store.close()
+    return sqlite3.connect(tmp_path / "plans.db")
+
+
+def plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[str]:
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+
+IDS = '["u1", "a1"]'
+TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|l)\b")
+
+
+@pytest.mark.parametrize(
+    ("sql", "args"),
+    [
+        (_ERASE_EVENTS, (1, IDS, 1, IDS)),
+        (_PROFILE_COUNTS, (1, IDS, 1, IDS)),
+        (
+            f"SELECT seq FROM events WHERE account_id = ? AND {_OF_IDS} ORDER BY seq",
+            (1, 1, IDS, 1, IDS),
+        ),
+        (_LINKED_IDS, (1, "u1")),
+    ],
+)
+def test_per_user_statements_search_indexes(
+    conn: sqlite3.Connection, sql: str, args: tuple[object, ...]
+) -> None:
+    steps = plan(conn, sql, args)
+    assert not [s for s in steps if TABLE_SCAN.match(s)], steps
