@@ -89,8 +89,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # 2: profiles (projections.py), history and subscription indexes, switches.
     """
     CREATE INDEX events_account_seq ON events(account_id, seq);
-    CREATE INDEX events_user ON events(account_id, user_id);
-    CREATE INDEX events_anonymous ON events(account_id, anonymous_id);
+    -- Whose event it is: the userId, else the anonymousId, and NULL for delete events
+    -- (they belong to no profile, and stay as the record of deletions). One index
+    -- finds a profile's events, because an event carrying both ids also links
+    -- them (identity_links): its anonymousId is reached through the link. (Two
+    -- indexes, userId and anonymousId, cost twice as much on every insert.)
+    ALTER TABLE events ADD COLUMN subject TEXT;
+    UPDATE events SET subject = coalesce(user_id, anonymous_id) WHERE type != 'delete';
+    CREATE INDEX events_subject ON events(account_id, subject);
     -- Each link is stored in both directions, so a profile is one recursive walk.
     CREATE TABLE identity_links (
         account_id INTEGER NOT NULL,
@@ -98,6 +104,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         other      TEXT NOT NULL,
         PRIMARY KEY (account_id, id, other)
     ) WITHOUT ROWID;
+    -- Links of events stored before this version (their traits are not backfilled).
+    INSERT OR IGNORE INTO identity_links
+        SELECT account_id, user_id, anonymous_id FROM events
+        WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL AND user_id != anonymous_id
+        UNION ALL
+        SELECT account_id, anonymous_id, user_id FROM events
+        WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL AND user_id != anonymous_id;
     -- subject_kind 'user' (identify traits by userId/anonymousId) or 'group'.
     CREATE TABLE traits (
         account_id   INTEGER NOT NULL,
@@ -136,8 +149,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 
 _INSERT_EVENT: Final = """
     INSERT INTO events (account_id, message_id, type, user_id, anonymous_id, name, group_id,
-                        previous_id, timestamp_us, received_at_us, key_id, payload, settings)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        previous_id, timestamp_us, received_at_us, key_id, payload, settings,
+                        subject)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (account_id, message_id) DO NOTHING
 """
 # Newest timestamp wins; on a tie the later arrival does (a redelivery with new data).
@@ -165,18 +179,12 @@ _LINKED_IDS: Final = """
     SELECT id FROM linked ORDER BY id
 """
 _IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
-# Events of any of the ids (a JSON array) as userId or anonymousId; takes the
-# parameters (account, ids, account, ids). Not `user_id IN .. OR anonymous_id IN ..`:
-# SQLite plans that as a scan of the whole account, this as two index look-ups.
-_OF_IDS: Final = (
-    f"seq IN (SELECT seq FROM events WHERE account_id = ? AND user_id {_IN_IDS} "
-    f"UNION ALL SELECT seq FROM events WHERE account_id = ? AND anonymous_id {_IN_IDS})"
-)
-# Earlier delete events stay: with the new one, they are the record of deletions.
-_ERASE_EVENTS: Final = f"DELETE FROM events WHERE type != 'delete' AND {_OF_IDS}"
+# Events of a profile (`subject` in a JSON array of its linked ids).
+_OF_IDS: Final = f"subject {_IN_IDS}"
+_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {_OF_IDS}"
 _PROFILE_COUNTS: Final = (
     "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-    f"WHERE type != 'delete' AND {_OF_IDS} GROUP BY type"
+    f"WHERE account_id = ? AND {_OF_IDS} GROUP BY type"
 )
 _EVENT_COLUMNS: Final = """
     seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,
@@ -369,6 +377,7 @@ class SqliteStore:
                         write.account_id, e.message_id, e.type, e.user_id, e.anonymous_id,
                         e.name, e.group_id, e.previous_id, e.timestamp_us, e.received_at_us,
                         write.key_id, e.raw, e.settings,
+                        None if e.type == "delete" else e.user_id or e.anonymous_id,
                     ),
                 )  # fmt: skip
                 if cursor.rowcount != 1:
@@ -414,17 +423,18 @@ class SqliteStore:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
         if projection.erase is not None:
-            self._erase(cursor, account, projection.erase, event.message_id, seq)
-            # Links made earlier in this transaction may be erased now: none may be
-            # remembered as stored (the cache is cleared too, in _erase).
-            new_links.clear()
+            if self._erase(cursor, account, projection.erase, event.message_id, seq):
+                # Links made earlier in this transaction may be erased now: none may be
+                # remembered as stored (the cache is cleared too, in _erase).
+                new_links.clear()
 
     def _erase(
         self, cursor: sqlite3.Cursor, account: int, user_id: str, message_id: str, seq: int
-    ) -> None:
+    ) -> bool:
+        """Erase `user_id`'s profile and events; True if any links were erased."""
         ids = [row[0] for row in cursor.execute(_LINKED_IDS, (account, user_id)).fetchall()]
         any_id = orjson.dumps(ids).decode()
-        erased = cursor.execute(_ERASE_EVENTS, (account, any_id, account, any_id)).rowcount
+        erased = cursor.execute(_ERASE_EVENTS, (account, any_id)).rowcount
         cursor.execute(
             f"DELETE FROM traits WHERE account_id = ? AND subject_kind = '{USER}' "
             f"AND subject_id {_IN_IDS}",
@@ -434,17 +444,19 @@ class SqliteStore:
             f"DELETE FROM memberships WHERE account_id = ? AND member_id {_IN_IDS}",
             (account, any_id),
         )
-        cursor.execute(
+        unlinked = cursor.execute(
             f"DELETE FROM identity_links WHERE account_id = ? AND id {_IN_IDS}", (account, any_id)
-        )
+        ).rowcount
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
             "erased_ids, erased_events) VALUES (?, ?, ?, ?, ?, ?)",
             (account, user_id, message_id, _now_us(), len(ids), erased),
         )
-        # Links of the erased ids are gone: forget them all (rare; refills as events come).
-        self._known_links.clear()
+        if unlinked:
+            # Links of the erased ids are gone: forget them all (refills as events come).
+            self._known_links.clear()
         log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
+        return unlinked > 0
 
     def _remember_link(self, link: tuple[int, str, str]) -> None:
         self._known_links[link] = None
@@ -458,7 +470,7 @@ class SqliteStore:
             if query.ids is not None:
                 any_id = orjson.dumps(query.ids).decode()
                 where.append(_OF_IDS)
-                args += [query.account_id, any_id, query.account_id, any_id]
+                args.append(any_id)
             if query.types:
                 where.append(f"type {_IN_IDS}")
                 args.append(orjson.dumps(query.types).decode())
@@ -521,7 +533,7 @@ class SqliteStore:
             first: int | None = None
             last: int | None = None
             for event_type, count, oldest, newest in conn.execute(
-                _PROFILE_COUNTS, (account_id, any_id, account_id, any_id)
+                _PROFILE_COUNTS, (account_id, any_id)
             ):
                 counts[event_type] = count
                 first = oldest if first is None else min(first, oldest)

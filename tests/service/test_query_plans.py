@@ -1,6 +1,6 @@
 """The store's per-user statements use indexes: a delete or a profile look-up costs a few
 index searches, not a scan of the account's events (which grew with every event stored
-and once made each `delete` in the benchmark's mix take tens of milliseconds)."""
+and once made each `delete` in the benchmark's mix take milliseconds)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|l)\b")
 @pytest.mark.parametrize(
     ("sql", "args"),
     [
-        (_ERASE_EVENTS, (1, IDS, 1, IDS)),
-        (_PROFILE_COUNTS, (1, IDS, 1, IDS)),
+        (_ERASE_EVENTS, (1, IDS)),
+        (_PROFILE_COUNTS, (1, IDS)),
         (
             f"SELECT seq FROM events WHERE account_id = ? AND {_OF_IDS} ORDER BY seq",
-            (1, 1, IDS, 1, IDS),
+            (1, IDS),
         ),
         (_LINKED_IDS, (1, "u1")),
     ],

@@ -166,12 +166,17 @@ async def test_delete_erases_the_profile_and_leaves_a_record(
     for message_id in ("d-1", "d-2", "d-3"):
         assert await stack.store.get_event_payload(account, message_id) is None
     assert await stack.store.get_event_payload(account, "d-keep") is not None
-    # The deletion itself is on record (not the data): the delete event stays.
+    # Nothing of the user is left in their history...
     events = events_pb2_grpc.EventServiceStub(channel)
-    remaining = await events.ListEvents(
+    history = await events.ListEvents(
         events_pb2.ListEventsRequest(user_id="gone"), metadata=bearer(key)
     )
-    assert [(e.type, e.message_id) for e in remaining.events] == [("delete", "del-1")]
+    assert list(history.events) == []
+    # ...and the deletion itself is on record (not the data): the delete event stays.
+    deletions = await events.ListEvents(
+        events_pb2.ListEventsRequest(types=["delete"]), metadata=bearer(key)
+    )
+    assert [(e.user_id, e.message_id) for e in deletions.events] == [("gone", "del-1")]
     # A redelivered delete is a duplicate, and the user can start afresh.
     await send(channel, key, {"type": "delete", "userId": "gone", "messageId": "del-1"})
     await send(channel, key, track("d-4", "gone"))
