@@ -422,11 +422,11 @@ class SqliteStore:
         if projection.membership is not None:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
-        if projection.erase is not None:
-            if self._erase(cursor, account, projection.erase, event.message_id, seq):
-                # Links made earlier in this transaction may be erased now: none may be
-                # remembered as stored (the cache is cleared too, in _erase).
-                new_links.clear()
+        erase = projection.erase
+        if erase is not None and self._erase(cursor, account, erase, event.message_id, seq):
+            # Links made earlier in this transaction may be erased now: none may be
+            # remembered as stored (the cache is cleared too, in _erase).
+            new_links.clear()
 
     def _erase(
         self, cursor: sqlite3.Cursor, account: int, user_id: str, message_id: str, seq: int
