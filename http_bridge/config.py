@@ -75,14 +75,15 @@ class BridgeConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
-        if min(
+        limits = (
             self.max_body_bytes,
             self.max_batch_items,
             self.max_inflight_batches,
             self.sdk_max_event_bytes,
             self.sdk_max_batch_bytes,
             self.sdk_max_batch_events,
-        ) < 1:
+        )
+        if min(limits) < 1:
             raise ValueError("limits must be positive")
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
