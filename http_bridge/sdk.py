@@ -106,13 +106,16 @@ def write_key_from(authorization: str | None, body: dict[str, Any]) -> str:
     wins, as on the webhook.
 
     Raises:
+        BadRequest: `writeKey` is not a string.
         Unauthorized: no key anywhere, or a Basic header that does not decode.
     """
+    key = body.get("writeKey")
+    if key is not None and not isinstance(key, str):
+        raise BadRequest("`writeKey` must be a string", "wrong_type")
     scheme = (authorization or "").strip().partition(" ")[0].lower()
     if scheme == "basic":
         return api_key_from_authorization(authorization)
-    key = body.get("writeKey")
-    if isinstance(key, str) and key:
+    if key:
         return key
     if scheme:
         raise Unauthorized("send the write key as the Basic user name or as `writeKey` in the body")
@@ -130,7 +133,8 @@ def events_from(body: dict[str, Any], route: str, max_events: int) -> list[Any]:
 
     Raises:
         BadRequest: a batch body without a non-empty `batch` array, or with more than
-            `max_events` events (Segment's limit is 2,500; none of them is stored).
+            `max_events` events (Segment's limit is 2,500; none of them is stored), or
+            with a batch-level `context`, `integrations` or `sentAt` of the wrong type.
     """
     if route in SINGLE_ROUTES:
         return [{**body, "type": SINGLE_ROUTES[route]}]
@@ -146,6 +150,15 @@ def events_from(body: dict[str, Any], route: str, max_events: int) -> list[Any]:
         raise BadRequest(
             f"a batch may hold at most {max_events} events, not {len(batch)}", "too_many_events"
         )
+    # Batch-level fields go into every event: a wrong one would fail them all.
+    for field in ("context", "integrations"):
+        if body.get(field) is not None and not isinstance(body[field], dict):
+            raise BadRequest(f"the batch's `{field}` must be an object", "wrong_type")
+    sent_at = body.get("sentAt")
+    if sent_at is not None and (
+        isinstance(sent_at, bool) or not isinstance(sent_at, str | int | float)
+    ):
+        raise BadRequest("the batch's `sentAt` must be a date string", "wrong_type")
     return batch
 
 

@@ -32,6 +32,13 @@ CONFIG = schemathesis.Config.from_dict(
         "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "4xx", "501", "503"]}},
     }
 )
+# Every operation of the spec is run: the webhook and the SDK routes (`/v1/*`) alike.
+# Note for `/v1/batch` and `/v1/import`: a batch with one schema-violating event and
+# valid others is answered 200 with that event rejected in `results` (the documented
+# partial acceptance, as Segment's Tracking API does). Should the negative phase ever
+# generate such a batch, negative_data_rejection would flag it; it does not with the
+# current generation (batch-level violations are all 4xx, see sdk.events_from), and
+# the check stays on because it catches those.
 schema = schemathesis.openapi.from_path(ROOT / "openapi.yaml", config=CONFIG)
 
 

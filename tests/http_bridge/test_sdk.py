@@ -89,9 +89,11 @@ def test_write_key_from() -> None:
     assert sdk.write_key_from(basic("k1"), {"writeKey": "k2"}) == "k1"
     assert sdk.write_key_from(None, {"writeKey": "k2"}) == "k2"
     assert sdk.write_key_from("Bearer jwt", {"writeKey": "k2"}) == "k2"
-    for header, body in ((None, {}), (None, {"writeKey": 5}), ("Basic ###", {"writeKey": "k"})):
+    for header, body in ((None, {}), (None, {"writeKey": ""}), ("Basic ###", {"writeKey": "k"})):
         with pytest.raises(Unauthorized):
             sdk.write_key_from(header, body)
+    with pytest.raises(BadRequest):
+        sdk.write_key_from(basic("k1"), {"writeKey": 5})
 
 
 @pytest.mark.parametrize(
@@ -132,3 +134,11 @@ def test_outcome_of_core_results() -> None:
     )
     nonsense = events_pb2.IngestResult(outcome=events_pb2.OUTCOME_UNSPECIFIED)
     assert sdk.outcome_of(nonsense).status == 500
+
+
+@pytest.mark.parametrize(
+    "extra", [{"context": []}, {"integrations": "all"}, {"sentAt": {}}, {"sentAt": True}]
+)
+def test_batch_level_fields_of_the_wrong_type_fail_the_request(extra: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest, match="batch's"):
+        sdk.events_from({"batch": [{}], **extra}, "/v1/batch", 10)
