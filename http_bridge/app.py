@@ -11,12 +11,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from http_bridge import handlers
+from http_bridge import handlers, sdk
 from http_bridge.batcher import Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
 from http_bridge.errors import BridgeError
 from http_bridge.keys import BATCHER, CONFIG, CORE
+from http_bridge.sdk_routes import sdk_handler
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Applic
     app[CONFIG] = config
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
+    # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.
+    for route in (*sdk.SINGLE_ROUTES, *sdk.BATCH_ROUTES):
+        app.router.add_post(route, sdk_handler(route), expect_handler=handlers.expect)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app

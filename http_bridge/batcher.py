@@ -10,6 +10,12 @@ Each request awaits its own result. A request that gives up (its deadline passed
 is dropped from the queue if it was not sent yet; if it was sent, the core may
 still store it, which is safe: the sender got a 503, retries, and the retry is
 deduplicated by messageId.
+
+`submit_many` queues a group of items (one SDK `/v1/batch` request) that always
+travels in one call, never split across two: the request then gets one verdict from
+one store transaction, the same queue caps (503 `overloaded`) and the same ordering
+as webhook events, which it may share a call with. A group larger than `max_items`
+or `max_bytes` goes alone; the caps bound coalescing, not what one request may send.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class Batcher(Generic[Item, Result]):
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
-        self._queue: deque[tuple[Item, int, asyncio.Future[Result]]] = deque()
+        self._queue: deque[tuple[list[Item], int, asyncio.Future[list[Result]]]] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -67,14 +73,21 @@ class Batcher(Generic[Item, Result]):
             TimeoutError: no result within `timeout`.
             Exception: whatever `send` raised for the batch holding this item.
         """
+        return (await self.submit_many([item], size, timeout))[0]
+
+    async def submit_many(self, items: list[Item], size: int, timeout: float) -> list[Result]:
+        """Queue `items` (of `size` bytes in all) to go in one call; their results, in order.
+
+        Raises the same as `submit`.
+        """
         if (
             len(self._queue) >= self._max_pending
             or self._pending_bytes + size > self._max_pending_bytes
         ):
             raise QueueFull()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        self._queue.append((item, size, future))
+        future: asyncio.Future[list[Result]] = loop.create_future()
+        self._queue.append((items, size, future))
         self._pending_bytes += size
         self._dispatch()
         # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
@@ -99,36 +112,43 @@ class Batcher(Generic[Item, Result]):
             task = asyncio.create_task(self._call(batch), name="inlet-ingest-batch")
             self._inflight.add(task)
 
-    def _take_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
-        batch: list[tuple[Item, asyncio.Future[Result]]] = []
-        size = 0
-        while self._queue and len(batch) < self._max_items:
-            item, item_size, future = self._queue[0]
+    def _take_batch(self) -> list[tuple[list[Item], asyncio.Future[list[Result]]]]:
+        batch: list[tuple[list[Item], asyncio.Future[list[Result]]]] = []
+        count = size = 0
+        while self._queue:
+            items, item_size, future = self._queue[0]
             if future.done():  # its request gave up while queued
                 self._queue.popleft()
                 self._pending_bytes -= item_size
                 continue
-            if batch and size + item_size > self._max_bytes:
+            if batch and (
+                count + len(items) > self._max_items or size + item_size > self._max_bytes
+            ):
                 break
             self._queue.popleft()
             self._pending_bytes -= item_size
-            batch.append((item, future))
+            batch.append((items, future))
+            count += len(items)
             size += item_size
         return batch
 
-    async def _call(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    async def _call(self, batch: list[tuple[list[Item], asyncio.Future[list[Result]]]]) -> None:
         try:
-            results = await self._send([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{len(results)} results for {len(batch)} items")
+            sent = [item for items, _ in batch for item in items]
+            results = await self._send(sent)
+            if len(results) != len(sent):
+                raise RuntimeError(f"{len(results)} results for {len(sent)} items")
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for (_, future), result in zip(batch, results, strict=True):
+            start = 0
+            for items, future in batch:
+                end = start + len(items)
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(list(results[start:end]))
+                start = end
         finally:
             for _, future in batch:  # only if this task itself was cancelled
                 if not future.done():

@@ -59,10 +59,31 @@ class BridgeConfig:
     shutdown_timeout_s: float = 10.0
     """On SIGTERM: how long in-flight requests may take to finish."""
 
+    # Segment's Tracking API limits (segment-docs http-api, tracking-api-limit.md), which
+    # the SDKs already respect on their side (analytics-python: 32 << 10 per message,
+    # batches closed at 475,000 bytes; analytics-node: 32 KB and 480 KB).
+    sdk_max_event_bytes: int = 32 * 1024
+    """Largest event on the SDK routes (`/v1/*`), as re-encoded after merging batch
+    `context`/`integrations`; a larger one is rejected alone (413 `event_too_large`)."""
+
+    sdk_max_batch_bytes: int = 500 * 1024
+    """Largest SDK request body, counted *after* gzip decompression (413 past it)."""
+
+    sdk_max_batch_events: int = 2_500
+    """Most events in one `/v1/batch` or `/v1/import` request (400 past it)."""
+
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
-        if min(self.max_body_bytes, self.max_batch_items, self.max_inflight_batches) < 1:
+        limits = (
+            self.max_body_bytes,
+            self.max_batch_items,
+            self.max_inflight_batches,
+            self.sdk_max_event_bytes,
+            self.sdk_max_batch_bytes,
+            self.sdk_max_batch_events,
+        )
+        if min(limits) < 1:
             raise ValueError("limits must be positive")
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
@@ -85,6 +106,9 @@ class BridgeConfig:
             "INLET_HEADER_TIMEOUT_S": ("header_timeout_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),
+            "INLET_SDK_MAX_EVENT_BYTES": ("sdk_max_event_bytes", int),
+            "INLET_SDK_MAX_BATCH_BYTES": ("sdk_max_batch_bytes", int),
+            "INLET_SDK_MAX_BATCH_EVENTS": ("sdk_max_batch_events", int),
         }
         for variable, (name, kind) in readers.items():
             if variable in environ:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -13,6 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import timestamp_pb2
 
 from http_bridge.batcher import QueueFull
+from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
@@ -58,6 +61,27 @@ def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.
     return error_response(status, result.message, result.reason, headers)
 
 
+@contextlib.contextmanager
+def core_errors(config: BridgeConfig) -> Iterator[None]:
+    """Turns the batcher's failures into 503s (every one is transient: retry later)."""
+    try:
+        yield
+    except QueueFull:
+        raise Unavailable(
+            "too many requests are waiting, retry later", "overloaded", config.retry_after_s
+        ) from None
+    except TimeoutError:
+        raise Unavailable(
+            "the event store did not answer in time, retry later",
+            "core_timeout",
+            config.retry_after_s,
+        ) from None
+    except ConnectionError:  # the batch call was cancelled: the bridge is stopping
+        raise Unavailable(
+            "the bridge is shutting down, retry later", "shutting_down", config.retry_after_s
+        ) from None
+
+
 async def segment_event(request: web.Request) -> web.Response:
     """POST /segment: one Segment event, answered once it is durably stored (or refused)."""
     config = request.app[CONFIG]
@@ -82,22 +106,8 @@ async def segment_event(request: web.Request) -> web.Response:
     item = events_pb2.IngestItem(
         json=body, api_key=api_key, settings_json=settings, received_at=received_at
     )
-    try:
+    with core_errors(config):
         result = await request.app[BATCHER].submit(item, len(body), config.request_timeout_s)
-    except QueueFull:
-        raise Unavailable(
-            "too many requests are waiting, retry later", "overloaded", config.retry_after_s
-        ) from None
-    except TimeoutError:
-        raise Unavailable(
-            "the event store did not answer in time, retry later",
-            "core_timeout",
-            config.retry_after_s,
-        ) from None
-    except ConnectionError:  # the batch call was cancelled: the bridge is stopping
-        raise Unavailable(
-            "the bridge is shutting down, retry later", "shutting_down", config.retry_after_s
-        ) from None
     return result_response(result, config.retry_after_s)
 
 

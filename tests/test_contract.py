@@ -30,8 +30,20 @@ CONFIG = schemathesis.Config.from_dict(
         # 501 (type not supported) and 503 (retry later) are part of the Segment
         # contract, not crashes; 500 stays a failure.
         "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "4xx", "501", "503"]}},
+        # A batch with one schema-violating event among valid ones is answered 200, that
+        # event rejected in `results`: partial acceptance is the documented contract (as
+        # Segment's Tracking API does), so "schema-violating request accepted" does not
+        # apply to the batch routes. Batch-level violations are 4xx, pinned in
+        # tests/http_bridge/test_sdk.py and test_sdk_routes.py.
+        "operations": [
+            {
+                "include-path-regex": "^/v1/(batch|import)$",
+                "checks": {"negative_data_rejection": {"enabled": False}},
+            }
+        ],
     }
 )
+# Every operation of the spec is run: the webhook and the SDK routes (`/v1/*`) alike.
 schema = schemathesis.openapi.from_path(ROOT / "openapi.yaml", config=CONFIG)
 
 

@@ -51,3 +51,33 @@ def test_retry_later_statuses_document_retry_after() -> None:
     for status in ("429", "503"):
         assert "Retry-After" in responses[status]["headers"]
     assert "WWW-Authenticate" in responses["401"]["headers"]
+
+
+SDK_PATHS = [path for path in SPEC["paths"] if path.startswith("/v1/")]
+
+
+def sdk_statuses() -> set[int]:
+    # Per-event statuses are the webhook's (the same core verdicts and bridge errors);
+    # the request's status is one of them (sdk.verdict), or 400 for mixed rejects.
+    return bridge_statuses()
+
+
+def test_every_sdk_route_is_documented_with_exactly_the_statuses_it_can_send() -> None:
+    from http_bridge import sdk
+
+    assert sorted(SDK_PATHS) == sorted([*sdk.SINGLE_ROUTES, *sdk.BATCH_ROUTES])
+    for path in SDK_PATHS:
+        assert documented(path, "post") == sdk_statuses(), path
+
+
+def test_sdk_responses_use_the_sdk_schemas() -> None:
+    for path in SDK_PATHS:
+        for status, response in SPEC["paths"][path]["post"]["responses"].items():
+            schema = response["content"]["application/json"]["schema"]["$ref"]
+            expected = "SdkAccepted" if status == "200" else "SdkError"
+            assert schema == f"#/components/schemas/{expected}", (path, status)
+        responses = SPEC["paths"][path]["post"]["responses"]
+        assert "Retry-After" in responses["429"]["headers"]
+        assert "Retry-After" in responses["503"]["headers"]
+        assert "WWW-Authenticate" in responses["401"]["headers"]
+    assert SPEC["components"]["schemas"]["SdkError"]["required"] == ["message", "code"]

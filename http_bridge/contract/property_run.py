@@ -46,6 +46,10 @@ SEGMENT_ERROR: dict[str, Any] = {
 }
 
 
+#: The webhook's operationId in Inlet's openapi.yaml.
+WEBHOOK_OPERATION_ID = "receiveSegmentEvent"
+
+
 def webhook_spec(spec_text: str, webhook_path: str, segment_only: bool) -> dict[str, Any]:
     """The spec reduced to its webhook operation (the one POST), moved to `webhook_path`.
 
@@ -54,10 +58,15 @@ def webhook_spec(spec_text: str, webhook_path: str, segment_only: bool) -> dict[
     import yaml
 
     spec: dict[str, Any] = yaml.safe_load(spec_text)
-    posts = [(path, ops) for path, ops in spec.get("paths", {}).items() if "post" in ops]
-    if len(posts) != 1:
-        raise ValueError("the spec must have exactly one POST operation (the webhook)")
-    operation = posts[0][1]["post"]
+    posts = [ops["post"] for ops in spec.get("paths", {}).values() if "post" in ops]
+    # Inlet's own spec also has the SDK routes (`/v1/*`): its webhook is named.
+    named = [post for post in posts if post.get("operationId") == WEBHOOK_OPERATION_ID]
+    if len(named or posts) != 1:
+        raise ValueError(
+            "the spec must have exactly one POST operation (the webhook), "
+            f"or one with operationId {WEBHOOK_OPERATION_ID}"
+        )
+    operation = (named or posts)[0]
     spec["paths"] = {webhook_path or "/": {"post": operation}}
     spec.pop("servers", None)
     if segment_only:

@@ -379,3 +379,42 @@ async def test_queued_bytes_are_capped_too() -> None:
     gate.set()
     assert await first == "a" and await queued == "b"
     assert await batcher.submit("c", 200, timeout=5) == "c"  # room again once sent
+
+
+def submit_many(
+    batcher: Batcher[str, str], items: list[str], size: int = 1
+) -> asyncio.Task[list[str]]:
+    return asyncio.create_task(batcher.submit_many(items, size, LONG))
+
+
+async def test_a_group_shares_a_call_with_single_items_and_gets_its_own_results(
+    send: GatedSend,
+) -> None:
+    batcher: Batcher[str, str] = Batcher(send)
+    first = submit(batcher, "a")
+    assert await send.next_call() == ["a"]
+    single = submit(batcher, "b")
+    group = submit_many(batcher, ["c", "d", "e"])
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["b", "c", "d", "e"]
+    send.release(1)
+    assert await first == "done:a"
+    assert await single == "done:b"
+    assert await group == ["done:c", "done:d", "done:e"]
+
+
+async def test_a_group_is_never_split_and_goes_alone_when_over_the_caps(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_items=2)
+    first = submit(batcher, "a")
+    assert await send.next_call() == ["a"]
+    before = submit(batcher, "b")
+    big = submit_many(batcher, ["c", "d", "e"])  # larger than max_items: still one call
+    after = submit(batcher, "f")
+    await settle()
+    for index in range(4):
+        send.release(index)
+        if index < 3:
+            await send.next_call()
+    await asyncio.gather(first, before, big, after)
+    assert send.calls == [["a"], ["b"], ["c", "d", "e"], ["f"]]

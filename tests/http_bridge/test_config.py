@@ -21,3 +21,14 @@ def test_environment_then_flags() -> None:
 def test_bad_settings_are_refused_at_start(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         BridgeConfig.from_env({}, **overrides)
+
+
+def test_sdk_limits_default_to_segments_and_read_the_environment() -> None:
+    config = BridgeConfig.from_env({})
+    assert (config.sdk_max_event_bytes, config.sdk_max_batch_bytes) == (32 * 1024, 500 * 1024)
+    assert config.sdk_max_batch_events == 2_500
+    environ = {"INLET_SDK_MAX_EVENT_BYTES": "1000", "INLET_SDK_MAX_BATCH_EVENTS": "10"}
+    config = BridgeConfig.from_env(environ)
+    assert (config.sdk_max_event_bytes, config.sdk_max_batch_events) == (1000, 10)
+    with pytest.raises(ValueError):
+        BridgeConfig.from_env({"INLET_SDK_MAX_BATCH_BYTES": "0"})

@@ -1,0 +1,136 @@
+"""HTTP handlers of the SDK routes (`/v1/track`, ..., `/v1/batch`, `/v1/import`).
+
+Thin, like the webhook's: sdk.py does the parsing and the verdict; this module reads
+the body within its limits, forwards the events and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf import timestamp_pb2
+
+from http_bridge import sdk
+from http_bridge.config import BridgeConfig
+from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
+from http_bridge.handlers import core_errors, json_response
+from http_bridge.keys import BATCHER, CONFIG
+from http_bridge.status_map import RETRY_LATER
+from inlet.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def read_capped(request: web.Request, config: BridgeConfig) -> bytes:
+    """The body, decoded (`Content-Encoding: gzip`/`deflate`, chunked or not), at most
+    `sdk_max_batch_bytes` after decoding.
+
+    The cap counts decoded bytes as they arrive, so a gzip bomb costs at most the cap
+    in memory, never its expanded size: aiohttp inflates a chunk at a time (bounded by
+    its read buffer) and this loop stops at the first byte past the cap. The
+    application's `client_max_size` cannot do this here: it is the webhook's limit and
+    only applies to `request.read()`.
+
+    Raises:
+        PayloadTooLarge: more than the cap (413).
+        RequestTimeout: the body took longer than `body_timeout_s` (408, SDKs retry).
+        BadRequest: broken chunked framing or compressed data (400).
+    """
+    limit = config.sdk_max_batch_bytes
+    too_large = PayloadTooLarge(
+        f"the body is larger than the {limit}-byte limit (after decompression)",
+        "payload_too_large",
+    )
+    if (
+        request.content_length is not None
+        and request.content_length > limit
+        and "Content-Encoding" not in request.headers
+    ):
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout_s:g} s", "request_timeout"
+        ) from None
+    except (HttpProcessingError, RequestPayloadError):
+        raise BadRequest(
+            "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
+        ) from None
+    return b"".join(chunks)
+
+
+def sdk_handler(route: str) -> Handler:
+    """The handler of one SDK route (the route decides the `type` or that it is a batch)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        config = request.app[CONFIG]
+        sdk.check_sdk_media_type(request.headers.get("Content-Type"))
+        body = sdk.parse_body(await read_capped(request, config))
+        api_key = sdk.write_key_from(request.headers.get("Authorization"), body)
+        events = sdk.events_from(body, route, config.sdk_max_batch_events)
+        encoded = [
+            sdk.encode_event(
+                sdk.with_batch_defaults(event, body) if isinstance(event, dict) else event,
+                config.sdk_max_event_bytes,
+            )
+            for event in events
+        ]
+        now_ns = time.time_ns()
+        received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
+        items = [
+            events_pb2.IngestItem(json=raw, api_key=api_key, received_at=received_at)
+            for raw in encoded
+            if isinstance(raw, bytes)
+        ]
+        results: list[events_pb2.IngestResult] = []
+        if items:
+            # One request → one group in the batcher → one IngestBatch call and one
+            # store transaction (batcher.py), under the same overload caps as the webhook.
+            size = sum(len(item.json) for item in items)
+            with core_errors(config):
+                results = await request.app[BATCHER].submit_many(
+                    items, size, config.request_timeout_s
+                )
+        core_verdicts = iter(results)
+        outcomes = [
+            raw
+            if isinstance(raw, sdk.ItemOutcome)
+            else sdk.outcome_of(next(core_verdicts), sdk.message_id_of(event))
+            for event, raw in zip(events, encoded, strict=True)
+        ]
+        status, answer = sdk.verdict(outcomes)
+        if status == 200 and answer["rejected"]:
+            # Segment's Tracking API also answers 200 here; its Debugger shows the
+            # rejects. Ours: this log line and the response body.
+            log.info(
+                "%s: %d of %d events rejected: %s",
+                route,
+                answer["rejected"],
+                len(outcomes),
+                sorted({o.code for o in outcomes if o.code}),
+            )
+        headers = None
+        if status in RETRY_LATER:
+            headers = {"Retry-After": str(config.retry_after_s)}
+        elif status == 401:
+            headers = dict(CHALLENGE)
+        return json_response(status, answer, headers)
+
+    handle.__name__ = "sdk_" + route.rsplit("/", 1)[-1]
+    return handle
