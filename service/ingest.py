@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 
 import orjson
@@ -83,6 +84,17 @@ class Ingestor:
         finally:
             self._inflight -= len(items)
 
+    def _limit(self, key_id: str, count: int) -> RateLimited | None:
+        assert self._limiter is not None
+        wait = self._limiter.admit(key_id, count)
+        if wait is None:
+            return None
+        return RateLimited(
+            f"this key's rate limit ({self._limiter.rate:g} events/s) is exceeded; "
+            f"retry in {wait:.1f} s",
+            "rate_limited",
+        )
+
     async def _ingest(
         self, items: Sequence[events_pb2.IngestItem], call_key: str | None
     ) -> list[events_pb2.IngestResult]:
@@ -91,6 +103,11 @@ class Ingestor:
         writes: list[EventWrite] = []
         positions: list[int] = []
         keys: dict[str, KeyRecord | InletError] = {}  # one look-up per distinct key per call
+        # The rate limit admits or refuses all of a key's items in a call together.
+        limited: dict[str, RateLimited | None] = {}
+        per_key = (
+            Counter(item.api_key or call_key or "" for item in items) if self._limiter else {}
+        )
 
         for position, item in enumerate(items):
             api_key = item.api_key or call_key or ""
@@ -104,15 +121,12 @@ class Ingestor:
             if isinstance(record, InletError):
                 results[position] = rejected(record)
                 continue
-            if self._limiter is not None and (wait := self._limiter.take(record.key_id)):
-                results[position] = rejected(
-                    RateLimited(
-                        f"this key's rate limit ({self._limiter.rate:g} events/s) is exceeded; "
-                        f"retry in {wait:.1f} s",
-                        "rate_limited",
-                    )
-                )
-                continue
+            if self._limiter is not None:
+                if api_key not in limited:
+                    limited[api_key] = self._limit(record.key_id, per_key[api_key])
+                if (refusal := limited[api_key]) is not None:
+                    results[position] = rejected(refusal)
+                    continue
             try:
                 event = canonicalise(
                     _raw_json(item),

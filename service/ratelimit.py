@@ -27,15 +27,21 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated at)
 
-    def take(self, key: str, count: int = 1) -> float | None:
-        """Spend `count` tokens of `key`; None if allowed, else seconds until they would be."""
+    def admit(self, key: str, count: int) -> float | None:
+        """Admit `count` events of `key` at once if it has a token left, going into debt
+        for the rest; None if admitted, else seconds until a token is back.
+
+        For batches: an SDK batch larger than the burst would otherwise be refused in
+        part on every retry (its first events, now duplicates, spend the tokens again)
+        and never get through. The debt keeps the long-run rate: the key waits longer.
+        """
         now = self._clock()
         tokens, updated = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        if tokens + 1e-9 >= count:  # float refills: 10 x 0.1 s must make a whole token
+        if tokens + 1e-9 >= 1:
             if len(self._buckets) >= _MAX_BUCKETS and key not in self._buckets:
-                self._buckets.clear()  # bounded memory; a reset only ever allows more
+                self._buckets.clear()
             self._buckets[key] = (tokens - count, now)
             return None
         self._buckets[key] = (tokens, now)
-        return (count - tokens) / self.rate
+        return (1 - tokens) / self.rate

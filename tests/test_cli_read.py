@@ -86,8 +86,12 @@ def tail(served: Served, cursor_file: Path) -> subprocess.Popen[str]:
 
 
 def read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
+    return [line["messageId"] for line in read_events(process, count)]
+
+
+def read_events(process: subprocess.Popen[str], count: int) -> list[dict[str, object]]:
     assert process.stdout is not None
-    return [json.loads(process.stdout.readline())["messageId"] for _ in range(count)]
+    return [json.loads(process.stdout.readline()) for _ in range(count)]
 
 
 def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path) -> None:
@@ -102,9 +106,13 @@ def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path
         # Live: posted after the tail started.
         post(served.url, served.key, {"type": "track", "userId": "u1", "event": "E",
                                       "messageId": "t-3"})  # fmt: skip
-        assert read_lines(first, 1) == ["t-3"]
+        (last,) = read_events(first, 1)
+        assert last["messageId"] == "t-3"
+        # The cursor is saved right after the line is printed.
         deadline = time.monotonic() + 10
-        while not (cursor_file.exists() and cursor_file.read_text().strip()):
+        while not (
+            cursor_file.exists() and cursor_file.read_text().strip() == str(last["sequence"])
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:

@@ -18,27 +18,37 @@ class Clock:
 def test_burst_then_refusal_with_the_wait_until_a_token() -> None:
     clock = Clock()
     limiter = RateLimiter(rate=10, clock=clock)
-    assert [limiter.take("k") for _ in range(10)] == [None] * 10  # a one-second burst
-    assert limiter.take("k") == pytest.approx(0.1)
+    assert [limiter.admit("k", 1) for _ in range(10)] == [None] * 10  # a one-second burst
+    assert limiter.admit("k", 1) == pytest.approx(0.1)
     clock.now += 0.1
-    assert limiter.take("k") is None
-    assert limiter.take("k") == pytest.approx(0.1)
+    assert limiter.admit("k", 1) is None
+    assert limiter.admit("k", 1) == pytest.approx(0.1)
 
 
 def test_keys_have_their_own_buckets() -> None:
     limiter = RateLimiter(rate=1, clock=Clock())
-    assert limiter.take("noisy") is None
-    assert limiter.take("noisy") is not None
-    assert limiter.take("quiet") is None
+    assert limiter.admit("noisy", 1) is None
+    assert limiter.admit("noisy", 1) is not None
+    assert limiter.admit("quiet", 1) is None
 
 
 def test_tokens_refill_up_to_the_burst_only() -> None:
     clock = Clock()
     limiter = RateLimiter(rate=2, burst=3, clock=clock)
     clock.now += 3600  # an hour idle does not bank an hour of events
-    assert [limiter.take("k") is None for _ in range(4)] == [True, True, True, False]
+    assert [limiter.admit("k", 1) is None for _ in range(4)] == [True, True, True, False]
 
 
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RateLimiter(rate=0)
+
+
+def test_a_batch_larger_than_the_burst_gets_through_and_the_key_then_waits() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=10, clock=clock)
+    assert limiter.admit("k", 100) is None  # 100 events with 10 tokens: admitted, in debt
+    assert limiter.admit("k", 1) == pytest.approx(9.1)  # back to one token after 9.1 s
+    clock.now += 9.1
+    assert limiter.admit("k", 1) is None
+    assert limiter.admit("other", 1) is None  # other keys are not affected
