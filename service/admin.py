@@ -44,6 +44,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._auth = auth
         self._maintenance = maintenance
 
+    @rpc
+    async def WhoAmI(self, request: admin_pb2.WhoAmIRequest, context: Context) -> admin_pb2.ApiKey:
+        return key_message(await caller(self._auth, context, None))
+
     # -- keys of the caller's account --------------------------------------------------
 
     @rpc

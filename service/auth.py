@@ -48,8 +48,9 @@ class Authenticator:
         # put the old record back into the cache when it finishes.
         self._generation = 0
 
-    async def authenticate(self, api_key: str | None, scope: str) -> KeyRecord:
-        """Return the record of a valid, unexpired, unrevoked key that has `scope`.
+    async def authenticate(self, api_key: str | None, scope: str | None) -> KeyRecord:
+        """Return the record of a valid, unexpired, unrevoked key that has `scope` (any
+        scope when None).
 
         Raises:
             Unauthenticated: no key, or a key that is unknown, revoked or expired.
@@ -70,7 +71,7 @@ class Authenticator:
         if record.expires_at_us is not None and record.expires_at_us <= now_us:
             log.info("refused API key %s: expired", record.key_id)
             raise _invalid()
-        if scope not in record.scopes:
+        if scope is not None and scope not in record.scopes:
             raise PermissionDenied(f"the API key lacks the `{scope}` scope", "missing_scope")
         if record.account_suspended:
             raise PermissionDenied("the account is suspended", "account_suspended")

@@ -30,9 +30,13 @@ _DUPLICATE = events_pb2.OUTCOME_DUPLICATE
 _REJECTED = events_pb2.OUTCOME_REJECTED
 
 
-def rejected(error: InletError) -> events_pb2.IngestResult:
+def rejected(error: InletError, account: str = "") -> events_pb2.IngestResult:
     return events_pb2.IngestResult(
-        outcome=_REJECTED, code=error.grpc_code.value[0], reason=error.reason, message=error.message
+        outcome=_REJECTED,
+        code=error.grpc_code.value[0],
+        reason=error.reason,
+        message=error.message,
+        account=account,
     )
 
 
@@ -102,12 +106,11 @@ class Ingestor:
         results: list[events_pb2.IngestResult | None] = [None] * len(items)
         writes: list[EventWrite] = []
         positions: list[int] = []
+        accounts: list[str] = []  # per write: its account's name, for the results
         keys: dict[str, KeyRecord | InletError] = {}  # one look-up per distinct key per call
         # The rate limit admits or refuses all of a key's items in a call together.
         limited: dict[str, RateLimited | None] = {}
-        per_key = (
-            Counter(item.api_key or call_key or "" for item in items) if self._limiter else {}
-        )
+        per_key = Counter(item.api_key or call_key or "" for item in items) if self._limiter else {}
 
         for position, item in enumerate(items):
             api_key = item.api_key or call_key or ""
@@ -125,7 +128,7 @@ class Ingestor:
                 if api_key not in limited:
                     limited[api_key] = self._limit(record.key_id, per_key[api_key])
                 if (refusal := limited[api_key]) is not None:
-                    results[position] = rejected(refusal)
+                    results[position] = rejected(refusal, record.account_name)
                     continue
             try:
                 event = canonicalise(
@@ -139,24 +142,28 @@ class Ingestor:
                     supported_types=self._supported_types,
                 )
             except InletError as error:
-                results[position] = rejected(error)
+                results[position] = rejected(error, record.account_name)
                 continue
             writes.append(EventWrite(record.account_id, record.key_id, event))
             positions.append(position)
+            accounts.append(record.account_name)
 
         if writes:
             try:
                 sequences = await self._store.write_events(writes)
             except StoreUnavailable as error:
                 log.warning("store unavailable, %d events refused for retry", len(writes))
-                for position in positions:
-                    results[position] = rejected(error)
+                for position, account in zip(positions, accounts, strict=True):
+                    results[position] = rejected(error, account)
             else:
-                for position, write, sequence in zip(positions, writes, sequences, strict=True):
+                for position, write, sequence, account in zip(
+                    positions, writes, sequences, accounts, strict=True
+                ):
                     results[position] = events_pb2.IngestResult(
                         outcome=_STORED if sequence is not None else _DUPLICATE,
                         message_id=write.event.message_id,
                         sequence=sequence or 0,
+                        account=account,
                     )
         done = [result for result in results if result is not None]
         assert len(done) == len(items), "every item must have a result"

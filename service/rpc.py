@@ -95,6 +95,7 @@ def stream_rpc(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
     return wrapper
 
 
-async def caller(auth: Authenticator, context: Context, scope: str) -> KeyRecord:
-    """The key record of the call's `authorization: Bearer` key, which must have `scope`."""
+async def caller(auth: Authenticator, context: Context, scope: str | None) -> KeyRecord:
+    """The key record of the call's `authorization: Bearer` key, which must have `scope`
+    (None: any valid key)."""
     return await auth.authenticate(bearer_key(context.invocation_metadata()), scope)

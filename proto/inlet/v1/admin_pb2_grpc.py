@@ -34,6 +34,11 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.WhoAmI = channel.unary_unary(
+                '/inlet.v1.AdminService/WhoAmI',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.ApiKey.FromString,
+                _registered_method=True)
         self.CreateKey = channel.unary_unary(
                 '/inlet.v1.AdminService/CreateKey',
                 request_serializer=inlet_dot_v1_dot_admin__pb2.CreateKeyRequest.SerializeToString,
@@ -83,6 +88,13 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def WhoAmI(self, request, context):
+        """The calling key's account, id and scopes (any valid key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def CreateKey(self, request, context):
         """Create a key. The secret is returned once, in `CreateKeyResponse.api_key`.
@@ -153,6 +165,11 @@ class AdminServiceServicer:
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.ApiKey.SerializeToString,
+            ),
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
                     request_deserializer=inlet_dot_v1_dot_admin__pb2.CreateKeyRequest.FromString,
@@ -208,6 +225,33 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/WhoAmI',
+            inlet_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateKey(request,

@@ -36,6 +36,8 @@ class AdminServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.ApiKey]
+    """The calling key's account, id and scopes (any valid key)."""
     CreateKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.CreateKeyResponse]
     """Create a key. The secret is returned once, in `CreateKeyResponse.api_key`."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]
@@ -64,6 +66,8 @@ class AdminServiceStub:
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.ApiKey]  # type: ignore[assignment]
+    """The calling key's account, id and scopes (any valid key)."""
     CreateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.CreateKeyResponse]  # type: ignore[assignment]
     """Create a key. The secret is returned once, in `CreateKeyResponse.api_key`."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]  # type: ignore[assignment]
@@ -90,6 +94,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetMaintenance: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetMaintenanceRequest, _admin_pb2.Maintenance]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _admin_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKey, _abc.Awaitable[_admin_pb2.ApiKey]]:
+        """The calling key's account, id and scopes (any valid key)."""
+
     @_abc_1.abstractmethod
     def CreateKey(
         self,

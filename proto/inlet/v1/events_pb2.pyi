@@ -397,6 +397,7 @@ class IngestResult(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     code: _builtins.int
     """A google.rpc.Code value: 0 (OK) for stored and duplicate items."""
@@ -408,6 +409,8 @@ class IngestResult(_message.Message):
     """The message_id the event was stored under (generated from the content when absent)."""
     sequence: _builtins.int
     """Position in the account's commit order; 0 when not stored by this call."""
+    account: _builtins.str
+    """The account the item's key belongs to; empty when the key was not valid."""
     def __init__(
         self,
         *,
@@ -417,10 +420,11 @@ class IngestResult(_message.Message):
         message: _builtins.str = ...,
         message_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        account: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "message_id", b"message_id", "outcome", b"outcome", "reason", b"reason", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "code", b"code", "message", b"message", "message_id", b"message_id", "outcome", b"outcome", "reason", b"reason", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
