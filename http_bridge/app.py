@@ -11,12 +11,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from http_bridge import handlers, sdk
+from http_bridge import debugger, handlers, sdk
 from http_bridge.batcher import Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
 from http_bridge.errors import BridgeError
-from http_bridge.keys import BATCHER, CONFIG, CORE
+from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
+from http_bridge.recorder import Recorder, recording
 from http_bridge.sdk_routes import sdk_handler
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def _message_for(exc: web.HTTPException, request: web.Request) -> str:
     return exc.reason
 
 
+#: The ingest routes the debugger shows.
+RECORDED_PATHS = ("/segment", "/v1/")
+
 CoreFactory = Callable[[BridgeConfig], Core]
 
 
@@ -94,8 +98,17 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
 
 def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Application:
     """The bridge application; `core` makes its connection to the core (gRPC by default)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    recorder = Recorder(config.debugger_size)
+    # Recording is outermost: it sees the answer the client got, errors included.
+    middlewares = (
+        [recording(recorder, RECORDED_PATHS), json_errors]
+        if config.debugger_size
+        else [json_errors]
+    )
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
+    app[RECORDER] = recorder
+    app[VIEWERS] = {}
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.
@@ -103,4 +116,5 @@ def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Applic
         app.router.add_post(route, sdk_handler(route), expect_handler=handlers.expect)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    debugger.add_routes(app)
     return app

@@ -53,6 +53,10 @@ class BridgeConfig:
     """A connection that has not completed a request's headers this long after it opened
     (or after its previous response) is closed: slow-loris and idle keep-alive alike."""
 
+    debugger_size: int = 500
+    """Recent ingest requests kept in memory for GET /debugger (bodies cut at 16 KiB);
+    0 turns recording off."""
+
     retry_after_s: int = 5
     """Retry-After sent with 503 and 429."""
 
@@ -85,6 +89,8 @@ class BridgeConfig:
         )
         if min(limits) < 1:
             raise ValueError("limits must be positive")
+        if self.debugger_size < 0:
+            raise ValueError("debugger_size must be >= 0 (0: off)")
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 
@@ -109,6 +115,7 @@ class BridgeConfig:
             "INLET_SDK_MAX_EVENT_BYTES": ("sdk_max_event_bytes", int),
             "INLET_SDK_MAX_BATCH_BYTES": ("sdk_max_batch_bytes", int),
             "INLET_SDK_MAX_BATCH_EVENTS": ("sdk_max_batch_events", int),
+            "INLET_DEBUGGER_SIZE": ("debugger_size", int),
         }
         for variable, (name, kind) in readers.items():
             if variable in environ:

@@ -17,9 +17,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from http_bridge.config import BridgeConfig
-from http_bridge.errors import Internal, Unavailable
+from http_bridge.errors import Forbidden, Internal, Unauthorized, Unavailable
 from http_bridge.status_map import http_status_for
-from inlet.v1 import events_pb2, events_pb2_grpc
+from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 
@@ -71,6 +71,11 @@ class Core(Protocol):
         """True when events can be stored now."""
         ...
 
+    async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
+        """The key's account, id and scopes. Raises Unauthorized, Forbidden (suspended
+        account) or Unavailable."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -83,6 +88,7 @@ class GrpcCore:
             config.core_target, options=channel_options(config)
         )
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
@@ -105,6 +111,26 @@ class GrpcCore:
                 ) from exc
             raise Internal("internal error", "internal") from exc
         return list(response.results)
+
+    async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
+        try:
+            return await self._admin.WhoAmI(
+                admin_pb2.WhoAmIRequest(),
+                metadata=(("authorization", f"Bearer {api_key}"),),
+                timeout=self._config.core_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            status = http_status_for(exc.code())
+            if status == 401:
+                raise Unauthorized("the API key is not valid", "invalid_api_key") from None
+            if status == 403:
+                raise Forbidden(exc.details() or "forbidden", "forbidden") from None
+            if status == 503:
+                raise Unavailable(
+                    "the core is unavailable, retry later", "core_unavailable",
+                    self._config.retry_after_s,
+                ) from exc  # fmt: skip
+            raise Internal("internal error", "internal") from exc
 
     async def ready(self) -> bool:
         """True when the core answers its health check with SERVING for EventService."""

@@ -3,6 +3,8 @@
     BridgeError                 status, stable `code`, message (+ headers)
     ├── BadRequest              400  malformed settings header
     ├── Unauthorized            401  Authorization missing, not Basic, undecodable
+    ├── Forbidden               403  a valid key without the scope (the debugger needs `admin`)
+    ├── NotFound                404  (debugger) no such recorded exchange
     ├── RequestTimeout          408  the body did not arrive in time (slow client; Segment retries 408)
     ├── PayloadTooLarge         413  body over the limit (checked while reading)
     ├── UnsupportedMediaType    415  Content-Type not JSON
@@ -40,6 +42,14 @@ class Unauthorized(BridgeError):
 
     def __init__(self, message: str, code: str = "invalid_authorization") -> None:
         super().__init__(message, code, dict(CHALLENGE))
+
+
+class Forbidden(BridgeError):
+    status = 403
+
+
+class NotFound(BridgeError):
+    status = 404
 
 
 class RequestTimeout(BridgeError):

@@ -18,6 +18,7 @@ from http_bridge.batcher import QueueFull
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
+from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
 from inlet.v1 import events_pb2
@@ -101,6 +102,7 @@ async def segment_event(request: web.Request) -> web.Response:
         raise BadRequest(
             "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
         ) from None
+    request[BODY] = body
     now_ns = time.time_ns()
     received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
     item = events_pb2.IngestItem(
@@ -108,6 +110,7 @@ async def segment_event(request: web.Request) -> web.Response:
     )
     with core_errors(config):
         result = await request.app[BATCHER].submit(item, len(body), config.request_timeout_s)
+    request[ACCOUNT] = result.account
     return result_response(result, config.retry_after_s)
 
 

@@ -21,6 +21,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
 from http_bridge.handlers import core_errors, json_response
 from http_bridge.keys import BATCHER, CONFIG
+from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.status_map import RETRY_LATER
 from inlet.v1 import events_pb2
 
@@ -81,7 +82,8 @@ def sdk_handler(route: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         config = request.app[CONFIG]
         sdk.check_sdk_media_type(request.headers.get("Content-Type"))
-        body = sdk.parse_body(await read_capped(request, config))
+        raw_body = request[BODY] = await read_capped(request, config)
+        body = sdk.parse_body(raw_body)
         api_key = sdk.write_key_from(request.headers.get("Authorization"), body)
         events = sdk.events_from(body, route, config.sdk_max_batch_events)
         encoded = [
@@ -107,6 +109,7 @@ def sdk_handler(route: str) -> Handler:
                 results = await request.app[BATCHER].submit_many(
                     items, size, config.request_timeout_s
                 )
+        request[ACCOUNT] = next((r.account for r in results if r.account), "")
         core_verdicts = iter(results)
         outcomes = [
             raw

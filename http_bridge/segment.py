@@ -33,6 +33,29 @@ def _b64decode(text: str) -> bytes:
 
 # Segment sends the same few header values over and over (one per customer), so
 # the pure decoders below are memoised; errors are not cached (they raise).
+def key_from_authorization(header: str | None) -> str:
+    """The API key from `Bearer <key>` (internal callers, the debugger page) or Basic."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return api_key_from_authorization(header)
+
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def key_id_of(header: str | None) -> str:
+    """The public id of an Inlet key (`inlet_<id>_<secret>`) in an Authorization header,
+    safe to log and show; "" if there is none."""
+    try:
+        key = key_from_authorization(header)
+    except Unauthorized:
+        return ""
+    prefix, _, rest = key.partition("_")
+    key_id = rest.partition("_")[0]
+    return key_id if prefix == "inlet" and len(key_id) == 16 and set(key_id) <= _HEX else ""
+
+
 @functools.lru_cache(maxsize=4096)
 def api_key_from_authorization(header: str | None) -> str:
     """The API key in `Basic base64(key:)`. The colon is optional (as Segment's API allows).

@@ -184,7 +184,7 @@ async def _serve(args: argparse.Namespace) -> None:
             if core is None:
                 bridge = await start_bridge(config)
             else:  # same process: no gRPC hop between bridge and core
-                local = InProcessCore(core)
+                local = InProcessCore(core, config.retry_after_s)
                 bridge = await start_bridge(config, lambda _: local)
         await wait_for_signal()
         log.info("shutting down: draining in-flight requests")

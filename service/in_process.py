@@ -8,20 +8,35 @@ core over gRPC; only the bridge in the same process takes this path.
 
 from __future__ import annotations
 
-from inlet.v1 import events_pb2
+from http_bridge.errors import Forbidden, Unauthorized, Unavailable
+from inlet.v1 import admin_pb2, events_pb2
+from service.errors import AuthError, PermissionDenied
+from service.errors import Unavailable as CoreUnavailable
+from service.messages import key_message
 from service.server import CoreServer
 
 
 class InProcessCore:
     """Implements http_bridge.core_client.Core on a CoreServer in this process."""
 
-    def __init__(self, core: CoreServer) -> None:
+    def __init__(self, core: CoreServer, retry_after_s: int = 5) -> None:
         self._core = core
+        self._retry_after_s = retry_after_s
 
     async def ingest_batch(
         self, items: list[events_pb2.IngestItem]
     ) -> list[events_pb2.IngestResult]:
         return await self._core.ingestor.ingest(items)
+
+    async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
+        try:
+            return key_message(await self._core.auth.authenticate(api_key, None))
+        except PermissionDenied as error:
+            raise Forbidden(error.message, error.reason) from None
+        except AuthError:
+            raise Unauthorized("the API key is not valid", "invalid_api_key") from None
+        except CoreUnavailable as error:
+            raise Unavailable(error.message, error.reason, self._retry_after_s) from None
 
     async def ready(self) -> bool:
         return self._core.serving

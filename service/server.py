@@ -67,6 +67,7 @@ class CoreServer:
     config: CoreConfig
     feed: Feed
     maintenance: MaintenanceMode
+    auth: Authenticator
     background: list[asyncio.Task[None]]
     serving: bool = True
 
@@ -125,7 +126,7 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     )
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
     return CoreServer(
-        server, health_servicer, store, ingestor, port, config, feed, maintenance, background
+        server, health_servicer, store, ingestor, port, config, feed, maintenance, auth, background
     )
 
 

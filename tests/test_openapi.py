@@ -81,3 +81,19 @@ def test_sdk_responses_use_the_sdk_schemas() -> None:
         assert "Retry-After" in responses["503"]["headers"]
         assert "WWW-Authenticate" in responses["401"]["headers"]
     assert SPEC["components"]["schemas"]["SdkError"]["required"] == ["message", "code"]
+
+
+def test_every_route_of_the_bridge_is_documented() -> None:
+    from http_bridge.app import create_app
+    from http_bridge.config import BridgeConfig
+
+    app = create_app(BridgeConfig())
+    routes = {
+        (info.get("path") or info.get("formatter"), route.method.lower())
+        for route in app.router.routes()
+        if route.method != "HEAD"
+        for info in [route.resource.get_info()]
+        if route.resource is not None
+    }
+    spec = {(path, method) for path, item in SPEC["paths"].items() for method in item}
+    assert routes == spec

@@ -1,0 +1,112 @@
+"""The event debugger's JSON routes: who sees what, and what it shows."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from tests.stack import Stack, basic
+
+TRACK = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "dbg-1"}
+
+
+async def post(http: aiohttp.ClientSession, stack: Stack, key: str, body: bytes) -> int:
+    headers = {"Authorization": basic(key), "Content-Type": "application/json",
+               "User-Agent": "Segment.io/1.0"}  # fmt: skip
+    async with http.post(f"{stack.url}/segment", data=body, headers=headers) as response:
+        return response.status
+
+
+async def get(
+    http: aiohttp.ClientSession, stack: Stack, path: str, key: str | None
+) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.get(f"{stack.url}{path}", headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_admins_see_their_accounts_requests_as_received_and_answered(stack: Stack) -> None:
+    other = await stack.add_key("other", account="globex")
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, stack, stack.keys["ingest"], orjson.dumps(TRACK)) == 200
+        assert await post(http, stack, stack.keys["ingest"], orjson.dumps(TRACK)) == 200
+        assert await post(http, stack, stack.keys["ingest"], b'{"type": "track"') == 400
+        assert await post(http, stack, "inlet_0123456789abcdef_nope", orjson.dumps(TRACK)) == 401
+        assert await post(http, stack, other, orjson.dumps(dict(TRACK, event="Theirs"))) == 200
+
+        status, body = await get(http, stack, "/debugger/api/exchanges", stack.keys["admin"])
+        assert status == 200 and body["viewer"] == "acme"
+        listed = body["exchanges"]
+        assert isinstance(listed, list)
+        # Newest first; only acme's: not globex's event, not the unattributable 401.
+        assert [(e["outcome"], e["status"]) for e in listed] == [
+            ("rejected", 400),
+            ("duplicate", 200),
+            ("stored", 200),
+        ]
+        stored = listed[-1]
+        assert (stored["type"], stored["event"], stored["user"], stored["messageId"]) == (
+            "track", "Order Completed", "u1", "dbg-1",
+        )  # fmt: skip
+
+        status, detail = await get(
+            http, stack, f"/debugger/api/exchanges/{stored['id']}", stack.keys["admin"]
+        )
+        assert status == 200
+        request, response = detail["request"], detail["response"]
+        assert isinstance(request, dict) and isinstance(response, dict)
+        assert orjson.loads(request["body"]) == TRACK
+        headers = dict(request["headers"])
+        key_id = stack.keys["ingest"].split("_")[1]
+        assert headers["Authorization"] == f"<redacted: key {key_id}>"
+        assert headers["User-Agent"] == "Segment.io/1.0"
+        assert orjson.loads(response["body"]) == {"message": "stored", "messageId": "dbg-1"}
+        assert stack.keys["ingest"].split("_")[2] not in orjson.dumps(detail).decode()
+
+        # Filters, and polling for what is new.
+        status, rejected = await get(
+            http, stack, "/debugger/api/exchanges?outcome=rejected", stack.keys["admin"]
+        )
+        assert [e["status"] for e in rejected["exchanges"]] == [400]  # type: ignore[index, union-attr]
+        newest = listed[0]["id"]
+        status, newer = await get(
+            http, stack, f"/debugger/api/exchanges?after={newest}", stack.keys["admin"]
+        )
+        assert newer["exchanges"] == []
+        # Another account's exchange is not found, as if it did not exist.
+        status, _ = await get(
+            http, stack, f"/debugger/api/exchanges/{newest + 2}", stack.keys["admin"]
+        )
+        assert status == 404
+
+
+async def test_operators_see_every_account_and_invalid_keys(stack: Stack) -> None:
+    operator = await stack.add_key("op", account="ops", scopes=("operator",))
+    async with aiohttp.ClientSession() as http:
+        await post(http, stack, "inlet_0123456789abcdef_nope", orjson.dumps(TRACK))
+        await post(http, stack, stack.keys["ingest"], orjson.dumps(TRACK))
+        status, body = await get(http, stack, "/debugger/api/exchanges", operator)
+        assert status == 200 and body["viewer"] == "*"
+        assert [(e["account"], e["status"]) for e in body["exchanges"]] == [  # type: ignore[union-attr]
+            ("acme", 200),
+            ("", 401),
+        ]
+        status, body = await get(http, stack, "/debugger/api/exchanges?account=acme", operator)
+        assert len(body["exchanges"]) == 1  # type: ignore[arg-type]
+
+
+async def test_the_debugger_needs_an_admin_key(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as http:
+        status, body = await get(http, stack, "/debugger/api/exchanges", None)
+        assert (status, body["code"]) == (401, "missing_authorization")
+        status, body = await get(http, stack, "/debugger/api/exchanges", stack.keys["ingest"])
+        assert (status, body["code"]) == (403, "missing_scope")
+        status, body = await get(http, stack, "/debugger/api/exchanges", "inlet_0123456789abcdef_x")
+        assert (status, body["code"]) == (401, "invalid_api_key")
+        status, body = await get(
+            http, stack, "/debugger/api/exchanges?after=x", stack.keys["admin"]
+        )
+        assert (status, body["code"]) == (400, "invalid_query")
+        async with http.get(f"{stack.url}/debugger") as page:
+            assert page.status == 200 and page.content_type == "text/html"
+            assert "Inlet event debugger" in await page.text()
