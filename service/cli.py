@@ -21,10 +21,10 @@ from http_bridge.contract.runner import run_contract_test
 from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import start_bridge
 from service import cli_admin, cli_client, keys
-from service.config import CoreConfig, split_list
+from service.config import CoreConfig, open_configured_store, split_list
 from service.in_process import InProcessCore
 from service.server import start_core, wait_for_signal
-from service.store import Store, StoreError, open_store
+from service.store import Store, StoreError
 from service.timestamps import format_micros, parse_timestamp
 
 log = logging.getLogger("inlet")
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inlet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--database", help="SQLite path (env INLET_DATABASE_URL)")
+    database.add_argument(
+        "--database",
+        help="SQLite path or postgresql:// DSN (env INLET_DATABASE_URL)",
+    )
 
     serve = commands.add_parser(
         "serve", parents=[database], help="run the service (default: core and bridge together)"
@@ -77,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key by its id")
     revoke.add_argument("key_id")
+    commands.add_parser(
+        "migrate",
+        parents=[database],
+        help="bring the database schema up to date (cores also do it when they start)",
+    )
     cli_admin.register(commands, key_actions, database)
     cli_client.register(commands)
 
@@ -135,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return send_test(args)
         if args.command in ("profile", "events"):
             return _run(cli_client.run(args))
+        if args.command == "migrate":
+            return _run(_migrate(args))
         return _run(_keys(args))
     except (ValueError, StoreError, OSError) as exc:
         print(f"inlet: {exc}", file=sys.stderr)
@@ -236,8 +246,22 @@ def send_test(args: argparse.Namespace) -> int:
 
 
 def _database(args: argparse.Namespace) -> Store:
-    config = CoreConfig.from_env(os.environ, database=args.database)
-    return open_store(config.database, durable=config.durable)
+    return open_configured_store(CoreConfig.from_env(os.environ, database=args.database))
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    """`inlet migrate`: apply what the schema lacks (safe beside running cores)."""
+    store = _database(args)
+    await store.open(migrate=False)
+    try:
+        before, after = await store.migrate()
+    finally:
+        await store.close()
+    if before == after:
+        print(f"schema is up to date (version {after})")
+    else:
+        print(f"schema migrated from version {before} to {after}")
+    return 0
 
 
 def parse_expiry(text: str, now_us: int | None = None) -> int:

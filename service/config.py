@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from service.store import Store, open_store
 from service.validation import EVENT_TYPES
 
 DEFAULT_DATABASE: Final = "inlet-data/inlet.db"
@@ -33,10 +34,19 @@ class CoreConfig:
     """host:port of the gRPC server (port 0: pick a free one)."""
 
     database: str = DEFAULT_DATABASE
-    """SQLite file path (or `sqlite:///path`); created with its folder if missing."""
+    """SQLite file path (or `sqlite:///path`; created with its folder if missing), or a
+    `postgresql://user@host:port/db` DSN: many cores then share that database."""
 
     durable: bool = True
-    """fsync every commit (`synchronous=FULL`): acknowledged events survive a power cut."""
+    """fsync every commit (SQLite `synchronous=FULL`, PostgreSQL `synchronous_commit=on`):
+    acknowledged events survive a power cut."""
+
+    pg_pool_size: int = 10
+    """PostgreSQL: most pooled connections per process (one more is used for LISTEN)."""
+
+    pg_timeout_s: float = 5.0
+    """PostgreSQL: longest wait to connect, for a pooled connection or for a statement;
+    past it the call fails with UNAVAILABLE (HTTP 503)."""
 
     supported_types: tuple[str, ...] = EVENT_TYPES
     """Call types this deployment accepts; others are refused with UNIMPLEMENTED (HTTP 501)."""
@@ -61,9 +71,10 @@ class CoreConfig:
     """Events being validated and committed at once; beyond it calls are refused with
     UNAVAILABLE / HTTP 503 at once, so memory stays bounded under overload."""
 
-    feed_poll_s: float = 1.0
-    """Subscribe streams that are caught up re-read the store at least this often (commits
-    by this core wake them at once; the poll catches other processes' commits)."""
+    feed_poll_s: float | None = None
+    """Subscribe streams that are caught up re-read the store at least this often. Commits
+    by this core wake them at once; on PostgreSQL other cores' commits do too (NOTIFY), so
+    None takes the store's choice: 1 s for SQLite, 30 s for PostgreSQL."""
 
     switch_refresh_s: float = 2.0
     """How often the maintenance switch is re-read from the database (other cores, the CLI)."""
@@ -74,8 +85,10 @@ class CoreConfig:
             raise ValueError(f"unknown event types {sorted(unknown)}: expected {EVENT_TYPES}")
         if self.max_batch_items < 1 or self.shutdown_grace_s < 0 or self.key_cache_ttl_s < 0:
             raise ValueError("max_batch_items must be >= 1, grace and ttl >= 0")
-        if self.feed_poll_s <= 0 or self.switch_refresh_s <= 0:
+        if (self.feed_poll_s is not None and self.feed_poll_s <= 0) or self.switch_refresh_s <= 0:
             raise ValueError("feed_poll_s and switch_refresh_s must be > 0")
+        if self.pg_pool_size < 1 or self.pg_timeout_s <= 0:
+            raise ValueError("pg_pool_size must be >= 1, pg_timeout_s > 0")
         if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
             raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
 
@@ -91,6 +104,8 @@ class CoreConfig:
             "INLET_RATE_LIMIT_PER_KEY": ("rate_limit_per_key", float),
             "INLET_FEED_POLL_S": ("feed_poll_s", float),
             "INLET_SWITCH_REFRESH_S": ("switch_refresh_s", float),
+            "INLET_PG_POOL_SIZE": ("pg_pool_size", int),
+            "INLET_PG_TIMEOUT_S": ("pg_timeout_s", float),
         }
         values = {
             name: read(environ[variable])
@@ -99,3 +114,13 @@ class CoreConfig:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def open_configured_store(config: CoreConfig) -> Store:
+    """The store `config` names, with its settings (unopened)."""
+    return open_store(
+        config.database,
+        durable=config.durable,
+        pool_size=config.pg_pool_size,
+        timeout_s=config.pg_timeout_s,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import urllib.parse
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +22,7 @@ from inlet.v1 import (
 )
 from service.admin import AdminServicer
 from service.auth import Authenticator
-from service.config import CoreConfig
+from service.config import CoreConfig, open_configured_store
 from service.feed import Feed
 from service.ingest import Ingestor
 from service.interceptors import DecodeErrorInterceptor
@@ -29,7 +30,7 @@ from service.maintenance import MaintenanceMode
 from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
 from service.servicer import EventServicer
-from service.store import Store, open_store
+from service.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class CoreServer:
 
 async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServer:
     """Open the store and start serving; return once the port is bound."""
-    store = store or open_store(config.database, durable=config.durable)
+    store = store or open_configured_store(config)
     await store.open()
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
     limiter = RateLimiter(config.rate_limit_per_key) if config.rate_limit_per_key else None
@@ -96,7 +97,7 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     ingestor = Ingestor(
         store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance
     )
-    feed = Feed(store, poll_s=config.feed_poll_s)
+    feed = Feed(store, poll_s=config.feed_poll_s or store.feed_poll_s)
 
     server = grpc.aio.server(
         interceptors=[DecodeErrorInterceptor()], options=server_options(config)
@@ -122,12 +123,23 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     for name in SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "core listening on %s (gRPC), store %s", _with_port(config.listen, port), config.database
+        "core listening on %s (gRPC), store %s",
+        _with_port(config.listen, port),
+        redact(config.database),
     )
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
     return CoreServer(
         server, health_servicer, store, ingestor, port, config, feed, maintenance, auth, background
     )
+
+
+def redact(database: str) -> str:
+    """`database` without a password, for logs."""
+    parts = urllib.parse.urlsplit(database)
+    if parts.password is None:
+        return database
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _with_port(listen: str, port: int) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import TestDatabase
 from tests.stack import LiveStack, Stack, start_stack
 
 
@@ -22,3 +23,17 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     running = await start_stack(tmp_path)
     yield running
     await running.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[TestDatabase]:
+    """This run's own PostgreSQL database (skips the test without a server)."""
+    database = TestDatabase.create()
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def pg_dsn(pg_database: TestDatabase) -> str:
+    """A DSN on an empty schema of its own, for one test."""
+    return pg_database.new_schema()

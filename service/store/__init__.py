@@ -1,8 +1,9 @@
 """Durable storage behind the core: accounts, API keys and events.
 
-`open_store(url)` picks the implementation from the database URL. The core and
-the `inlet keys` command use the same store classes, so key management works
-with or without a running server.
+`open_store(url)` picks the implementation from the database URL: a
+`postgresql://` DSN for PostgreSQL (many cores on one database), anything else is a
+SQLite path (the embedded default). The core and the `inlet keys` command use the
+same store classes, so key management works with or without a running server.
 """
 
 from __future__ import annotations
@@ -14,10 +15,23 @@ from service.store.sqlite import SqliteStore
 
 __all__ = ["Account", "EventWrite", "KeyRecord", "SqliteStore", "Store", "StoreError", "open_store"]
 
+POSTGRES_SCHEMES = ("postgres://", "postgresql://")
 
-def open_store(database: str, *, durable: bool = True) -> Store:
-    """Return an (unopened) store for `database`: a `sqlite:///path` URL or a file path."""
-    if database.startswith(("postgres://", "postgresql://")):
-        raise StoreError("PostgreSQL is not supported by this build yet; use a SQLite path")
+
+def is_postgres(database: str) -> bool:
+    return database.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(
+    database: str, *, durable: bool = True, pool_size: int = 10, timeout_s: float = 5.0
+) -> Store:
+    """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
+    URL or a file path. `pool_size` and `timeout_s` apply to PostgreSQL only."""
+    if is_postgres(database):
+        # Imported here: SQLite deployments never load the driver.
+        from service.store.postgres import PostgresOptions, PostgresStore
+
+        options = PostgresOptions(pool_size=pool_size, timeout_s=timeout_s, durable=durable)
+        return PostgresStore(database, options)
     path = database.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SqliteStore(Path(path), durable=durable)

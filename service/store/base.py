@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +105,16 @@ class ProfileRecord:
     event_counts: dict[str, int] = field(default_factory=dict)
 
 
+def newest_traits(rows: Iterable[tuple[str, bytes, int, str]]) -> dict[str, TraitRecord]:
+    """One value per key across the linked ids' traits: the newest timestamp wins."""
+    merged: dict[str, TraitRecord] = {}
+    for key, value, timestamp_us, message_id in rows:
+        current = merged.get(key)
+        if current is None or timestamp_us > current.timestamp_us:
+            merged[key] = TraitRecord(bytes(value), timestamp_us, message_id)
+    return merged
+
+
 class CommitSignal:
     """Wakes subscribers when events are committed. Never blocks the writer.
 
@@ -126,9 +136,20 @@ class CommitSignal:
 class Store(Protocol):
     """What the core needs from a database. Every write is durable when it returns."""
 
-    async def open(self) -> None: ...
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; with `migrate`, first bring the schema up to date (`migrate()`)."""
+        ...
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply the schema migrations this database lacks, in order, each once, safe
+        while other processes do the same. Returns (version before, version after)."""
+        ...
 
     async def close(self) -> None: ...
+
+    #: How long a caught-up Subscribe stream may wait for `commits` before re-reading:
+    #: short where other processes' commits cannot signal (SQLite), long where they do.
+    feed_poll_s: float
 
     async def write_events(self, writes: Sequence[EventWrite]) -> list[int | None]:
         """Store events in one transaction, skipping (account, messageId) pairs already

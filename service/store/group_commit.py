@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
@@ -19,25 +19,23 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class GroupCommitter(Generic[T, R]):
-    """Runs `commit(items) -> results` (blocking, one result per item) in `executor`,
-    one call at a time, each call covering every submission queued meanwhile."""
+class _Committer(Generic[T, R]):
+    """The queueing and grouping; subclasses say how one group's commit is run."""
 
     def __init__(
         self,
-        commit: Callable[[list[T]], list[R]],
-        executor: Executor,
         max_items: int = 5000,
         transient: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:
         """`transient(exc)`: the failure is the store's, not the data's (no point retrying
         submissions one by one; every waiter gets it)."""
-        self._commit = commit
         self._transient = transient
-        self._executor = executor
         self._max_items = max_items
         self._queue: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
+
+    def _call(self, items: list[T]) -> Awaitable[list[R]]:
+        raise NotImplementedError
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Commit `items` as part of the next group; return their results in order."""
@@ -56,7 +54,6 @@ class GroupCommitter(Generic[T, R]):
             await asyncio.shield(self._drainer)
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
             group: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
             size = 0
@@ -66,7 +63,7 @@ class GroupCommitter(Generic[T, R]):
                 size += len(items)
             flat = [item for items, _ in group for item in items]
             try:
-                results = await loop.run_in_executor(self._executor, self._commit, flat)
+                results = await self._call(flat)
             except Exception as exc:  # noqa: BLE001 - handed to the waiters
                 if len(group) == 1 or self._transient(exc):
                     for _, future in group:
@@ -86,13 +83,48 @@ class GroupCommitter(Generic[T, R]):
     async def _commit_one_by_one(
         self, group: list[tuple[Sequence[T], asyncio.Future[list[R]]]]
     ) -> None:
-        loop = asyncio.get_running_loop()
         for items, future in group:
             try:
-                result = await loop.run_in_executor(self._executor, self._commit, list(items))
+                result = await self._call(list(items))
             except Exception as exc:  # noqa: BLE001 - handed to this waiter only
                 if not future.done():
                     future.set_exception(exc)
             else:
                 if not future.done():
                     future.set_result(result)
+
+
+class GroupCommitter(_Committer[T, R]):
+    """Runs `commit(items) -> results` (blocking, one result per item) in `executor`,
+    one call at a time, each call covering every submission queued meanwhile."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[T]], list[R]],
+        executor: Executor,
+        max_items: int = 5000,
+        transient: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> None:
+        super().__init__(max_items, transient)
+        self._commit = commit
+        self._executor = executor
+
+    def _call(self, items: list[T]) -> Awaitable[list[R]]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._commit, items)
+
+
+class AsyncGroupCommitter(_Committer[T, R]):
+    """The same policy for a coroutine `commit(items)` (an async driver, PostgreSQL):
+    one commit in flight per process, the next one takes everything queued meanwhile."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[T]], Awaitable[list[R]]],
+        max_items: int = 5000,
+        transient: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> None:
+        super().__init__(max_items, transient)
+        self._commit = commit
+
+    def _call(self, items: list[T]) -> Awaitable[list[R]]:
+        return self._commit(items)

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -36,7 +36,7 @@ from service.store.base import (
     ProfileRecord,
     StoredRecord,
     StoreError,
-    TraitRecord,
+    newest_traits,
 )
 from service.store.group_commit import GroupCommitter
 
@@ -226,16 +226,6 @@ def _linked(conn: sqlite3.Connection, account_id: int, id: str) -> tuple[str, ..
     return tuple(row[0] for row in conn.execute(_LINKED_IDS, (account_id, id)))
 
 
-def _newest_traits(rows: Iterable[tuple[str, bytes, int, str]]) -> dict[str, TraitRecord]:
-    """One value per key across the linked ids' traits: the newest timestamp wins."""
-    merged: dict[str, TraitRecord] = {}
-    for key, value, timestamp_us, message_id in rows:
-        current = merged.get(key)
-        if current is None or timestamp_us > current.timestamp_us:
-            merged[key] = TraitRecord(bytes(value), timestamp_us, message_id)
-    return merged
-
-
 def _account(row: tuple[Any, ...]) -> Account:
     return Account(id=row[0], name=row[1], suspended=bool(row[2]), created_at_us=row[3])
 
@@ -267,8 +257,15 @@ class SqliteStore:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def open(self) -> None:
-        await self._run(self._open)
+    #: Other processes writing to the file (a second core) cannot wake this one's
+    #: streams: a caught-up stream re-reads this often.
+    feed_poll_s = 1.0
+
+    async def open(self, *, migrate: bool = True) -> None:
+        await self._run(self._open, migrate)
+
+    async def migrate(self) -> tuple[int, int]:
+        return await self._run(self._migrate, self._db())
 
     async def close(self) -> None:
         await self._events.wait_idle()
@@ -281,32 +278,39 @@ class SqliteStore:
             reader.close()
         self._readers.clear()
 
-    def _open(self) -> None:
+    def _open(self, migrate: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'FULL' if self._durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate(conn)
+        if migrate:
+            self._migrate(conn)
         self._conn = conn
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(conn: sqlite3.Connection) -> tuple[int, int]:
         # BEGIN IMMEDIATE takes the write lock first, so two processes starting on
         # one new file cannot both apply the same migration.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            version = before = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"the database is at schema version {version}, newer than this "
+                    f"Inlet knows ({len(MIGRATIONS)}): upgrade Inlet"
+                )
+            for version, script in enumerate(MIGRATIONS[before:], start=before + 1):
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return before, version
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -503,7 +507,7 @@ class SqliteStore:
         def read(conn: sqlite3.Connection) -> ProfileRecord | None:
             ids = _linked(conn, account_id, id)
             any_id = orjson.dumps(ids).decode()
-            traits = _newest_traits(
+            traits = newest_traits(
                 conn.execute(
                     f"SELECT key, value, timestamp_us, message_id FROM traits "
                     f"WHERE account_id = ? AND subject_kind = '{USER}' AND subject_id {_IN_IDS}",
@@ -519,7 +523,7 @@ class SqliteStore:
                 GroupRecord(
                     group_id,
                     timestamp_us,
-                    _newest_traits(
+                    newest_traits(
                         conn.execute(
                             "SELECT key, value, timestamp_us, message_id FROM traits "
                             f"WHERE account_id = ? AND subject_kind = '{GROUP}' AND subject_id = ?",
