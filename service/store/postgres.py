@@ -226,8 +226,9 @@ class PostgresStore:
         self.commits = CommitSignal()
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
-        #: Set while the LISTEN connection is up (tests wait for it).
+        #: Set while the LISTEN connection is up; `listens` counts its (re)connections.
         self.listening = asyncio.Event()
+        self.listens = 0
         #: Test seam: awaited inside the ingest transaction, just before COMMIT.
         self.before_commit: Callable[[], Awaitable[None]] | None = None
         self._events = AsyncGroupCommitter[EventWrite, int | None](
@@ -311,6 +312,7 @@ class PostgresStore:
                 )
                 await conn.add_listener(CHANNEL, self._notified)
                 self.listening.set()
+                self.listens += 1
                 delay = 0.1
                 # Commits made while nobody listened (start-up, a restart): wake the streams.
                 self.commits.publish()
