@@ -37,3 +37,14 @@ def pg_database() -> Iterator[TestDatabase]:
 def pg_dsn(pg_database: TestDatabase) -> str:
     """A DSN on an empty schema of its own, for one test."""
     return pg_database.new_schema()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def stack_on_each_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """`stack`, once on SQLite and once on PostgreSQL (where a test module opts in)."""
+    database = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+    running = await start_stack(tmp_path, database=database)
+    yield running
+    await running.stop()

@@ -1,4 +1,5 @@
-"""A real Inlet stack for tests: grpc.aio core on a temporary SQLite file plus the bridge.
+"""A real Inlet stack for tests: grpc.aio core on a temporary SQLite file (or a given
+PostgreSQL DSN) plus the bridge.
 
 `Stack` runs in the test's own event loop (async tests). `LiveStack` runs the
 same thing on a loop in a background thread, for synchronous clients such as
@@ -21,7 +22,7 @@ from http_bridge.server import BridgeServer, start_bridge
 from service import keys
 from service.config import CoreConfig
 from service.server import CoreServer, start_core
-from service.store import SqliteStore, Store
+from service.store import SqliteStore, Store, open_store
 
 T = TypeVar("T")
 
@@ -73,9 +74,15 @@ async def start_stack(
     core_config: CoreConfig | None = None,
     bridge_config: BridgeConfig | None = None,
     busy_timeout_ms: int = 2000,
+    database: str | None = None,
 ) -> Stack:
+    """`database`: a postgresql:// DSN to use instead of SQLite under `data_dir`."""
     config = core_config or CoreConfig(listen="127.0.0.1:0")
-    store = SqliteStore(data_dir / "inlet.db", busy_timeout_ms=busy_timeout_ms)
+    store: Store
+    if database is None:
+        store = SqliteStore(data_dir / "inlet.db", busy_timeout_ms=busy_timeout_ms)
+    else:
+        store = open_store(database, pool_size=4)
     core = await start_core(config, store)
     bridge_config = bridge_config or BridgeConfig(host="127.0.0.1", port=0)
     bridge_config = dataclasses.replace(bridge_config, core_target=f"127.0.0.1:{core.port}")

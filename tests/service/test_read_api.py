@@ -19,6 +19,12 @@ from tests.stack import Stack
 
 
 @pytest.fixture
+def stack(stack_on_each_store: Stack) -> Stack:
+    """These tests run on both stores (the gRPC API must not care which)."""
+    return stack_on_each_store
+
+
+@pytest.fixture
 async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(stack.core_target) as channel:
         yield channel
