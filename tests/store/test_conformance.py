@@ -82,7 +82,9 @@ async def test_sequences_follow_the_commit_order_and_latest_sequence(store: Stor
 
 async def test_out_of_order_identifies_keep_the_newest_trait(store: Store) -> None:
     acme = await account(store)
-    await store.write_events([write(acme, identify("i-3", "2026-03-03T00:00:00Z", "u1", plan="pro"))])
+    await store.write_events(
+        [write(acme, identify("i-3", "2026-03-03T00:00:00Z", "u1", plan="pro"))]
+    )
     await store.write_events(
         [
             write(acme, identify("i-2", "2026-02-02T00:00:00Z", "u1", email="b@x", First_Name="A")),
@@ -182,7 +184,10 @@ async def test_list_events_filters_and_pages(store: Store) -> None:
     assert [r.message_id for r in await store.list_events(EventQuery(acme, name="Bought"))] == [
         "p-3"
     ]
-    since, until = 1_767_225_600_000_000 + 86_400_000_000 * 5, 1_767_225_600_000_000 + 86_400_000_000 * 8
+    since, until = (
+        1_767_225_600_000_000 + 86_400_000_000 * 5,
+        1_767_225_600_000_000 + 86_400_000_000 * 8,
+    )
     window = await store.list_events(EventQuery(acme, since_us=since, until_us=until))
     assert [r.message_id for r in window] == ["p-5", "p-6", "p-7"]
     mine = await store.list_events(EventQuery(acme, ids=("u2",), types=("track",), limit=100))
@@ -190,9 +195,7 @@ async def test_list_events_filters_and_pages(store: Store) -> None:
     assert await store.list_events(EventQuery(acme, types=("identify",))) == []
 
 
-async def test_ids_with_nul_characters_are_stored_and_found(
-    backend: Backend, store: Store
-) -> None:
+async def test_ids_with_nul_characters_are_stored_and_found(backend: Backend, store: Store) -> None:
     acme = await account(store)
     body = identify("n\x00ul", "2026-01-01T00:00:00Z", "u\x00ser", email="n@x")
     assert (await store.write_events([write(acme, body)]))[0] is not None
