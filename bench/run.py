@@ -1,6 +1,7 @@
 """Inlet's benchmark: the webhook path against a bare-aiohttp ceiling, in the same run.
 
     python bench/run.py [--duration 10] [--warmup 3] [--connections 32] [--rounds 1]
+                        [--postgres postgresql://USER@HOST:PORT/DB]
 
 Starts `inlet serve` on its embedded default (SQLite, fsync on) in a temporary
 folder, creates a key, drives `POST /segment` with realistic Segment events from
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -174,10 +176,51 @@ def inlet(*args: str, cwd: Path) -> str:
     ).stdout.strip()  # fmt: skip
 
 
+def postgres(dsn: str, *sql: str) -> tuple[Any, ...] | None:
+    """Run `sql` statements on `dsn`; the last one's first row."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> tuple[Any, ...] | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = None
+            for statement in sql:
+                row = await conn.fetchrow(statement)
+            return None if row is None else tuple(row)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def round_database(args: argparse.Namespace, data: Path) -> str:
+    """SQLite in the round's folder, or a new PostgreSQL database for the round."""
+    if not args.postgres:
+        return str(data / "inlet.db")
+    name = f"inlet_bench_{time.time_ns()}"
+    postgres(args.postgres, f'CREATE DATABASE "{name}"')
+    parts = urllib.parse.urlsplit(args.postgres)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def count_events(database: str) -> tuple[int, int]:
+    sql = "SELECT count(*), count(DISTINCT message_id) FROM events"
+    if database.startswith("postgresql://"):
+        row = postgres(database, sql)
+        assert row is not None
+        return int(row[0]), int(row[1])
+    db = sqlite3.connect(database)
+    rows, distinct = db.execute(sql).fetchone()
+    db.close()
+    return int(rows), int(distinct)
+
+
 def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, Any]:
     data = work / f"round-{time.time_ns()}"
     data.mkdir()
-    database = str(data / "inlet.db")
+    database = round_database(args, data)
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     out: dict[str, Any] = {}
 
@@ -214,10 +257,10 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         code = server.wait(timeout=60)
     out["inlet"]["exit_code"] = code
 
-    db = sqlite3.connect(database)
-    rows, distinct = db.execute(
-        "SELECT count(*), count(DISTINCT message_id) FROM events"
-    ).fetchone()
+    rows, distinct = count_events(database)
+    if args.postgres:
+        name = urllib.parse.urlsplit(database).path.lstrip("/")
+        postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
     http_rows = rows - out.get("grpc_ingest_batch", {}).get("stored", 0)
     out["integrity"] = {
         "acknowledged_new_events": acknowledged,
@@ -272,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--grpc-seconds", type=float, default=5)
     parser.add_argument("--skip-grpc", action="store_true")
+    parser.add_argument(
+        "--postgres", help="run Inlet on PostgreSQL: a DSN; each round gets a new database"
+    )
     parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
@@ -306,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
             check=False,
         ).stdout.strip(),
+        "store": "postgresql" if args.postgres else "sqlite",
         "summary": summarise(rounds),
         "rounds": rounds,
     }
