@@ -282,12 +282,28 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {'FULL' if self._durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
         if migrate:
             self._migrate(conn)
         self._conn = conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new file to WAL. Two processes opening one new file at once (cores
+        starting together, `inlet keys create` beside a starting core) race here, and
+        SQLite answers the loser "database is locked" at once, without its busy
+        handler; so retry until the busy timeout (WAL, once set, stays set)."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> tuple[int, int]:
