@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
 
 from http_bridge import debugger, handlers, sdk
-from http_bridge.batcher import Batcher
+from http_bridge.access import FORWARDING, access
+from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
 from http_bridge.errors import BridgeError
+from http_bridge.forwarded import Forwarding
 from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
+from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder, recording
 from http_bridge.sdk_routes import sdk_handler
+from inlet.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,25 @@ def _message_for(exc: web.HTTPException, request: web.Request) -> str:
 RECORDED_PATHS = ("/segment", "/v1/")
 
 CoreFactory = Callable[[BridgeConfig], Core]
+Send = Callable[[list[events_pb2.IngestItem]], Awaitable[list[events_pb2.IngestResult]]]
+
+
+def observed(core: Core, metrics: BridgeMetrics) -> Send:
+    """`core.ingest_batch`, timed (the gRPC hop) and counted, with the batch's request ids."""
+    ok, error, sizes = metrics.core_call_ok, metrics.core_call_error, metrics.batch_size
+
+    async def send(items: list[events_pb2.IngestItem]) -> list[events_pb2.IngestResult]:
+        started = time.perf_counter()
+        try:
+            results = await core.ingest_batch(items, BATCH_TAGS.get())
+        except BaseException:
+            error.observe(time.perf_counter() - started)
+            raise
+        ok.observe(time.perf_counter() - started)
+        sizes.observe(len(items))
+        return results
+
+    return send
 
 
 def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
@@ -77,14 +102,15 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
         config = app[CONFIG]
         core = factory(config)
         app[CORE] = core
-        app[BATCHER] = Batcher(
-            core.ingest_batch,
+        app[BATCHER] = batcher = Batcher(
+            observed(core, app[METRICS]),
             max_items=config.max_batch_items,
             max_bytes=config.max_batch_bytes,
             max_inflight=config.max_inflight_batches,
             max_pending=config.max_pending,
             max_pending_bytes=config.max_pending_bytes,
         )
+        app[METRICS].pending.set_function(lambda: batcher.pending)
         try:
             yield
         finally:
@@ -96,19 +122,29 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
     return connection
 
 
-def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Application:
-    """The bridge application; `core` makes its connection to the core (gRPC by default)."""
+def create_app(
+    config: BridgeConfig,
+    core: CoreFactory = GrpcCore,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The bridge application; `core` makes its connection to the core (gRPC by default).
+
+    Its metrics go to `registry` (a new one by default); `inlet serve` passes the one the
+    core uses too, so /metrics shows both."""
     recorder = Recorder(config.debugger_size)
-    # Recording is outermost: it sees the answer the client got, errors included.
+    # The access log and metrics are outermost (they time everything and stamp the
+    # request id); recording next: it sees the answer the client got, errors included.
     middlewares = (
-        [recording(recorder, RECORDED_PATHS), json_errors]
+        [access, recording(recorder, RECORDED_PATHS), json_errors]
         if config.debugger_size
-        else [json_errors]
+        else [access, json_errors]
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[RECORDER] = recorder
     app[VIEWERS] = {}
+    app[METRICS] = BridgeMetrics(registry or CollectorRegistry())
+    app[FORWARDING] = Forwarding(config.trusted_proxies)
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.
@@ -117,4 +153,5 @@ def create_app(config: BridgeConfig, core: CoreFactory = GrpcCore) -> web.Applic
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     debugger.add_routes(app)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -16,17 +16,25 @@ travels in one call, never split across two: the request then gets one verdict f
 one store transaction, the same queue caps (503 `overloaded`) and the same ordering
 as webhook events, which it may share a call with. A group larger than `max_items`
 or `max_bytes` goes alone; the caps bound coalescing, not what one request may send.
+
+Each submission may carry a tag (the bridge's request id); while `send` runs, the
+tags of its items, in item order (a group's items share its tag), are in the
+`BATCH_TAGS` context variable, so the call to the core can name the requests it
+carries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+BATCH_TAGS: Final = contextvars.ContextVar[tuple[str, ...]]("inlet_batch_tags", default=())
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -58,24 +66,27 @@ class Batcher(Generic[Item, Result]):
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
-        self._queue: deque[tuple[list[Item], int, asyncio.Future[list[Result]]]] = deque()
+        self._queue: deque[tuple[list[Item], int, asyncio.Future[list[Result]], str]] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
     def pending(self) -> int:
         return len(self._queue)
 
-    async def submit(self, item: Item, size: int, timeout: float) -> Result:
-        """Queue `item` (of `size` bytes) and wait up to `timeout` s for its result.
+    async def submit(self, item: Item, size: int, timeout: float, tag: str = "") -> Result:
+        """Queue `item` (of `size` bytes, tagged `tag`) and wait up to `timeout` s for
+        its result.
 
         Raises:
             QueueFull: too many requests are already waiting.
             TimeoutError: no result within `timeout`.
             Exception: whatever `send` raised for the batch holding this item.
         """
-        return (await self.submit_many([item], size, timeout))[0]
+        return (await self.submit_many([item], size, timeout, tag))[0]
 
-    async def submit_many(self, items: list[Item], size: int, timeout: float) -> list[Result]:
+    async def submit_many(
+        self, items: list[Item], size: int, timeout: float, tag: str = ""
+    ) -> list[Result]:
         """Queue `items` (of `size` bytes in all) to go in one call; their results, in order.
 
         Raises the same as `submit`.
@@ -87,7 +98,7 @@ class Batcher(Generic[Item, Result]):
             raise QueueFull()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Result]] = loop.create_future()
-        self._queue.append((items, size, future))
+        self._queue.append((items, size, future, tag))
         self._pending_bytes += size
         self._dispatch()
         # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
@@ -112,11 +123,11 @@ class Batcher(Generic[Item, Result]):
             task = asyncio.create_task(self._call(batch), name="inlet-ingest-batch")
             self._inflight.add(task)
 
-    def _take_batch(self) -> list[tuple[list[Item], asyncio.Future[list[Result]]]]:
-        batch: list[tuple[list[Item], asyncio.Future[list[Result]]]] = []
+    def _take_batch(self) -> list[tuple[list[Item], asyncio.Future[list[Result]], str]]:
+        batch: list[tuple[list[Item], asyncio.Future[list[Result]], str]] = []
         count = size = 0
         while self._queue:
-            items, item_size, future = self._queue[0]
+            items, item_size, future, tag = self._queue[0]
             if future.done():  # its request gave up while queued
                 self._queue.popleft()
                 self._pending_bytes -= item_size
@@ -127,30 +138,34 @@ class Batcher(Generic[Item, Result]):
                 break
             self._queue.popleft()
             self._pending_bytes -= item_size
-            batch.append((items, future))
+            batch.append((items, future, tag))
             count += len(items)
             size += item_size
         return batch
 
-    async def _call(self, batch: list[tuple[list[Item], asyncio.Future[list[Result]]]]) -> None:
+    async def _call(
+        self, batch: list[tuple[list[Item], asyncio.Future[list[Result]], str]]
+    ) -> None:
+        # This task's own context: the tags of the items `send` gets, in order.
+        BATCH_TAGS.set(tuple(tag for items, _, tag in batch for _ in items))
         try:
-            sent = [item for items, _ in batch for item in items]
+            sent = [item for items, _, _ in batch for item in items]
             results = await self._send(sent)
             if len(results) != len(sent):
                 raise RuntimeError(f"{len(results)} results for {len(sent)} items")
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
             start = 0
-            for items, future in batch:
+            for items, future, _ in batch:
                 end = start + len(items)
                 if not future.done():
                     future.set_result(list(results[start:end]))
                 start = end
         finally:
-            for _, future in batch:  # only if this task itself was cancelled
+            for _, future, _ in batch:  # only if this task itself was cancelled
                 if not future.done():
                     future.set_exception(ConnectionError("the batch call was cancelled"))
             task = asyncio.current_task()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from http_bridge.forwarded import parse_networks
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8080
@@ -24,6 +26,17 @@ class BridgeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     """PEM files; with both set the bridge serves HTTPS (Segment delivers only over HTTPS)."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDR ranges of the proxies in front (TLS terminators, load
+    balancers) whose `X-Forwarded-For`/`-Proto` are believed, for the logged client."""
+
+    core_tls_ca: str | None = None
+    """PEM CA bundle: connect to the core over TLS, trusting these CAs."""
+
+    core_tls_cert: str | None = None
+    core_tls_key: str | None = None
+    """PEM client certificate and key, for a core that requires them (mTLS)."""
 
     max_body_bytes: int = 512 * 1024
     """Largest request body, enforced while reading (413). Segment caps events at 32 KB."""
@@ -91,6 +104,11 @@ class BridgeConfig:
             raise ValueError("limits must be positive")
         if self.debugger_size < 0:
             raise ValueError("debugger_size must be >= 0 (0: off)")
+        if (self.core_tls_cert is None) != (self.core_tls_key is None):
+            raise ValueError("a client certificate for the core needs both its files")
+        if self.core_tls_cert is not None and self.core_tls_ca is None:
+            raise ValueError("--core-tls-cert needs --core-tls-ca (the core's CA)")
+        parse_networks(self.trusted_proxies)  # ValueError names a bad range
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 
@@ -98,12 +116,16 @@ class BridgeConfig:
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> BridgeConfig:
         """Read INLET_* variables; `overrides` (from flags, None = unset) win."""
         values: dict[str, object] = {}
-        readers = {
+        readers: dict[str, tuple[str, Callable[[str], object]]] = {
             "INLET_CORE": ("core_target", str),
             "INLET_HOST": ("host", str),
             "INLET_PORT": ("port", int),
             "INLET_TLS_CERT": ("tls_cert", str),
             "INLET_TLS_KEY": ("tls_key", str),
+            "INLET_TRUSTED_PROXIES": ("trusted_proxies", _split),
+            "INLET_CORE_TLS_CA": ("core_tls_ca", str),
+            "INLET_CORE_TLS_CERT": ("core_tls_cert", str),
+            "INLET_CORE_TLS_KEY": ("core_tls_key", str),
             "INLET_MAX_BODY_BYTES": ("max_body_bytes", int),
             "INLET_CORE_TIMEOUT_S": ("core_timeout_s", float),
             "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
@@ -122,3 +144,7 @@ class BridgeConfig:
                 values[name] = kind(environ[variable])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -11,6 +11,8 @@ network hop.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Final, Protocol
 
 import grpc
@@ -20,8 +22,35 @@ from http_bridge.config import BridgeConfig
 from http_bridge.errors import Forbidden, Internal, Unauthorized, Unavailable
 from http_bridge.status_map import http_status_for
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from service.logs import REQUEST_ID
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+
+MAX_REQUEST_IDS_BYTES: Final = 32 * 1024
+"""Budget of the `x-request-id` metadata of one batch call (the core accepts 64 KiB of
+metadata). 500 ids of up to 64 characters fit; a larger batch sends no per-request ids."""
+
+
+def request_id_metadata(request_ids: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`x-request-id`: the ids of the batch's requests in item order, comma-separated,
+    so the core logs each event under its HTTP request's id; else the current id."""
+    joined = ",".join(request_ids)
+    if request_ids and all(request_ids) and len(joined) <= MAX_REQUEST_IDS_BYTES:
+        return (("x-request-id", joined),)
+    current = REQUEST_ID.get()
+    return (("x-request-id", current),) if current else ()
+
+
+def channel_credentials(config: BridgeConfig) -> grpc.ChannelCredentials | None:
+    """TLS to the core when `--core-tls-ca` is set; a client certificate for mTLS when
+    `--core-tls-cert/--core-tls-key` are set too."""
+    if config.core_tls_ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(config.core_tls_ca).read_bytes(),
+        private_key=Path(config.core_tls_key).read_bytes() if config.core_tls_key else None,
+        certificate_chain=Path(config.core_tls_cert).read_bytes() if config.core_tls_cert else None,
+    )
 
 
 def channel_options(config: BridgeConfig) -> list[tuple[str, object]]:
@@ -62,9 +91,10 @@ class Core(Protocol):
     """What the bridge needs from the core."""
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem]
+        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
     ) -> list[events_pb2.IngestResult]:
-        """One result per item, in order. Raises Unavailable (transient) or Internal."""
+        """One result per item, in order. `request_ids`: the HTTP request id of each
+        item, for the core's logs. Raises Unavailable (transient) or Internal."""
         ...
 
     async def ready(self) -> bool:
@@ -84,9 +114,15 @@ class GrpcCore:
 
     def __init__(self, config: BridgeConfig) -> None:
         self._config = config
-        self._channel = grpc.aio.insecure_channel(
-            config.core_target, options=channel_options(config)
-        )
+        credentials = channel_credentials(config)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(
+                config.core_target, options=channel_options(config)
+            )
+        else:
+            self._channel = grpc.aio.secure_channel(
+                config.core_target, credentials, options=channel_options(config)
+            )
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -95,12 +131,14 @@ class GrpcCore:
         await self._channel.close()
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem]
+        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
     ) -> list[events_pb2.IngestResult]:
         """One IngestBatch call; raises Unavailable (transient) or Internal (a bug)."""
         try:
             response = await self._events.IngestBatch(
-                events_pb2.IngestBatchRequest(items=items), timeout=self._config.core_timeout_s
+                events_pb2.IngestBatchRequest(items=items),
+                timeout=self._config.core_timeout_s,
+                metadata=request_id_metadata(request_ids),
             )
         except grpc.aio.AioRpcError as exc:
             if http_status_for(exc.code()) == 503:

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import timestamp_pb2
 
+from http_bridge.access import ERROR_CODE, MESSAGE_ID
 from http_bridge.batcher import QueueFull
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
@@ -22,6 +23,7 @@ from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
 from inlet.v1 import events_pb2
+from service.logs import REQUEST_ID
 
 JSON = "application/json"
 
@@ -40,7 +42,9 @@ def json_response(
 def error_response(
     status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return json_response(status, {"message": message, "code": code}, headers)
+    response = json_response(status, {"message": message, "code": code}, headers)
+    response[ERROR_CODE] = code  # for the access log
+    return response
 
 
 def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.Response:
@@ -109,9 +113,14 @@ async def segment_event(request: web.Request) -> web.Response:
         json=body, api_key=api_key, settings_json=settings, received_at=received_at
     )
     with core_errors(config):
-        result = await request.app[BATCHER].submit(item, len(body), config.request_timeout_s)
+        result = await request.app[BATCHER].submit(
+            item, len(body), config.request_timeout_s, REQUEST_ID.get() or ""
+        )
     request[ACCOUNT] = result.account
-    return result_response(result, config.retry_after_s)
+    response = result_response(result, config.retry_after_s)
+    if result.message_id:
+        response[MESSAGE_ID] = result.message_id
+    return response
 
 
 async def expect(request: web.Request) -> web.Response | None:

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from http_bridge.app import CoreFactory, create_app
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
+from http_bridge.tls import reload_certificate, server_context
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +23,7 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 def tls_context(config: BridgeConfig) -> ssl.SSLContext | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
+    return server_context(config.tls_cert, config.tls_key)
 
 
 @dataclass
@@ -32,16 +31,31 @@ class BridgeServer:
     runner: web.AppRunner
     port: int
     scheme: str
+    config: BridgeConfig
+    tls: ssl.SSLContext | None = None
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate files (on SIGHUP): new connections get the new
+        certificate, open ones are untouched. False when not serving TLS or the files
+        are bad (the previous certificate stays)."""
+        if self.tls is None or self.config.tls_cert is None or self.config.tls_key is None:
+            log.info("no TLS certificate to reload: the bridge serves plain HTTP")
+            return False
+        return reload_certificate(self.tls, self.config.tls_cert, self.config.tls_key)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, flush the batcher, close the channel."""
         await self.runner.cleanup()
 
 
-async def start_bridge(config: BridgeConfig, core: CoreFactory = GrpcCore) -> BridgeServer:
+async def start_bridge(
+    config: BridgeConfig,
+    core: CoreFactory = GrpcCore,
+    registry: CollectorRegistry | None = None,
+) -> BridgeServer:
     context = tls_context(config)
     runner = web.AppRunner(
-        create_app(config, core),
+        create_app(config, core, registry),
         access_log=None,
         shutdown_timeout=config.shutdown_timeout_s,
         # aiohttp's default 8190-byte header limit would answer a large (but valid)
@@ -68,4 +82,4 @@ async def start_bridge(config: BridgeConfig, core: CoreFactory = GrpcCore) -> Br
             "serving plain HTTP: Segment delivers only over HTTPS, so put a TLS proxy in "
             "front or pass --tls-cert/--tls-key"
         )
-    return BridgeServer(runner, port, scheme)
+    return BridgeServer(runner, port, scheme, config, context)

@@ -8,19 +8,22 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import prometheus_client
+
 from http_bridge.config import BridgeConfig
 from http_bridge.contract.config import ContractConfig
 from http_bridge.contract.report import render_text, write_junit
 from http_bridge.contract.runner import run_contract_test
 from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
-from http_bridge.server import start_bridge
-from service import cli_admin, cli_client, keys
+from http_bridge.server import BridgeServer, start_bridge
+from service import cli_admin, cli_client, keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.in_process import InProcessCore
 from service.server import start_core, wait_for_signal
@@ -65,6 +68,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-fsync", action="store_true", help="synchronous=NORMAL: faster, "
                        "but a power cut may lose acknowledged events")  # fmt: skip
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        dest="trusted_proxies",
+        metavar="CIDR",
+        help="believe X-Forwarded-For/-Proto from this proxy address or range; repeatable "
+        "(env INLET_TRUSTED_PROXIES, comma-separated)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="`serve core`: Prometheus metrics on this port (env INLET_METRICS_PORT); "
+        "the bridge serves them on /metrics",
+    )
+    serve.add_argument("--grpc-tls-cert", help="core: PEM certificate for gRPC over TLS "
+                       "(env INLET_GRPC_TLS_CERT)")  # fmt: skip
+    serve.add_argument("--grpc-tls-key", help="core: its PEM key (env INLET_GRPC_TLS_KEY)")
+    serve.add_argument("--grpc-client-ca", help="core: require client certificates signed by "
+                       "this PEM CA, mTLS (env INLET_GRPC_CLIENT_CA)")  # fmt: skip
+    serve.add_argument("--core-tls-ca", help="bridge: reach the core over TLS, trusting this "
+                       "PEM CA (env INLET_CORE_TLS_CA)")  # fmt: skip
+    serve.add_argument("--core-tls-cert", help="bridge: PEM client certificate for the core "
+                       "(env INLET_CORE_TLS_CERT)")  # fmt: skip
+    serve.add_argument("--core-tls-key", help="bridge: its PEM key (env INLET_CORE_TLS_KEY)")
+    serve.add_argument("--log-traits", action="store_true", default=None,
+                       help="log trait values with each event (env INLET_LOG_TRAITS=1)")  # fmt: skip
 
     key_cmd = commands.add_parser("keys", help="manage API keys (directly in the database)")
     key_actions = key_cmd.add_subparsers(dest="action", required=True)
@@ -129,10 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INLET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(os.environ.get("INLET_LOG_LEVEL", "INFO"))
     try:
         if args.command == "serve":
             _run(_serve(args))
@@ -169,15 +195,28 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
         supported_types=split_list(args.types) if args.types else None,
         durable=False if args.no_fsync else None,
         rate_limit_per_key=args.rate_limit,
+        metrics_port=args.metrics_port,
+        grpc_tls_cert=args.grpc_tls_cert,
+        grpc_tls_key=args.grpc_tls_key,
+        grpc_client_ca=args.grpc_client_ca,
+        log_traits=args.log_traits,
     )
+
+
+def reload_tls_on_sighup(bridge: BridgeServer) -> None:
+    """SIGHUP re-reads the bridge's certificate files (after a renewal), like nginx."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload_tls)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     core = None
     bridge = None
+    # One registry for the process (with Python's process and GC collectors): in
+    # `inlet serve` the bridge's /metrics shows the core's metrics too.
+    registry = prometheus_client.REGISTRY
     try:
         if args.part in ("all", "core"):
-            core = await start_core(core_config(args))
+            core = await start_core(core_config(args), registry=registry)
         if args.part in ("all", "bridge"):
             target = args.core
             if core is not None:
@@ -190,12 +229,17 @@ async def _serve(args: argparse.Namespace) -> None:
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
                 max_body_bytes=args.max_body_bytes,
+                trusted_proxies=tuple(args.trusted_proxies) if args.trusted_proxies else None,
+                core_tls_ca=args.core_tls_ca,
+                core_tls_cert=args.core_tls_cert,
+                core_tls_key=args.core_tls_key,
             )
             if core is None:
-                bridge = await start_bridge(config)
+                bridge = await start_bridge(config, registry=registry)
             else:  # same process: no gRPC hop between bridge and core
                 local = InProcessCore(core, config.retry_after_s)
-                bridge = await start_bridge(config, lambda _: local)
+                bridge = await start_bridge(config, lambda _: local, registry)
+            reload_tls_on_sighup(bridge)
         await wait_for_signal()
         log.info("shutting down: draining in-flight requests")
     finally:

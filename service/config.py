@@ -78,8 +78,25 @@ class CoreConfig:
 
     switch_refresh_s: float = 2.0
     """How often the maintenance switch is re-read from the database (other cores, the CLI)."""
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    """PEM certificate and key: the gRPC port serves TLS only."""
+
+    grpc_client_ca: str | None = None
+    """PEM CA bundle: callers must present a client certificate it signed (mTLS)."""
+
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (on the gRPC listen host); for `serve core`,
+    which has no HTTP port of its own. 0 picks a free port."""
+
+    log_traits: bool = False
+    """Put trait values in the per-event log lines. Customer data: off by default."""
 
     def __post_init__(self) -> None:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
+        if self.grpc_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError("--grpc-client-ca needs --grpc-tls-cert/--grpc-tls-key")
         unknown = set(self.supported_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"unknown event types {sorted(unknown)}: expected {EVENT_TYPES}")
@@ -106,6 +123,11 @@ class CoreConfig:
             "INLET_SWITCH_REFRESH_S": ("switch_refresh_s", float),
             "INLET_PG_POOL_SIZE": ("pg_pool_size", int),
             "INLET_PG_TIMEOUT_S": ("pg_timeout_s", float),
+            "INLET_GRPC_TLS_CERT": ("grpc_tls_cert", str),
+            "INLET_GRPC_TLS_KEY": ("grpc_tls_key", str),
+            "INLET_GRPC_CLIENT_CA": ("grpc_client_ca", str),
+            "INLET_METRICS_PORT": ("metrics_port", int),
+            "INLET_LOG_TRAITS": ("log_traits", env_bool),
         }
         values = {
             name: read(environ[variable])

@@ -8,6 +8,8 @@ core over gRPC; only the bridge in the same process takes this path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from http_bridge.errors import Forbidden, Unauthorized, Unavailable
 from inlet.v1 import admin_pb2, events_pb2
 from service.errors import AuthError, PermissionDenied
@@ -24,9 +26,9 @@ class InProcessCore:
         self._retry_after_s = retry_after_s
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem]
+        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
     ) -> list[events_pb2.IngestResult]:
-        return await self._core.ingestor.ingest(items)
+        return await self._core.ingestor.ingest(items, request_ids=request_ids)
 
     async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
         try:

@@ -11,19 +11,25 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec, timestamp_micros
 from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable
+from service.logs import REQUEST_ID
 from service.maintenance import MaintenanceMode
+from service.metrics import UNKNOWN_TYPE, CoreMetrics
 from service.ratelimit import RateLimiter
 from service.store import EventWrite, KeyRecord, Store
-from service.validation import EVENT_TYPES, canonicalise
+from service.validation import EVENT_TYPES, CanonicalEvent, canonicalise
 
 log = logging.getLogger(__name__)
+event_log = logging.getLogger("inlet.events")
+_OUTCOMES = {0: "unspecified", 1: "stored", 2: "duplicate", 3: "rejected"}
 
 _STORED = events_pb2.OUTCOME_STORED
 _DUPLICATE = events_pb2.OUTCOME_DUPLICATE
@@ -51,7 +57,11 @@ class Ingestor:
         limiter: RateLimiter | None = None,
         max_inflight_events: int = 50_000,
         maintenance: MaintenanceMode | None = None,
+        metrics: CoreMetrics | None = None,
+        log_traits: bool = False,
     ) -> None:
+        """`log_traits`: put trait values in the per-event log line (customer data,
+        so off by default)."""
         self._store = store
         self._auth = auth
         self._supported_types = frozenset(supported_types)
@@ -59,6 +69,9 @@ class Ingestor:
         self._max_inflight = max_inflight_events
         self._inflight = 0
         self._maintenance = maintenance
+        self._metrics = metrics or CoreMetrics(CollectorRegistry())
+        self._metrics.inflight_events.set_function(lambda: self._inflight)
+        self._log_traits = log_traits
 
     @property
     def inflight(self) -> int:
@@ -66,27 +79,41 @@ class Ingestor:
         return self._inflight
 
     async def ingest(
-        self, items: Sequence[events_pb2.IngestItem], call_key: str | None = None
+        self,
+        items: Sequence[events_pb2.IngestItem],
+        call_key: str | None = None,
+        request_ids: Sequence[str] = (),
     ) -> list[events_pb2.IngestResult]:
-        """Process `items`; `call_key` is the key from call metadata (for items without one).
+        """Process `items`; `call_key` is the key from call metadata (for items without one);
+        `request_ids`, when one per item, name each item's request in the logs.
 
         Past `max_inflight_events` events being processed at once, a call is refused
         whole with UNAVAILABLE at once (HTTP 503): memory stays bounded and callers
         retry, instead of every event waiting longer and longer.
         """
-        if self._maintenance is not None and self._maintenance.on:
-            error = self._maintenance.error()
-            return [rejected(error) for _ in items]
-        # An idle core takes any call, however large: refusing one that can never fit
-        # would make its caller retry forever.
-        if self._inflight and self._inflight + len(items) > self._max_inflight:
-            error = Overloaded("the core is overloaded, retry later", "overloaded")
-            return [rejected(error) for _ in items]
-        self._inflight += len(items)
+        if len(request_ids) != len(items):
+            request_ids = ()
+        # Each item's lines carry its own request id; the call's id is restored after.
+        token = REQUEST_ID.set(REQUEST_ID.get())
         try:
-            return await self._ingest(items, call_key)
+            if self._maintenance is not None and self._maintenance.on:
+                results = [rejected(self._maintenance.error()) for _ in items]
+                self._account(results, {}, {}, request_ids)
+                return results
+            # An idle core takes any call, however large: refusing one that can never
+            # fit would make its caller retry forever.
+            if self._inflight and self._inflight + len(items) > self._max_inflight:
+                error = Overloaded("the core is overloaded, retry later", "overloaded")
+                results = [rejected(error) for _ in items]
+                self._account(results, {}, {}, request_ids)
+                return results
+            self._inflight += len(items)
+            try:
+                return await self._ingest(items, call_key, request_ids)
+            finally:
+                self._inflight -= len(items)
         finally:
-            self._inflight -= len(items)
+            REQUEST_ID.reset(token)
 
     def _limit(self, key_id: str, count: int) -> RateLimited | None:
         assert self._limiter is not None
@@ -100,7 +127,10 @@ class Ingestor:
         )
 
     async def _ingest(
-        self, items: Sequence[events_pb2.IngestItem], call_key: str | None
+        self,
+        items: Sequence[events_pb2.IngestItem],
+        call_key: str | None,
+        request_ids: Sequence[str],
     ) -> list[events_pb2.IngestResult]:
         now_us = time.time_ns() // 1000
         results: list[events_pb2.IngestResult | None] = [None] * len(items)
@@ -111,8 +141,11 @@ class Ingestor:
         # The rate limit admits or refuses all of a key's items in a call together.
         limited: dict[str, RateLimited | None] = {}
         per_key = Counter(item.api_key or call_key or "" for item in items) if self._limiter else {}
+        senders: dict[int, KeyRecord] = {}  # position -> its valid key, for the log
 
         for position, item in enumerate(items):
+            if request_ids:
+                REQUEST_ID.set(request_ids[position])  # auth's log lines name the request
             api_key = item.api_key or call_key or ""
             record = keys.get(api_key)
             if record is None:
@@ -124,6 +157,7 @@ class Ingestor:
             if isinstance(record, InletError):
                 results[position] = rejected(record)
                 continue
+            senders[position] = record
             if self._limiter is not None:
                 if api_key not in limited:
                     limited[api_key] = self._limit(record.key_id, per_key[api_key])
@@ -149,6 +183,7 @@ class Ingestor:
             accounts.append(record.account_name)
 
         if writes:
+            started = time.perf_counter()
             try:
                 sequences = await self._store.write_events(writes)
             except StoreUnavailable as error:
@@ -156,6 +191,7 @@ class Ingestor:
                 for position, account in zip(positions, accounts, strict=True):
                     results[position] = rejected(error, account)
             else:
+                self._metrics.store_write.observe(time.perf_counter() - started)
                 for position, write, sequence, account in zip(
                     positions, writes, sequences, accounts, strict=True
                 ):
@@ -167,7 +203,55 @@ class Ingestor:
                     )
         done = [result for result in results if result is not None]
         assert len(done) == len(items), "every item must have a result"
+        accepted = {position: write for position, write in zip(positions, writes, strict=True)}
+        self._account(done, accepted, senders, request_ids)
         return done
+
+    def _account(
+        self,
+        results: Sequence[events_pb2.IngestResult],
+        accepted: dict[int, EventWrite],
+        senders: dict[int, KeyRecord],
+        request_ids: Sequence[str],
+    ) -> None:
+        """Count each event, and log one line per event: the request id, messageId,
+        account and key id, type, outcome. Never the key, never event contents (trait
+        values only with `log_traits`)."""
+        metrics = self._metrics
+        logging_on = event_log.isEnabledFor(logging.INFO)
+        for position, result in enumerate(results):
+            write = accepted.get(position)
+            event_type = write.event.type if write is not None else UNKNOWN_TYPE
+            if result.outcome == _STORED:
+                metrics.stored(event_type).inc()
+            elif result.outcome == _DUPLICATE:
+                metrics.duplicate(event_type).inc()
+            else:
+                metrics.rejected(event_type, result.reason).inc()
+            if not logging_on:
+                continue
+            if request_ids:
+                REQUEST_ID.set(request_ids[position])
+            fields: dict[str, Any] = {"outcome": _OUTCOMES.get(result.outcome, "unspecified")}
+            sender = senders.get(position)
+            if sender is not None:
+                fields["account_id"] = sender.account_id
+                fields["key_id"] = sender.key_id
+            if write is not None:
+                fields["messageId"] = write.event.message_id
+                fields["type"] = event_type
+                if self._log_traits:
+                    fields["traits"] = _traits(write.event)
+            if result.outcome == _REJECTED:
+                fields["reason"] = result.reason
+            event_log.info("event %s", fields["outcome"], extra={"fields": fields})
+
+
+def _traits(event: CanonicalEvent) -> Any:
+    for key, value in event.body.items():
+        if key.lower() == "traits":
+            return value
+    return None
 
 
 def _raw_json(item: events_pb2.IngestItem) -> bytes:

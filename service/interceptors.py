@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from service.logs import REQUEST_ID, call_request_id, split_request_ids
+from service.metrics import CoreMetrics
 from service.rpc import abort
+
+access_log = logging.getLogger("inlet.grpc")
 
 
 class _Undecodable:
@@ -58,5 +64,72 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             checked,
             request_deserializer=tolerant,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, name: str) -> str | None:
+    for key, value in details.invocation_metadata or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Per call: the request id (from `x-request-id` metadata, else new) on every line
+    logged while it runs, one access log line, and the call's metrics.
+
+    Per call, not per event: a batch from the bridge is one call. Unary-unary methods
+    only (all of Inlet's); others pass through untouched.
+    """
+
+    def __init__(self, metrics: CoreMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown method (grpc answers UNIMPLEMENTED): no label for it
+        method = handler_call_details.method
+        call_id = call_request_id(
+            split_request_ids(_metadata_value(handler_call_details, "x-request-id"))
+        )
+        behaviour = handler.unary_unary
+        level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
+        metrics = self._metrics
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = REQUEST_ID.set(call_id)
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behaviour(request, context)  # type: ignore[arg-type]
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                metrics.rpc(method, name, elapsed)
+                access_log.log(level, "%s %s", method, name, extra={"fields": {
+                    "method": method, "code": name, "duration_ms": round(elapsed * 1000, 3),
+                    "peer": context.peer(),
+                }})  # fmt: skip
+                REQUEST_ID.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -7,10 +7,13 @@ import logging
 import signal
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from inlet.v1 import (
     admin_pb2,
@@ -25,8 +28,9 @@ from service.auth import Authenticator
 from service.config import CoreConfig, open_configured_store
 from service.feed import Feed
 from service.ingest import Ingestor
-from service.interceptors import DecodeErrorInterceptor
+from service.interceptors import AccessInterceptor, DecodeErrorInterceptor
 from service.maintenance import MaintenanceMode
+from service.metrics import CoreMetrics
 from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
 from service.servicer import EventServicer
@@ -53,7 +57,22 @@ def server_options(config: CoreConfig) -> list[tuple[str, int]]:
         # grpc sets SO_REUSEPORT by default: a second core on the same port would
         # start "successfully" and split traffic with the first. Fail instead.
         ("grpc.so_reuseport", 0),
+        # A batch call from the bridge names each of its requests in `x-request-id`
+        # (up to 32 KiB); the default 8 KiB metadata limit would refuse it.
+        ("grpc.max_metadata_size", 64 * 1024),
+        ("grpc.absolute_max_metadata_size", 64 * 1024),
     ]
+
+
+def server_credentials(config: CoreConfig) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port; with a client CA, callers must present a certificate."""
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        return None
+    pair = (Path(config.grpc_tls_key).read_bytes(), Path(config.grpc_tls_cert).read_bytes())
+    client_ca = Path(config.grpc_client_ca).read_bytes() if config.grpc_client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 @dataclass
@@ -70,7 +89,13 @@ class CoreServer:
     maintenance: MaintenanceMode
     auth: Authenticator
     background: list[asyncio.Task[None]]
+    metrics: CoreMetrics
+    metrics_server: WSGIServer | None = None
     serving: bool = True
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else self.metrics_server.server_port
 
     async def stop(self, grace: float | None = None) -> None:
         # Health first, so load balancers and bridges' /readyz stop routing here;
@@ -84,10 +109,19 @@ class CoreServer:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
-async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServer:
-    """Open the store and start serving; return once the port is bound."""
+async def start_core(
+    config: CoreConfig, store: Store | None = None, registry: CollectorRegistry | None = None
+) -> CoreServer:
+    """Open the store and start serving; return once the port is bound.
+
+    Metrics go to `registry` (a new one by default): `inlet serve` shares one with the
+    bridge, whose /metrics then shows both."""
+    metrics = CoreMetrics(registry or CollectorRegistry())
     store = store or open_configured_store(config)
     await store.open()
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
@@ -95,12 +129,14 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
     maintenance = MaintenanceMode(store, config.switch_refresh_s)
     await maintenance.refresh()
     ingestor = Ingestor(
-        store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance
-    )
+        store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance,
+        metrics=metrics, log_traits=config.log_traits,
+    )  # fmt: skip
     feed = Feed(store, poll_s=config.feed_poll_s or store.feed_poll_s)
 
     server = grpc.aio.server(
-        interceptors=[DecodeErrorInterceptor()], options=server_options(config)
+        interceptors=[AccessInterceptor(metrics), DecodeErrorInterceptor()],
+        options=server_options(config),
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(ingestor, config, store, auth, feed), server
@@ -115,22 +151,41 @@ async def start_core(config: CoreConfig, store: Store | None = None) -> CoreServ
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as exc:
+        credentials = server_credentials(config)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
+    except (RuntimeError, OSError) as exc:
         await store.close()
         raise OSError(f"cannot listen on {config.listen} for gRPC: {exc}") from None
+    metrics_server = None
+    if config.metrics_port is not None:
+        host = config.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+        try:
+            metrics_server, _ = start_http_server(
+                config.metrics_port, addr=host, registry=metrics.registry
+            )
+        except OSError:
+            await store.close()
+            raise
     await server.start()
     for name in SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "core listening on %s (gRPC), store %s",
+        "core listening on %s (gRPC%s), store %s",
         _with_port(config.listen, port),
+        ", TLS" + (" with client certificates" if config.grpc_client_ca else "")
+        if credentials else "",
         redact(config.database),
     )
+    if metrics_server is not None:
+        log.info("core metrics on http://%s:%d/metrics", host, metrics_server.server_port)
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
     return CoreServer(
-        server, health_servicer, store, ingestor, port, config, feed, maintenance, auth, background
-    )
+        server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
+        background, metrics, metrics_server,
+    )  # fmt: skip
 
 
 def redact(database: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from inlet.v1 import events_pb2, events_pb2_grpc
 from service import cursors
@@ -12,6 +13,7 @@ from service.convert import timestamp_micros
 from service.errors import InvalidArgument, InvalidEvent
 from service.feed import Feed
 from service.ingest import Ingestor
+from service.logs import split_request_ids
 from service.messages import stored_event
 from service.rpc import Context, abort, caller, rpc, stream_rpc
 from service.store import Store
@@ -47,6 +49,14 @@ def _micros(request: events_pb2.ListEventsRequest, field: str) -> int | None:
         raise InvalidArgument(error.message, "invalid_time", field) from None
 
 
+def request_ids_of(metadata: Any) -> tuple[str, ...]:
+    """Per-item request ids a batch call from the bridge carries in `x-request-id`."""
+    for name, value in metadata or ():
+        if name == "x-request-id" and isinstance(value, str):
+            return split_request_ids(value)
+    return ()
+
+
 class EventServicer(events_pb2_grpc.EventServiceServicer):
     def __init__(
         self, ingestor: Ingestor, config: CoreConfig, store: Store, auth: Authenticator, feed: Feed
@@ -77,8 +87,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"a batch may hold at most {self._config.max_batch_items} items",
                 "batch_too_large",
             )
+        metadata = context.invocation_metadata()
         results = await self._ingestor.ingest(
-            request.items, bearer_key(context.invocation_metadata())
+            request.items, bearer_key(metadata), request_ids_of(metadata)
         )
         return events_pb2.IngestBatchResponse(results=results)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from http_bridge.config import BridgeConfig
 from http_bridge.server import BridgeServer, start_bridge
 from service import keys
@@ -75,18 +77,20 @@ async def start_stack(
     bridge_config: BridgeConfig | None = None,
     busy_timeout_ms: int = 2000,
     database: str | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Stack:
-    """`database`: a postgresql:// DSN to use instead of SQLite under `data_dir`."""
+    """`database`: a postgresql:// DSN to use instead of SQLite under `data_dir`.
+    `registry`: one for both halves (as `inlet serve` has), else one each."""
     config = core_config or CoreConfig(listen="127.0.0.1:0")
     store: Store
     if database is None:
         store = SqliteStore(data_dir / "inlet.db", busy_timeout_ms=busy_timeout_ms)
     else:
         store = open_store(database, pool_size=4)
-    core = await start_core(config, store)
+    core = await start_core(config, store, registry)
     bridge_config = bridge_config or BridgeConfig(host="127.0.0.1", port=0)
     bridge_config = dataclasses.replace(bridge_config, core_target=f"127.0.0.1:{core.port}")
-    bridge = await start_bridge(bridge_config)
+    bridge = await start_bridge(bridge_config, registry=registry)
     stack = Stack(core, bridge, store)
     await stack.add_key("ingest")
     await stack.add_key("admin", scopes=("ingest", "read", "admin"))

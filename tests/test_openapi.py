@@ -97,3 +97,9 @@ def test_every_route_of_the_bridge_is_documented() -> None:
     }
     spec = {(path, method) for path, item in SPEC["paths"].items() for method in item}
     assert routes == spec
+
+
+def test_metrics_is_documented_as_prometheus_text() -> None:
+    responses = SPEC["paths"]["/metrics"]["get"]["responses"]
+    assert set(responses) == {"200", "500"}
+    assert "text/plain" in responses["200"]["content"]

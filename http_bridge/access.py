@@ -1,0 +1,92 @@
+"""The outermost middleware: request id, access log line, request metrics.
+
+Every request gets an id: the caller's `X-Request-Id` when it is sane (a proxy in
+front may have set it), else a new one. It is echoed in the response's
+`X-Request-Id`, set in `service.logs.REQUEST_ID` for every line logged while the
+request is handled, and sent to the core with the batch that carries the event.
+
+The log line names the route, status, duration, client (see forwarded.py), the
+`messageId` and the error `code` where there is one; never the Authorization header
+or the body. The core logs the account, key id and type of the same request under
+the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from http_bridge.forwarded import Forwarding
+from http_bridge.metrics import METRICS, BridgeMetrics, RouteMetrics
+from service.logs import REQUEST_ID, sane_request_id
+
+log = logging.getLogger("inlet.access")
+
+MESSAGE_ID: Final = web.ResponseKey("message_id", str)
+ERROR_CODE: Final = web.ResponseKey("error_code", str)
+FORWARDING: Final = web.AppKey("forwarding", Forwarding)
+
+# Probes and scrapes arrive every few seconds: logged at DEBUG, not INFO.
+QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _route(metrics: BridgeMetrics, request: web.Request) -> RouteMetrics:
+    resource = request.match_info.route.resource
+    if resource is None:  # no route matched: 404, or 405 on a known path
+        return metrics.unmatched
+    return metrics.route(resource.canonical)
+
+
+@web.middleware
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = sane_request_id(request.headers.get("X-Request-Id"))
+    token = REQUEST_ID.set(request_id)
+    metrics = request.app[METRICS]
+    metrics.in_flight += 1
+    try:
+        response = await handler(request)
+        response.headers["X-Request-Id"] = request_id
+        elapsed = time.perf_counter() - started
+        route = _route(metrics, request)
+        route.count(response.status)
+        route.latency.observe(elapsed)
+        _log(request, response, route, elapsed)
+        return response
+    finally:
+        metrics.in_flight -= 1
+        REQUEST_ID.reset(token)
+
+
+def _log(
+    request: web.Request, response: web.StreamResponse, route: RouteMetrics, elapsed: float
+) -> None:
+    level = logging.DEBUG if route.name in QUIET_ROUTES else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    client = request.app[FORWARDING].client(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        request.headers.get("X-Forwarded-Proto"),
+        request.scheme,
+    )
+    fields: dict[str, object] = {
+        "method": request.method,
+        "route": route.name,
+        "status": response.status,
+        "duration_ms": round(elapsed * 1000, 3),
+        "client": client.address,
+        "scheme": client.scheme,
+    }
+    message_id = response.get(MESSAGE_ID)
+    if message_id:
+        fields["messageId"] = message_id
+    code = response.get(ERROR_CODE)
+    if code:
+        fields["code"] = code
+    log.log(level, "%s %s %d", request.method, route.name, response.status,
+            extra={"fields": fields})  # fmt: skip

@@ -1,0 +1,133 @@
+"""Prometheus metrics: what an operator graphs and alerts on, and what must never be in them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import CoreConfig
+from service.server import start_core
+from service.store import SqliteStore
+from tests.stack import Stack, basic, start_stack
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def shared(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Core and bridge on one registry, as in `inlet serve`."""
+    stack = await start_stack(tmp_path, registry=CollectorRegistry())
+    yield stack
+    await stack.stop()
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[str, Samples]:
+    async with session.get(url) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = await reply.text()
+    return text, parse(text)
+
+
+async def test_requests_events_latencies_and_batches_are_counted(shared: Stack) -> None:
+    auth = {"Authorization": basic(shared.keys["ingest"])}
+    track = {"type": "track", "userId": "u1", "event": "Paid", "messageId": "m-1"}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # stored, then duplicate
+            async with session.post(shared.url + "/segment", json=track, headers=auth) as reply:
+                assert reply.status == 200
+        bad = {"type": "track", "userId": "u1"}  # no `event`
+        async with session.post(shared.url + "/segment", json=bad, headers=auth) as reply:
+            assert reply.status == 400
+        wrong = {"Authorization": basic("inlet_0123456789abcdef_" + "x" * 43)}
+        async with session.post(shared.url + "/segment", json=track, headers=wrong) as reply:
+            assert reply.status == 401
+        _, samples = await scrape(session, shared.url + "/metrics")
+
+    requests = "inlet_http_requests_total"
+    assert value(samples, requests, route="/segment", status="200") == 2
+    assert value(samples, requests, route="/segment", status="400") == 1
+    assert value(samples, requests, route="/segment", status="401") == 1
+    events = "inlet_events_total"
+    assert value(samples, events, type="track", outcome="stored", reason="") == 1
+    assert value(samples, events, type="track", outcome="duplicate", reason="") == 1
+    assert value(samples, events, type="unknown", outcome="rejected", reason="missing_field") == 1
+    assert value(samples, events, type="unknown", outcome="rejected", reason="invalid_api_key") == 1
+    assert value(samples, "inlet_http_request_duration_seconds_count", route="/segment") == 4
+    assert value(samples, "inlet_core_call_duration_seconds_count", result="ok") == 4
+    assert value(samples, "inlet_core_call_events_sum") == 4
+    assert value(samples, "inlet_store_write_duration_seconds_count") == 2  # two valid events
+    assert value(samples, "inlet_grpc_requests_total",
+                 method="/inlet.v1.EventService/IngestBatch", code="OK") == 4  # fmt: skip
+    # The scrape itself is in flight while it is rendered; nothing else is.
+    assert value(samples, "inlet_http_requests_in_flight") == 1
+    assert value(samples, "inlet_bridge_queued_requests") == 0
+    assert value(samples, "inlet_core_events_in_flight") == 0
+
+
+async def test_route_labels_stay_bounded_under_a_scan_of_random_paths(shared: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def probe(index: int) -> None:
+            path = f"/{uuid.uuid4().hex}/{index}?q={uuid.uuid4().hex}"
+            async with session.request(("GET", "POST")[index % 2], shared.url + path) as reply:
+                assert reply.status == 404
+            async with session.get(shared.url + "/segment") as reply:  # 405, known path
+                assert reply.status == 405
+
+        await asyncio.gather(*(probe(i) for i in range(100)))
+        text, samples = await scrape(session, shared.url + "/metrics")
+
+    routes = {dict(labels).get("route") for (name, labels) in samples if "inlet_http" in name}
+    assert routes <= {None, "/segment", "/healthz", "/readyz", "/metrics", "unmatched"}
+    assert value(samples, "inlet_http_requests_total", route="unmatched", status="404") == 100
+    assert value(samples, "inlet_http_requests_total", route="unmatched", status="405") == 100
+    assert "/0" not in text and "q=" not in text
+
+
+async def test_no_key_user_or_event_data_in_any_label(shared: Stack) -> None:
+    key = shared.keys["ingest"]
+    event = {"type": "identify", "userId": "user-7f3a9c", "messageId": "msg-5e1d2b",
+             "traits": {"email": "peter@example.com"}}  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": basic(key), "X-Request-Id": "req-4b8e0f"}
+        async with session.post(shared.url + "/segment", json=event, headers=headers) as reply:
+            assert reply.status == 200
+        text, _ = await scrape(session, shared.url + "/metrics")
+    account_id = str(shared.account_ids["acme"])
+    for secret in (key, key.split("_")[1], key.split("_")[2], "user-7f3a9c", "msg-5e1d2b",
+                   "peter@example.com", "req-4b8e0f", 'account="' + account_id):  # fmt: skip
+        assert secret not in text
+
+
+async def test_the_core_serves_its_metrics_on_its_own_port(tmp_path: Path) -> None:
+    config = CoreConfig(listen="127.0.0.1:0", metrics_port=0)
+    core = await start_core(config, SqliteStore(tmp_path / "inlet.db"))
+    try:
+        assert core.metrics_port
+        core.metrics.subscriber_lag.labels("audit-export").set(42)  # the hook for Subscribe
+        async with aiohttp.ClientSession() as session:
+            _, samples = await scrape(session, f"http://127.0.0.1:{core.metrics_port}/metrics")
+        assert ("inlet_core_events_in_flight", ()) in samples
+        assert value(samples, "inlet_subscriber_lag_events", subscriber="audit-export") == 42
+    finally:
+        await core.stop(grace=0)
