@@ -1,0 +1,156 @@
+"""Structured logs: a request id on every line of a request, across the gRPC hop, and
+nothing secret or personal in them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from http_bridge.config import BridgeConfig
+from http_bridge.server import start_bridge
+from service.config import CoreConfig
+from service.logs import JsonFormatter, TextFormatter, configure, sane_request_id
+from tests.stack import Stack, basic, start_stack
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines()]
+
+
+@pytest.fixture
+def logs() -> Iterator[Captured]:
+    """Every logger's records as the JSON lines `inlet serve` writes, at DEBUG."""
+    captured = Captured()
+    handler = logging.StreamHandler(captured.stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield captured
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+async def post(
+    stack: Stack, event: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    headers = {"Authorization": basic(stack.keys["ingest"]), **(headers or {})}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/segment", json=event, headers=headers) as reply,
+    ):
+        return reply.status, reply.headers["X-Request-Id"]
+
+
+TRACK = {"type": "track", "userId": "u1", "event": "Logged", "messageId": "log-1"}
+
+
+async def test_the_request_id_is_echoed_and_on_every_line_of_the_request(
+    stack: Stack, logs: Captured
+) -> None:
+    status, echoed = await post(stack, TRACK, {"X-Request-Id": "lb-7f3a.9c"})
+    assert (status, echoed) == (200, "lb-7f3a.9c")
+    mine = [line for line in logs.lines() if line.get("request_id") == "lb-7f3a.9c"]
+    by_logger = {line["logger"]: line for line in mine}
+    access = by_logger["inlet.access"]  # the bridge's line
+    assert access["status"] == 200 and access["route"] == "/segment"
+    assert access["messageId"] == "log-1" and access["duration_ms"] > 0
+    event = by_logger["inlet.events"]  # the core's line, across the gRPC hop
+    assert event["messageId"] == "log-1" and event["type"] == "track"
+    assert event["outcome"] == "stored"
+    assert event["account_id"] == stack.account_ids["acme"] and event["key_id"]
+    assert by_logger["inlet.grpc"]["code"] == "OK"
+
+
+@pytest.mark.parametrize(
+    "offered", ["", "x" * 65, "a b", "id\r\nX-Evil: 1", "ünïcode", "a,b", "<script>"]
+)
+def test_an_insane_incoming_request_id_is_replaced(offered: str) -> None:
+    chosen = sane_request_id(offered)
+    assert chosen != offered and len(chosen) == 16
+
+
+async def test_requests_sharing_one_batch_keep_their_own_ids(
+    stack: Stack, logs: Captured
+) -> None:
+    events = [{**TRACK, "messageId": f"batch-{i}"} for i in range(40)]
+    replies = await asyncio.gather(
+        *(post(stack, event, {"X-Request-Id": f"req-{i}"}) for i, event in enumerate(events))
+    )
+    assert all(status == 200 for status, _ in replies)
+    for line in logs.lines():
+        if line["logger"] == "inlet.events":
+            assert line["request_id"] == "req-" + line["messageId"].removeprefix("batch-")
+
+
+async def test_keys_authorization_and_trait_values_are_never_logged(
+    stack: Stack, logs: Captured
+) -> None:
+    key = stack.keys["ingest"]
+    identify = {"type": "identify", "userId": "u1", "messageId": "log-2",
+                "traits": {"email": "peter@example.com"}}  # fmt: skip
+    assert (await post(stack, identify))[0] == 200
+    wrong = key[:-4] + "AAAA"  # a wrong secret for a real key id
+    assert (await post(stack, identify, {"Authorization": basic(wrong)}))[0] == 401
+    assert (await post(stack, identify, {"Authorization": "Bearer " + key}))[0] == 401
+    assert logs.lines(), "the requests were logged"
+    for secret in (key, key.split("_")[2], wrong.split("_")[2], basic(key), basic(wrong)):
+        assert secret not in logs.text
+    assert "peter@example.com" not in logs.text
+
+
+async def test_trait_values_are_logged_only_when_asked(tmp_path: Path, logs: Captured) -> None:
+    stack = await start_stack(tmp_path, CoreConfig(listen="127.0.0.1:0", log_traits=True))
+    try:
+        identify = {"type": "identify", "userId": "u1", "traits": {"email": "peter@example.com"}}
+        assert (await post(stack, identify))[0] == 200
+    finally:
+        await stack.stop()
+    (event,) = [line for line in logs.lines() if line["logger"] == "inlet.events"]
+    assert event["traits"] == {"email": "peter@example.com"}
+
+
+async def test_plain_http_warns_once_that_segment_needs_https(logs: Captured) -> None:
+    bridge = await start_bridge(BridgeConfig(host="127.0.0.1", port=0, core_target="127.0.0.1:1"))
+    await bridge.stop()
+    warnings = [line for line in logs.lines() if line["level"] == "WARNING"]
+    assert len(warnings) == 1 and "HTTPS" in warnings[0]["message"]
+
+
+def test_json_lines_unless_a_terminal_reads_them() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for stream, formatter in ((io.StringIO(), JsonFormatter), (Terminal(), TextFormatter)):
+            configure("INFO", stream)
+            (handler,) = root.handlers
+            assert isinstance(handler.formatter, formatter)
+            logging.getLogger("inlet.test").info("hello", extra={"fields": {"status": 200}})
+            output = stream.getvalue()
+            if formatter is JsonFormatter:
+                assert json.loads(output)["status"] == 200
+            else:
+                assert output.rstrip().endswith("hello status=200")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
