@@ -86,9 +86,7 @@ class CoreMetrics:
     def duplicate(self, event_type: str) -> Counter:
         child = self._duplicate.get(event_type)
         if child is None:
-            child = self._duplicate[event_type] = self._events.labels(
-                event_type, "duplicate", ""
-            )
+            child = self._duplicate[event_type] = self._events.labels(event_type, "duplicate", "")
         return child
 
     def rejected(self, event_type: str, reason: str) -> Counter:

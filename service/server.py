@@ -172,11 +172,13 @@ async def start_core(
     await server.start()
     for name in SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    security = ""
+    if credentials is not None:
+        security = ", TLS with client certificates" if config.grpc_client_ca else ", TLS"
     log.info(
         "core listening on %s (gRPC%s), store %s",
         _with_port(config.listen, port),
-        ", TLS" + (" with client certificates" if config.grpc_client_ca else "")
-        if credentials else "",
+        security,
         redact(config.database),
     )
     if metrics_server is not None:

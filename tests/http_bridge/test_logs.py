@@ -87,9 +87,7 @@ def test_an_insane_incoming_request_id_is_replaced(offered: str) -> None:
     assert chosen != offered and len(chosen) == 16
 
 
-async def test_requests_sharing_one_batch_keep_their_own_ids(
-    stack: Stack, logs: Captured
-) -> None:
+async def test_requests_sharing_one_batch_keep_their_own_ids(stack: Stack, logs: Captured) -> None:
     events = [{**TRACK, "messageId": f"batch-{i}"} for i in range(40)]
     replies = await asyncio.gather(
         *(post(stack, event, {"X-Request-Id": f"req-{i}"}) for i, event in enumerate(events))
