@@ -25,6 +25,7 @@ from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder, recording
 from http_bridge.sdk_routes import sdk_handler
 from inlet.v1 import events_pb2
+from service.logs import REQUEST_ID, call_request_id
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,12 @@ def observed(core: Core, metrics: BridgeMetrics) -> Send:
 
     async def send(items: list[events_pb2.IngestItem]) -> list[events_pb2.IngestResult]:
         started = time.perf_counter()
+        request_ids = BATCH_TAGS.get()
+        # This batch task inherited the id of whichever request dispatched it; lines
+        # about the whole call name all of its requests instead.
+        REQUEST_ID.set(call_request_id(request_ids))
         try:
-            results = await core.ingest_batch(items, BATCH_TAGS.get())
+            results = await core.ingest_batch(items, request_ids)
         except BaseException:
             error.observe(time.perf_counter() - started)
             raise

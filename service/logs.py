@@ -55,7 +55,7 @@ def split_request_ids(value: str | None) -> tuple[str, ...]:
 
 def call_request_id(ids: tuple[str, ...]) -> str:
     """One id naming a call: its only request's, `first+N` for a batch, else a new one."""
-    if not ids:
+    if not ids or not all(ids):
         return new_request_id()
     return ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
 

@@ -152,3 +152,14 @@ def test_json_lines_unless_a_terminal_reads_them() -> None:
                 assert output.rstrip().endswith("hello status=200")
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_a_batch_call_is_named_by_its_requests() -> None:
+    from service.logs import call_request_id, split_request_ids
+
+    assert split_request_ids("ok,b c")[0] == "ok" and split_request_ids("ok,b c")[1] != "b c"
+    ids = split_request_ids("req-1,req-2,req-3")
+    assert ids == ("req-1", "req-2", "req-3")
+    assert call_request_id(ids) == "req-1+2"
+    assert call_request_id(("req-1",)) == "req-1"
+    assert len(call_request_id(())) == len(call_request_id(("",))) == 16
