@@ -163,3 +163,18 @@ def test_a_batch_call_is_named_by_its_requests() -> None:
     assert call_request_id(ids) == "req-1+2"
     assert call_request_id(("req-1",)) == "req-1"
     assert len(call_request_id(())) == len(call_request_id(("",))) == 16
+
+
+async def test_at_info_a_stored_event_is_one_access_line_a_rejection_names_its_sender(
+    stack: Stack, logs: Captured
+) -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    assert (await post(stack, TRACK, {"X-Request-Id": "ok-1"}))[0] == 200
+    bad = {"type": "track", "userId": "u1", "messageId": "log-bad"}  # no `event`
+    assert (await post(stack, bad, {"X-Request-Id": "bad-1"}))[0] == 400
+    events = [line for line in logs.lines() if line["logger"] == "inlet.events"]
+    (rejected,) = events  # the stored event's own line is DEBUG
+    assert rejected["request_id"] == "bad-1" and rejected["reason"] == "missing_field"
+    assert rejected["account_id"] == stack.account_ids["acme"] and rejected["key_id"]
+    accesses = [line for line in logs.lines() if line["logger"] == "inlet.access"]
+    assert [line["request_id"] for line in accesses] == ["ok-1", "bad-1"]
