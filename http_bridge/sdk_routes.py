@@ -24,6 +24,7 @@ from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.status_map import RETRY_LATER
 from inlet.v1 import events_pb2
+from service.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def sdk_handler(route: str) -> Handler:
             size = sum(len(item.json) for item in items)
             with core_errors(config):
                 results = await request.app[BATCHER].submit_many(
-                    items, size, config.request_timeout_s
+                    items, size, config.request_timeout_s, REQUEST_ID.get() or ""
                 )
         request[ACCOUNT] = next((r.account for r in results if r.account), "")
         core_verdicts = iter(results)

@@ -178,3 +178,18 @@ async def test_at_info_a_stored_event_is_one_access_line_a_rejection_names_its_s
     assert rejected["account_id"] == stack.account_ids["acme"] and rejected["key_id"]
     accesses = [line for line in logs.lines() if line["logger"] == "inlet.access"]
     assert [line["request_id"] for line in accesses] == ["ok-1", "bad-1"]
+
+
+async def test_every_event_of_an_sdk_batch_is_logged_under_its_request_id(
+    stack: Stack, logs: Captured
+) -> None:
+    batch = {"batch": [{**TRACK, "type": "track", "messageId": f"sdk-{i}"} for i in range(3)]}
+    headers = {"Authorization": basic(stack.keys["ingest"]), "X-Request-Id": "sdk-req"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/v1/batch", json=batch, headers=headers) as reply,
+    ):
+        assert reply.status == 200 and reply.headers["X-Request-Id"] == "sdk-req"
+    events = [line for line in logs.lines() if line["logger"] == "inlet.events"]
+    assert sorted(line["messageId"] for line in events) == ["sdk-0", "sdk-1", "sdk-2"]
+    assert {line["request_id"] for line in events} == {"sdk-req"}
