@@ -6,9 +6,9 @@ front may have set it), else a new one. It is echoed in the response's
 request is handled, and sent to the core with the batch that carries the event.
 
 The log line names the route, status, duration, client (see forwarded.py), the
-`messageId` and the error `code` where there is one; never the Authorization header
-or the body. The core logs the account, key id and type of the same request under
-the same id.
+`messageId`, the account and the error `code` where there is one; never the
+Authorization header or the body. The core logs rejected events (and, at DEBUG,
+every event) with the account id, key id and type under the same request id.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 
 from http_bridge.forwarded import Forwarding
 from http_bridge.metrics import METRICS, BridgeMetrics, RouteMetrics
+from http_bridge.recorder import ACCOUNT
 from service.logs import REQUEST_ID, sane_request_id
 
 log = logging.getLogger("inlet.access")
@@ -85,6 +86,9 @@ def _log(
     message_id = response.get(MESSAGE_ID)
     if message_id:
         fields["messageId"] = message_id
+    account = request.get(ACCOUNT)  # the core's answer names the key's account
+    if account:
+        fields["account"] = account
     code = response.get(ERROR_CODE)
     if code:
         fields["code"] = code

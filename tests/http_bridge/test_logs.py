@@ -72,6 +72,7 @@ async def test_the_request_id_is_echoed_and_on_every_line_of_the_request(
     access = by_logger["inlet.access"]  # the bridge's line
     assert access["status"] == 200 and access["route"] == "/segment"
     assert access["messageId"] == "log-1" and access["duration_ms"] > 0
+    assert access["account"] == "acme"
     event = by_logger["inlet.events"]  # the core's line, across the gRPC hop
     assert event["messageId"] == "log-1" and event["type"] == "track"
     assert event["outcome"] == "stored"
