@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -91,6 +92,8 @@ def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str]
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if match := re.search(ready, line):
+            # Keep reading: request log lines would fill the pipe and block the server.
+            threading.Thread(target=process.stderr.read, daemon=True).start()
             return process, match
         if not line and process.poll() is not None:
             break

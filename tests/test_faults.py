@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -57,6 +58,9 @@ def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subp
             break
         if not line and proc.poll() is not None:
             raise AssertionError(f"inlet {args} exited with {proc.returncode}")
+    # Keep reading: a log line per request fills the 64 KiB pipe in a few hundred
+    # requests, and a server whose stderr is full blocks in its next log call.
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
     try:
         yield proc
     finally:
