@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from service.errors import Unavailable
+from service.metrics import CoreMetrics
 from service.store import Store
 from service.store.base import EventQuery, StoredRecord
 
 
 class Feed:
-    def __init__(self, store: Store, poll_s: float = 1.0, page_size: int = 256) -> None:
+    def __init__(
+        self,
+        store: Store,
+        poll_s: float = 1.0,
+        page_size: int = 256,
+        metrics: CoreMetrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._poll_s = poll_s
         self._page_size = page_size
         self._closing = False
@@ -34,18 +43,27 @@ class Feed:
         Raises:
             Unavailable: the core is shutting down (the caller reconnects and resumes).
         """
-        while not self._closing:
-            # Taken before reading: a commit between the read and the wait sets it.
-            committed = self._store.commits.current()
-            page = await self._store.list_events(
-                EventQuery(account_id, types=types, after=after, limit=self._page_size)
-            )
-            for record in page:
-                yield record
-                after = record.seq
-            if len(page) < self._page_size and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(committed.wait(), self._poll_s)
+        if self._metrics is not None:
+            self._metrics.subscribe_streams.inc()
+        try:
+            while not self._closing:
+                # Taken before reading: a commit between the read and the wait sets it.
+                committed = self._store.commits.current()
+                page = await self._store.list_events(
+                    EventQuery(account_id, types=types, after=after, limit=self._page_size)
+                )
+                for record in page:
+                    yield record
+                    after = record.seq
+                    if self._metrics is not None:
+                        delay = time.time() - record.received_at_us / 1e6
+                        self._metrics.subscribe_delay.observe(max(delay, 0.0))
+                if len(page) < self._page_size and not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(committed.wait(), self._poll_s)
+        finally:
+            if self._metrics is not None:
+                self._metrics.subscribe_streams.dec()
         raise Unavailable(
             "the core is shutting down; resume from the last sequence", "shutting_down"
         )

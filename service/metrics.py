@@ -68,14 +68,18 @@ class CoreMetrics:
             buckets=RPC_BUCKETS,
             registry=registry,
         )
-        self.subscriber_lag = Gauge(
-            "inlet_subscriber_lag_events",
-            "Events committed but not yet delivered to a subscriber. `subscriber` is the "
-            "name an internal consumer subscribes under: never a customer's data.",
-            ["subscriber"],
+        self.subscribe_streams = Gauge(
+            "inlet_subscribe_streams",
+            "Subscribe streams open now.",
             registry=registry,
         )
-        """Set by the Subscribe stream: `subscriber_lag.labels(name).set(lag)`."""
+        self.subscribe_delay = Histogram(
+            "inlet_subscribe_delivery_delay_seconds",
+            "Time from an event's receipt to its delivery on a Subscribe stream: how far "
+            "subscribers lag (a stream catching up from an old cursor shows as large delays).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=registry,
+        )
 
     def stored(self, event_type: str) -> Counter:
         child = self._stored.get(event_type)

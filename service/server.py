@@ -132,7 +132,7 @@ async def start_core(
         store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance,
         metrics=metrics, log_traits=config.log_traits,
     )  # fmt: skip
-    feed = Feed(store, poll_s=config.feed_poll_s or store.feed_poll_s)
+    feed = Feed(store, poll_s=config.feed_poll_s or store.feed_poll_s, metrics=metrics)
 
     server = grpc.aio.server(
         interceptors=[AccessInterceptor(metrics), DecodeErrorInterceptor()],

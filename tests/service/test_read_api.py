@@ -427,3 +427,18 @@ async def test_shutdown_ends_streams_with_unavailable(
         await read_stream(call, 1)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     await stopping
+
+
+async def test_subscribe_streams_are_measured(stack: Stack, channel: grpc.aio.Channel) -> None:
+    key = stack.keys["admin"]
+    registry = stack.core.metrics.registry
+    events = events_pb2_grpc.EventServiceStub(channel)
+    call = events.Subscribe(events_pb2.SubscribeRequest(), metadata=bearer(key))
+    await send(channel, key, track("m-1", "u1"), track("m-2", "u1"))
+    await read_stream(call, 2)
+    assert registry.get_sample_value("inlet_subscribe_streams") == 1
+    assert registry.get_sample_value("inlet_subscribe_delivery_delay_seconds_count") == 2
+    call.cancel()
+    async with asyncio.timeout(10):  # the server notices the cancellation
+        while registry.get_sample_value("inlet_subscribe_streams") != 0:
+            await asyncio.sleep(0.01)
