@@ -43,30 +43,36 @@ class Feed:
         Raises:
             Unavailable: the core is shutting down (the caller reconnects and resumes).
         """
-        if self._metrics is not None:
-            self._metrics.subscribe_streams.inc()
-        try:
-            while not self._closing:
-                # Taken before reading: a commit between the read and the wait sets it.
-                committed = self._store.commits.current()
-                page = await self._store.list_events(
-                    EventQuery(account_id, types=types, after=after, limit=self._page_size)
-                )
-                for record in page:
-                    yield record
-                    after = record.seq
-                    if self._metrics is not None:
-                        delay = time.time() - record.received_at_us / 1e6
-                        self._metrics.subscribe_delay.observe(max(delay, 0.0))
-                if len(page) < self._page_size and not self._closing:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(committed.wait(), self._poll_s)
-        finally:
-            if self._metrics is not None:
-                self._metrics.subscribe_streams.dec()
+        while not self._closing:
+            # Taken before reading: a commit between the read and the wait sets it.
+            committed = self._store.commits.current()
+            page = await self._store.list_events(
+                EventQuery(account_id, types=types, after=after, limit=self._page_size)
+            )
+            for record in page:
+                if self._metrics is not None:
+                    delay = time.time() - record.received_at_us / 1e6
+                    self._metrics.subscribe_delay.observe(max(delay, 0.0))
+                yield record
+                after = record.seq
+            if len(page) < self._page_size and not self._closing:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that lands as the wait completes (a client leaving just
+                # as a commit wakes its stream), and the stream would linger a poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_s):
+                        await committed.wait()
         raise Unavailable(
             "the core is shutting down; resume from the last sequence", "shutting_down"
         )
+
+    def stream_opened(self) -> None:
+        if self._metrics is not None:
+            self._metrics.subscribe_streams.inc()
+
+    def stream_closed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.subscribe_streams.dec()
 
     def close(self) -> None:
         """End every stream (at shutdown): each gets UNAVAILABLE and may resume elsewhere."""

@@ -139,5 +139,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         # Tells the caller where the stream starts (its first cursor), and that every
         # event committed from now on will come: a `from_now` caller can act on it.
         await context.send_initial_metadata((("inlet-start-sequence", str(after)),))
+        # Counted open until the call is over, however it ends: a client that goes away
+        # leaves this generator suspended (finalised only when collected), so its own
+        # `finally` cannot be what closes the count.
+        self._feed.stream_opened()
+        # (grpc-stubs declare the callback type as a class, not a Protocol.)
+        context.add_done_callback(lambda _: self._feed.stream_closed())  # type: ignore[arg-type]
         async for record in self._feed.follow(key.account_id, after, types):
             yield stored_event(record)
