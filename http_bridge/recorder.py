@@ -10,6 +10,7 @@ The `Authorization` value never enters it: only the key's public id.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,7 +26,16 @@ from http_bridge.segment import key_id_of
 MAX_BODY: Final = 16 * 1024
 
 BODY: Final = web.RequestKey("body", bytes)
+# `"writeKey": "<key>"` (any spacing; also cut off at the end of a truncated body).
+_WRITE_KEY: Final = re.compile(rb'("writeKey"\s*:\s*")[^"]*("?)')
 ACCOUNT: Final = web.RequestKey("account", str)
+
+
+def redact_write_keys(body: bytes) -> bytes:
+    """The body with every `writeKey` value replaced (SDKs put the API key there)."""
+    if b"writeKey" not in body:
+        return body
+    return _WRITE_KEY.sub(rb"\1<redacted>\2", body)
 
 
 @dataclass(frozen=True, slots=True)

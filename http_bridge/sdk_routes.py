@@ -21,7 +21,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
 from http_bridge.handlers import core_errors, json_response
 from http_bridge.keys import BATCHER, CONFIG
-from http_bridge.recorder import ACCOUNT, BODY
+from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
 from inlet.v1 import events_pb2
 from service.logs import REQUEST_ID
@@ -83,7 +83,9 @@ def sdk_handler(route: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         config = request.app[CONFIG]
         sdk.check_sdk_media_type(request.headers.get("Content-Type"))
-        raw_body = request[BODY] = await read_capped(request, config)
+        raw_body = await read_capped(request, config)
+        # The debugger shows bodies: never with the write key analytics-python puts in them.
+        request[BODY] = redact_write_keys(raw_body)
         body = sdk.parse_body(raw_body)
         api_key = sdk.write_key_from(request.headers.get("Authorization"), body)
         events = sdk.events_from(body, route, config.sdk_max_batch_events)

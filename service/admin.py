@@ -90,11 +90,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         records = await self._store.list_keys(admin.account_id, request.include_revoked)
         return admin_pb2.ListKeysResponse(keys=[key_message(r) for r in records])
 
+    async def _guard(self, admin: KeyRecord, key_id: str) -> None:
+        """An `admin` key may not revoke or rotate an `operator` key of its account: a
+        rotation hands over a new key with the same scopes (privilege escalation)."""
+        target = await self._store.get_key(key_id)
+        if (
+            target is not None
+            and target.account_id == admin.account_id
+            and "operator" in target.scopes
+            and "operator" not in admin.scopes
+        ):
+            raise PermissionDenied(
+                "only an `operator` key can manage `operator` keys", "missing_scope"
+            )
+
     @rpc
     async def RevokeKey(
         self, request: admin_pb2.RevokeKeyRequest, context: Context
     ) -> admin_pb2.RevokeKeyResponse:
         admin = await caller(self._auth, context, "admin")
+        await self._guard(admin, request.key_id)
         record = await self._store.revoke_key(request.key_id, admin.account_id)
         if record is None:
             raise NotFound(f"no key {request.key_id!r} in this account", "key_not_found")
@@ -106,6 +121,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RotateKeyRequest, context: Context
     ) -> admin_pb2.CreateKeyResponse:
         admin = await caller(self._auth, context, "admin")
+        await self._guard(admin, request.key_id)
         until = (
             self._future(request, "old_key_valid_until")
             if request.HasField("old_key_valid_until")

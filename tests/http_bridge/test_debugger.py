@@ -110,3 +110,21 @@ async def test_the_debugger_needs_an_admin_key(stack: Stack) -> None:
         async with http.get(f"{stack.url}/debugger") as page:
             assert page.status == 200 and page.content_type == "text/html"
             assert "Inlet event debugger" in await page.text()
+
+
+async def test_write_keys_in_sdk_bodies_never_reach_the_debugger(stack: Stack) -> None:
+    key = stack.keys["ingest"]
+    body = {"batch": [{"type": "track", "userId": "u1", "event": "E", "writeKey": key}],
+            "writeKey": key}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.url}/v1/batch", json=body) as response:
+            assert response.status == 200
+        status, listed = await get(http, stack, "/debugger/api/exchanges", stack.keys["admin"])
+        assert status == 200
+        (exchange,) = listed["exchanges"]  # type: ignore[misc]
+        status, detail = await get(
+            http, stack, f"/debugger/api/exchanges/{exchange['id']}", stack.keys["admin"]
+        )
+    assert status == 200
+    text = orjson.dumps(detail).decode()
+    assert key.split("_")[2] not in text and "<redacted>" in text

@@ -210,3 +210,22 @@ def test_switch_refresh_is_configurable() -> None:
     assert (config.feed_poll_s, config.switch_refresh_s) == (2.0, 0.5)
     with pytest.raises(ValueError):
         CoreConfig(feed_poll_s=0)
+
+
+async def test_an_admin_cannot_take_over_an_operator_key(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    await stack.add_key("op", account="ops", scopes=("operator",))
+    ops_admin = await stack.add_key("ops-admin", account="ops", scopes=("admin",))
+    listed = await admin.ListKeys(admin_pb2.ListKeysRequest(), metadata=bearer(ops_admin))
+    op_id = next(k.key_id for k in listed.keys if "operator" in k.scopes)
+    # Rotating would hand the admin a fresh operator key; revoking would lock operators out.
+    for call in (
+        admin.RotateKey(admin_pb2.RotateKeyRequest(key_id=op_id), metadata=bearer(ops_admin)),
+        admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=op_id), metadata=bearer(ops_admin)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await ingest(channel, stack.keys["op"]) != grpc.StatusCode.UNAUTHENTICATED
