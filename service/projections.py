@@ -8,8 +8,10 @@ that is. The rules (Segment Spec, and DESIGN.md "The core"):
   the event with the newest `timestamp` wins (Segment retries for hours and does
   not keep order, so arrival order means nothing).
 * Any event carrying both `userId` and `anonymousId` links the two ids; alias
-  links `previousId` to `userId`. A profile is everything reachable through links
-  (identity resolution as Segment's Unify does it for these two id kinds).
+  links `previousId` to `userId`. A profile is everything reachable through links,
+  except that from a device (anonymousId) the walk goes on to its users only when it
+  started there: one shared browser does not merge two users (Segment's Unify keeps
+  one userId per profile for the same reason).
 * group records the membership of the sender and the group's traits (same rule).
 * track, page and screen add nothing beyond the stored event: history is the
   events table itself, indexed by user.
@@ -38,6 +40,15 @@ RESERVED_TRAITS: Final = (
 )  # fmt: skip
 _RESERVED_BY_NORMAL: Final = {normalise_name(t): t for t in RESERVED_TRAITS}
 
+#: Link kinds (identity_links.kind, the kind of `other` seen from `id`). An alias says two
+#: ids are one person: followed both ways. An event with a userId and an anonymousId links
+#: the user to a device (DEVICE) and the device to its user (USER_OF_DEVICE); a profile
+#: walk follows USER_OF_DEVICE only from the id it starts at, so two users who shared a
+#: browser are not merged into one profile, and deleting one never erases the other.
+ALIAS: Final = "alias"
+DEVICE: Final = "anonymous"
+USER_OF_DEVICE: Final = "user"
+
 #: Subject kinds in the traits table.
 USER: Final = "user"
 GROUP: Final = "group"
@@ -61,8 +72,8 @@ class TraitWrite:
 class Projection:
     """The profile changes one stored event makes."""
 
-    #: Pairs of ids to link (each pair is stored in both directions).
-    links: tuple[tuple[str, str], ...] = ()
+    #: Edges to store: (id, other, kind of `other` as seen from `id`). See LINK_KINDS.
+    links: tuple[tuple[str, str, str], ...] = ()
     traits: tuple[TraitWrite, ...] = ()
     #: (member id, group id).
     membership: tuple[str, str] | None = None
@@ -81,14 +92,17 @@ def project(event: CanonicalEvent) -> Projection:
     """The profile changes `event` makes (NOTHING for most track/page/screen events)."""
     if event.type == "delete":
         return Projection(erase=event.user_id)
-    links: list[tuple[str, str]] = []
+    links: list[tuple[str, str, str]] = []
     user, anonymous = event.user_id, event.anonymous_id
     if user is not None and anonymous is not None and user != anonymous:
-        links.append((user, anonymous))
+        links += ((user, anonymous, DEVICE), (anonymous, user, USER_OF_DEVICE))
     if event.type == "alias":
         assert event.previous_id is not None and event.user_id is not None  # validated
         if event.previous_id != event.user_id:
-            links.append((event.user_id, event.previous_id))
+            links += (
+                (event.user_id, event.previous_id, ALIAS),
+                (event.previous_id, event.user_id, ALIAS),
+            )
     subject = event.user_id if event.user_id is not None else event.anonymous_id
     if event.type == "identify" and subject is not None:
         return Projection(links=tuple(links), traits=_traits(USER, subject, event.body))

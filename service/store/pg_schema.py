@@ -78,6 +78,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         account_id bigint NOT NULL,
         id         text NOT NULL,
         other      text NOT NULL,
+        -- what `other` is, seen from `id` (projections.py): alias, anonymous, user
+        kind       text NOT NULL,
         PRIMARY KEY (account_id, id, other)
     );
     CREATE TABLE traits (

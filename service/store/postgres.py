@@ -155,17 +155,20 @@ _UPSERT_MEMBERSHIP: Final = """
     SET timestamp_us = greatest(memberships.timestamp_us, excluded.timestamp_us)
 """
 _LINK: Final = """
-    INSERT INTO identity_links (account_id, id, other) VALUES ($1, $2, $3)
+    INSERT INTO identity_links (account_id, id, other, kind) VALUES ($1, $2, $3, $4)
     ON CONFLICT DO NOTHING
 """
-# UNION (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts.
+# A device's link to its users is followed only from the start (projections.py). UNION
+# (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts.
 _LINKED_IDS: Final = """
-    WITH RECURSIVE linked(id) AS (
-        SELECT $2::text
+    WITH RECURSIVE linked(id, start) AS (
+        SELECT $2::text, true
         UNION
-        SELECT l.other FROM identity_links l JOIN linked ON l.account_id = $1 AND l.id = linked.id
+        SELECT l.other, false FROM identity_links l
+        JOIN linked ON l.account_id = $1 AND l.id = linked.id
+        WHERE l.kind != 'user' OR linked.start
     )
-    SELECT id FROM linked ORDER BY id COLLATE "C"
+    SELECT id FROM (SELECT DISTINCT id FROM linked) ids ORDER BY id COLLATE "C"
 """
 _EVENT_COLUMNS: Final = """
     seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,
@@ -372,7 +375,7 @@ class PostgresStore:
 
         Statements are pipelined per table (`executemany`, one round trip each); only a
         delete depends on what came before it, so the queue is flushed before each."""
-        links: list[tuple[int, str, str]] = []
+        links: list[tuple[int, str, str, str]] = []
         traits: list[tuple[int, str, str, str, bytes, int, str]] = []
         members: list[tuple[int, str, str, int]] = []
 
@@ -394,9 +397,8 @@ class PostgresStore:
                 continue
             account, event = write.account_id, write.event
             message_id = _text(event.message_id) or ""
-            for a, b in projection.links:
-                a, b = _text(a) or "", _text(b) or ""
-                links += [(account, a, b), (account, b, a)]
+            for a, b, kind in projection.links:
+                links.append((account, _text(a) or "", _text(b) or "", kind))
             traits += [
                 (account, t.subject_kind, _text(t.subject_id) or "", _text(t.key) or "",
                  t.value, event.timestamp_us, message_id)

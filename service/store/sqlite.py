@@ -98,18 +98,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     UPDATE events SET subject = coalesce(user_id, anonymous_id) WHERE type != 'delete';
     CREATE INDEX events_subject ON events(account_id, subject);
     -- Each link is stored in both directions, so a profile is one recursive walk.
+    -- kind: what `other` is, seen from `id` (projections.py): 'alias', 'anonymous', 'user'.
     CREATE TABLE identity_links (
         account_id INTEGER NOT NULL,
         id         TEXT NOT NULL,
         other      TEXT NOT NULL,
+        kind       TEXT NOT NULL,
         PRIMARY KEY (account_id, id, other)
     ) WITHOUT ROWID;
     -- Links of events stored before this version (their traits are not backfilled).
     INSERT OR IGNORE INTO identity_links
-        SELECT account_id, user_id, anonymous_id FROM events
+        SELECT account_id, user_id, anonymous_id, 'anonymous' FROM events
         WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL AND user_id != anonymous_id
         UNION ALL
-        SELECT account_id, anonymous_id, user_id FROM events
+        SELECT account_id, anonymous_id, user_id, 'user' FROM events
         WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL AND user_id != anonymous_id;
     -- subject_kind 'user' (identify traits by userId/anonymousId) or 'group'.
     CREATE TABLE traits (
@@ -168,15 +170,19 @@ _UPSERT_MEMBERSHIP: Final = """
     ON CONFLICT (account_id, member_id, group_id) DO UPDATE
     SET timestamp_us = max(timestamp_us, excluded.timestamp_us)
 """
-_LINK: Final = "INSERT OR IGNORE INTO identity_links (account_id, id, other) VALUES (?, ?, ?)"
-# Every id reachable from ?2 through links; UNION (not UNION ALL) stops at cycles.
+_LINK: Final = (
+    "INSERT OR IGNORE INTO identity_links (account_id, id, other, kind) VALUES (?, ?, ?, ?)"
+)
+# Every id reachable from ?2 through links, following a device's link to its users only
+# from the start (projections.py); UNION (not UNION ALL) stops at cycles.
 _LINKED_IDS: Final = """
-    WITH RECURSIVE linked(id) AS (
-        SELECT ?2
+    WITH RECURSIVE linked(id, start) AS (
+        SELECT ?2, 1
         UNION
-        SELECT l.other FROM identity_links l JOIN linked ON l.account_id = ?1 AND l.id = linked.id
+        SELECT l.other, 0 FROM identity_links l JOIN linked ON l.account_id = ?1 AND l.id = linked.id
+        WHERE l.kind != 'user' OR linked.start = 1
     )
-    SELECT id FROM linked ORDER BY id
+    SELECT DISTINCT id FROM linked ORDER BY id
 """
 _IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
 # Events of a profile (`subject` in a JSON array of its linked ids).
@@ -248,6 +254,7 @@ class SqliteStore:
         # carry the same two ids again, and skipping their insert keeps ingest cheap.
         # Touched on the writer thread only.
         self._known_links: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        self._newest_deletion: int | None = None
         self.commits = CommitSignal()
         self._events = GroupCommitter[EventWrite, int | None](
             self._write_events,
@@ -388,6 +395,12 @@ class SqliteStore:
 
         def work(conn: sqlite3.Connection) -> list[int | None]:
             cursor = conn.cursor()
+            # Another process sharing the file may have erased links since: the cache
+            # is good only while the newest deletion is the one it has seen.
+            newest = cursor.execute("SELECT max(id) FROM deletions").fetchone()[0]
+            if newest != self._newest_deletion:
+                self._known_links.clear()
+                self._newest_deletion = newest
             results: list[int | None] = []
             for write in writes:
                 e = write.event
@@ -426,9 +439,9 @@ class SqliteStore:
     ) -> None:
         """Apply one stored event's projection, inside its transaction (writer thread)."""
         account, event = write.account_id, write.event
-        for a, b in projection.links:
+        for a, b, kind in projection.links:
             if (account, a, b) not in self._known_links:
-                cursor.executemany(_LINK, ((account, a, b), (account, b, a)))
+                cursor.execute(_LINK, (account, a, b, kind))
                 new_links.append((account, a, b))
         if projection.traits:
             cursor.executemany(

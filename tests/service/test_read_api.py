@@ -205,6 +205,33 @@ async def test_links_made_and_erased_in_one_batch_can_be_made_again(
     assert list((await profile(channel, key, "a5")).linked_ids) == ["a5", "u5"]
 
 
+async def test_two_users_of_one_browser_stay_two_profiles(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    key = stack.keys["admin"]
+    await send(
+        channel,
+        key,
+        {"type": "page", "anonymousId": "shared-dev", "name": "Home", "messageId": "sd-0"},
+        {"type": "identify", "userId": "alice", "anonymousId": "shared-dev", "messageId": "sd-1",
+         "traits": {"email": "alice@example.com"}},
+        {"type": "identify", "userId": "bob", "anonymousId": "shared-dev", "messageId": "sd-2",
+         "traits": {"email": "bob@example.com"}},
+        track("sd-3", "bob"),
+    )  # fmt: skip
+    alice = await profile(channel, key, "alice")
+    assert list(alice.linked_ids) == ["alice", "shared-dev"]
+    assert traits(alice) == {"email": "alice@example.com"}
+    # Deleting alice erases her and the browser's anonymous history, never bob.
+    await send(channel, key, {"type": "delete", "userId": "alice", "messageId": "sd-del"})
+    bob = await profile(channel, key, "bob")
+    assert traits(bob) == {"email": "bob@example.com"}
+    assert dict(bob.event_counts) == {"identify": 1, "track": 1}
+    account = stack.account_ids["acme"]
+    assert await stack.store.get_event_payload(account, "sd-1") is None
+    assert await stack.store.get_event_payload(account, "sd-2") is not None
+
+
 async def test_list_events_pages_lose_and_repeat_nothing_while_events_arrive(
     stack: Stack, channel: grpc.aio.Channel
 ) -> None:
