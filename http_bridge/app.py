@@ -18,6 +18,7 @@ from http_bridge.access import FORWARDING, access
 from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
+from http_bridge.cors import preflight, sdk_cors
 from http_bridge.errors import BridgeError
 from http_bridge.forwarded import Forwarding
 from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
@@ -140,9 +141,9 @@ def create_app(
     # The access log and metrics are outermost (they time everything and stamp the
     # request id); recording next: it sees the answer the client got, errors included.
     middlewares = (
-        [access, recording(recorder, RECORDED_PATHS), json_errors]
+        [access, sdk_cors, recording(recorder, RECORDED_PATHS), json_errors]
         if config.debugger_size
-        else [access, json_errors]
+        else [access, sdk_cors, json_errors]
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
@@ -155,6 +156,7 @@ def create_app(
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.
     for route in (*sdk.SINGLE_ROUTES, *sdk.BATCH_ROUTES):
         app.router.add_post(route, sdk_handler(route), expect_handler=handlers.expect)
+        app.router.add_route("OPTIONS", route, preflight)  # browsers (analytics.js)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     debugger.add_routes(app)

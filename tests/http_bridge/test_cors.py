@@ -1,0 +1,44 @@
+"""Browsers (analytics.js) may read the answers of the SDK routes, and only of those."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.stack import Stack, basic
+
+ORIGIN = {"Origin": "https://shop.example.com"}
+
+
+async def test_sdk_answers_are_readable_by_any_page_errors_included(stack: Stack) -> None:
+    body = (
+        b'{"type":"track","userId":"u1","event":"E","writeKey":"%s"}'
+        % stack.keys["ingest"].encode()
+    )
+    async with aiohttp.ClientSession() as http:
+        # analytics.js: text/plain, no preflight; the answer must carry the CORS header.
+        headers = {**ORIGIN, "Content-Type": "text/plain"}
+        async with http.post(f"{stack.url}/v1/track", data=body, headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        async with http.post(f"{stack.url}/v1/track", data=b"{", headers=headers) as response:
+            assert response.status == 400
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        # The webhook is for Segment's servers, not for pages.
+        webhook = {**ORIGIN, "Authorization": basic(stack.keys["ingest"]),
+                   "Content-Type": "application/json"}  # fmt: skip
+        async with http.post(f"{stack.url}/segment", data=b"{}", headers=webhook) as response:
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_preflight_allows_a_post_with_authorization(stack: Stack) -> None:
+    headers = {**ORIGIN, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as http,
+        http.options(f"{stack.url}/v1/batch", headers=headers) as response,
+    ):
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        allowed = response.headers["Access-Control-Allow-Headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
