@@ -147,9 +147,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(
                 "`name` must be 1-100 letters, digits, `.`, `_` or `-`", "invalid_name", "name"
             )
-        if await self._store.get_account(request.name) is not None:
+        account = await self._store.create_account(request.name)
+        if account is None:
             raise AlreadyExists(f"account {request.name!r} exists", "account_exists")
-        account = await self._store.ensure_account(request.name)
         response = admin_pb2.CreateAccountResponse(account=account_message(account))
         if request.first_key_scopes:
             scopes = _scopes(request.first_key_scopes, operator, "first_key_scopes")

@@ -58,9 +58,9 @@ async def accounts(store: Store, args: argparse.Namespace) -> int:
     if args.action == "create":
         if not ACCOUNT_NAME.fullmatch(args.name):
             raise ValueError("account names are 1-100 letters, digits, '.', '_' or '-'")
-        if await store.get_account(args.name) is not None:
+        account = await store.create_account(args.name)
+        if account is None:
             raise StoreError(f"account {args.name!r} exists")
-        account = await store.ensure_account(args.name)
         print(f"created account {account.name!r}")
     elif args.action == "list":
         print(f"{'ACCOUNT':<30} {'STATE':<10} CREATED")

@@ -557,6 +557,15 @@ class PostgresStore:
         assert row is not None  # inserted or already there, in this transaction
         return _account(row)
 
+    async def create_account(self, name: str) -> Account | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO accounts (name, created_at_us) VALUES ($1, $2) "
+                f"ON CONFLICT (name) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
+                name, _now_us(),
+            )  # fmt: skip
+        return None if row is None else _account(row)
+
     async def get_account(self, name: str) -> Account | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(

@@ -621,6 +621,21 @@ class SqliteStore:
 
         return await self._run(self._transaction, work)
 
+    async def create_account(self, name: str) -> Account | None:
+        def work(conn: sqlite3.Connection) -> Account | None:
+            inserted = conn.execute(
+                "INSERT INTO accounts (name, created_at_us) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, _now_us()),
+            ).rowcount
+            if not inserted:
+                return None
+            return _account(
+                conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
+            )
+
+        return await self._run(self._transaction, work)
+
     async def get_account(self, name: str) -> Account | None:
         def read() -> Account | None:
             row = self._db().execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()

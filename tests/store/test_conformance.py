@@ -227,6 +227,19 @@ async def test_accounts(store: Store) -> None:
     assert a.id != b.id
 
 
+async def test_creating_an_account_twice_at_once_creates_it_once(
+    backend: Backend, store: Store
+) -> None:
+    other = await backend.open()  # another core on the same database
+    created = await asyncio.gather(
+        *(s.create_account(f"new-{n}") for n in range(10) for s in (store, other))
+    )
+    for n in range(10):
+        mine, theirs = created[2 * n], created[2 * n + 1]
+        assert (mine is None) != (theirs is None), (mine, theirs)
+    assert await store.create_account("new-0") is None
+
+
 async def test_keys_create_list_revoke_rotate(store: Store) -> None:
     acme, globex = await account(store), await account(store, "globex")
     new = keys.generate_key()
