@@ -28,8 +28,8 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     grpc decodes the request before any servicer code runs, and answers a decoding
     failure (bad UTF-8 in a string field, corrupt wire bytes, Structs nested past
     protobuf's limit) with UNKNOWN and the exception text: a caller's mistake that
-    looks like our bug (the bridge would map it to 500). Unary-unary methods only,
-    which are all of Inlet's.
+    looks like our bug (the bridge would map it to 500). Unary-unary methods only;
+    Subscribe (server streaming) passes through untouched.
     """
 
     async def intercept_service(
@@ -83,7 +83,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     logged while it runs, one access log line, and the call's metrics.
 
     Per call, not per event: a batch from the bridge is one call. Unary-unary methods
-    only (all of Inlet's); others pass through untouched.
+    only; Subscribe (server streaming) passes through untouched.
     """
 
     def __init__(self, metrics: CoreMetrics) -> None:

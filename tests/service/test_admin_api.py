@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -26,12 +25,6 @@ TRACK = b'{"type":"track","userId":"u1","event":"E"}'
 def stack(stack_on_each_store: Stack) -> Stack:
     """These tests run on both stores (the gRPC API must not care which)."""
     return stack_on_each_store
-
-
-@pytest.fixture
-async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.core_target) as channel:
-        yield channel
 
 
 async def ingest(channel: grpc.aio.Channel, key: str, body: bytes = TRACK) -> grpc.StatusCode:

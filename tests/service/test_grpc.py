@@ -28,12 +28,6 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-@pytest.fixture
-async def channel(stack: Stack) -> grpc.aio.Channel:
-    async with grpc.aio.insecure_channel(stack.core_target) as channel:
-        yield channel
-
-
 async def test_ingest_json_with_call_credentials(stack: Stack, channel: grpc.aio.Channel) -> None:
     stub = events_pb2_grpc.EventServiceStub(channel)
     result = await stub.Ingest(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,12 +21,6 @@ from tests.stack import Stack
 def stack(stack_on_each_store: Stack) -> Stack:
     """These tests run on both stores (the gRPC API must not care which)."""
     return stack_on_each_store
-
-
-@pytest.fixture
-async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.core_target) as channel:
-        yield channel
 
 
 async def send(
