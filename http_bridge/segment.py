@@ -15,6 +15,7 @@ import re
 from typing import Final
 
 from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
+from service.keys import split_key
 
 _JSON_MEDIA_TYPE: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 
@@ -41,19 +42,14 @@ def key_from_authorization(header: str | None) -> str:
     return api_key_from_authorization(header)
 
 
-_HEX: Final = frozenset("0123456789abcdef")
-
-
 def key_id_of(header: str | None) -> str:
     """The public id of an Inlet key (`inlet_<id>_<secret>`) in an Authorization header,
     safe to log and show; "" if there is none."""
     try:
-        key = key_from_authorization(header)
+        parts = split_key(key_from_authorization(header))
     except Unauthorized:
         return ""
-    prefix, _, rest = key.partition("_")
-    key_id = rest.partition("_")[0]
-    return key_id if prefix == "inlet" and len(key_id) == 16 and set(key_id) <= _HEX else ""
+    return "" if parts is None else parts[0]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -4,7 +4,6 @@ maintenance mode of the whole deployment (scope `operator`)."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -17,14 +16,11 @@ from service.maintenance import MaintenanceMode
 from service.messages import account_message, key_message, timestamp
 from service.rpc import Context, caller, rpc
 from service.store import KeyRecord, Store, StoreError
+from service.timestamps import now_us
 
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
 #: How long a rotated key keeps working when the caller does not say.
 DEFAULT_ROTATION_OVERLAP_US: Final = 24 * 3600 * 1_000_000
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _scopes(requested: Sequence[str], granter: KeyRecord, field: str) -> tuple[str, ...]:
@@ -78,7 +74,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             micros = timestamp_micros(getattr(request, field), field, "invalid_expiry")
         except InvalidEvent as error:
             raise InvalidArgument(error.message, error.reason, field) from None
-        if micros <= _now_us():
+        if micros <= now_us():
             raise InvalidArgument(f"`{field}` must be in the future", "invalid_expiry", field)
         return micros
 
@@ -125,7 +121,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         until = (
             self._future(request, "old_key_valid_until")
             if request.HasField("old_key_valid_until")
-            else _now_us() + DEFAULT_ROTATION_OVERLAP_US
+            else now_us() + DEFAULT_ROTATION_OVERLAP_US
         )
         new = keys.generate_key()
         record = await self._store.rotate_key(

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from service import keys
 from service.admin import ACCOUNT_NAME
 from service.maintenance import MaintenanceMode
 from service.store import Store, StoreError
-from service.timestamps import format_micros
+from service.timestamps import format_micros, now_us
 
 
 def register(
@@ -79,7 +78,7 @@ async def rotate(store: Store, args: argparse.Namespace) -> int:
     if old is None:
         raise StoreError(f"no key with id {args.key_id!r}")
     new = keys.generate_key()
-    until = time.time_ns() // 1000 + _duration_us(args.overlap)
+    until = now_us() + _duration_us(args.overlap)
     record = await store.rotate_key(old.key_id, old.account_id, new.key_id, new.secret_hash, until)
     if record is None:
         raise StoreError(f"key {args.key_id!r} is revoked or expired: create a new one instead")

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import orjson
 
-from service.validation import CanonicalEvent, normalise_name, spec_fields
+from service.validation import CanonicalEvent, normalise_name
 
 #: Segment Spec reserved traits: identify (spec-identify.md) and group (spec-group.md).
 RESERVED_TRAITS: Final = (
@@ -105,20 +105,19 @@ def project(event: CanonicalEvent) -> Projection:
             )
     subject = event.user_id if event.user_id is not None else event.anonymous_id
     if event.type == "identify" and subject is not None:
-        return Projection(links=tuple(links), traits=_traits(USER, subject, event.body))
+        return Projection(links=tuple(links), traits=_traits(USER, subject, event.traits))
     if event.type == "group" and subject is not None:
         assert event.group_id is not None  # validated
         return Projection(
             links=tuple(links),
-            traits=_traits(GROUP, event.group_id, event.body),
+            traits=_traits(GROUP, event.group_id, event.traits),
             membership=(subject, event.group_id),
         )
     return Projection(links=tuple(links)) if links else NOTHING
 
 
-def _traits(kind: str, subject: str, body: dict[str, Any]) -> tuple[TraitWrite, ...]:
-    traits = spec_fields(body).get("traits")
-    if not isinstance(traits, dict):
+def _traits(kind: str, subject: str, traits: dict[str, Any] | None) -> tuple[TraitWrite, ...]:
+    if not traits:
         return ()
     # Two spellings of one reserved trait in one call (`email`, `Email`): the last wins,
     # as it would in the customer's own JSON object.

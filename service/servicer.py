@@ -18,18 +18,17 @@ from service.messages import stored_event
 from service.rpc import Context, abort, caller, rpc, stream_rpc
 from service.store import Store
 from service.store.base import EventQuery
-from service.validation import EVENT_TYPES, normalise_name
+from service.validation import EVENT_TYPES, spec_type
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_TYPES = {normalise_name(t): t for t in EVENT_TYPES}
 
 
 def event_types(requested: Sequence[str]) -> tuple[str, ...]:
     """Requested type filters in their Spec form; InvalidArgument for an unknown one."""
     types = []
     for name in requested:
-        spec = _TYPES.get(normalise_name(name))
+        spec = spec_type(name)
         if spec is None:
             raise InvalidArgument(
                 f"unknown type {name[:40]!r}: expected {', '.join(EVENT_TYPES)}",

@@ -11,6 +11,7 @@ Everything is normalised to integer microseconds since the epoch, UTC.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -40,6 +41,11 @@ MAX_MICROS: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _E
 def _in_range(micros: int) -> int | None:
     """`micros` if it is a date Python can represent in UTC (years 1-9999), else None."""
     return micros if MIN_MICROS <= micros <= MAX_MICROS else None
+
+
+def now_us() -> int:
+    """The current time, µs since the epoch."""
+    return time.time_ns() // 1000
 
 
 def to_micros(moment: datetime) -> int:

@@ -88,6 +88,8 @@ class CanonicalEvent:
     settings: bytes | None
     #: The parsed event with the customer's keys as sent.
     body: dict[str, Any]
+    #: `traits` (identify, group) as sent, found in any casing; None when absent.
+    traits: dict[str, Any] | None = None
 
 
 def parse_json_object(
@@ -109,6 +111,11 @@ def parse_json_object(
             f"{what} must be a JSON object, not {_json_kind(value)}", reason or "not_an_object"
         )
     return value
+
+
+def spec_type(name: str) -> str | None:
+    """The Spec call type `name` means in any casing (`Track`, `TRACK`), or None."""
+    return _TYPE_BY_NORMAL_NAME.get(normalise_name(name))
 
 
 def spec_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +217,7 @@ def canonicalise(
         raw=raw,
         settings=settings or None,
         body=body,
+        traits=fields.get("traits"),  # type checked above: an object or null
     )
 
 
@@ -221,7 +229,7 @@ def _event_type(fields: dict[str, Any], supported: Collection[str]) -> str:
         raise InvalidEvent("the event has no `type`", "missing_field")
     if not isinstance(value, str):
         raise _wrong_type("type", "a string", value)
-    event_type = _TYPE_BY_NORMAL_NAME.get(normalise_name(value))
+    event_type = spec_type(value)
     if event_type is None:
         shown = value if len(value) <= 40 else value[:40] + "…"
         raise UnsupportedType(

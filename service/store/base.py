@@ -36,6 +36,21 @@ class KeyRecord:
     revoked_at_us: int | None
 
 
+def rotated_expiry(
+    old: KeyRecord | None, account_id: int, until_us: int, now_us: int
+) -> int | None:
+    """When a key being rotated stops working: `until_us`, or its own earlier expiry.
+    None when `old` is not a live key of `account_id` (nothing to rotate)."""
+    if (
+        old is None
+        or old.account_id != account_id
+        or old.revoked_at_us is not None
+        or (old.expires_at_us is not None and old.expires_at_us <= now_us)
+    ):
+        return None
+    return until_us if old.expires_at_us is None else min(until_us, old.expires_at_us)
+
+
 @dataclass(frozen=True, slots=True)
 class EventWrite:
     """One validated event to store for an account."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -53,8 +52,10 @@ from service.store.base import (
     StoredRecord,
     StoreError,
     newest_traits,
+    rotated_expiry,
 )
 from service.store.group_commit import AsyncGroupCommitter
+from service.timestamps import now_us
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -117,10 +118,6 @@ def _text(value: str | None) -> str | None:
     if value is None or "\x00" not in value:
         return value
     return value.replace("\x00", "\ufffd")
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # Reserve `$1` numbers; the row lock is held until commit (see the module docstring).
@@ -444,7 +441,7 @@ class PostgresStore:
         await conn.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
             "erased_ids, erased_events) VALUES ($1, $2, $3, $4, $5, $6)",
-            account, user_id, message_id, _now_us(), len(ids), erased,
+            account, user_id, message_id, now_us(), len(ids), erased,
         )  # fmt: skip
         log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
 
@@ -549,7 +546,7 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO accounts (name, created_at_us) VALUES ($1, $2) "
                 "ON CONFLICT (name) DO NOTHING",
-                name, _now_us(),
+                name, now_us(),
             )  # fmt: skip
             row = await conn.fetchrow(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = $1", name
@@ -562,7 +559,7 @@ class PostgresStore:
             row = await conn.fetchrow(
                 "INSERT INTO accounts (name, created_at_us) VALUES ($1, $2) "
                 f"ON CONFLICT (name) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
-                name, _now_us(),
+                name, now_us(),
             )  # fmt: skip
         return None if row is None else _account(row)
 
@@ -598,7 +595,7 @@ class PostgresStore:
         return None if row is None else (row[0], row[1])
 
     async def set_switch(self, name: str, value: str) -> int:
-        now = _now_us()
+        now = now_us()
         async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO switches (name, value, changed_at_us) VALUES ($1, $2, $3) "
@@ -636,17 +633,9 @@ class PostgresStore:
             await conn.execute("SELECT 1 FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id)
             row = await conn.fetchrow(_SELECT_KEY, key_id)
             old = None if row is None else _key(row)
-            now = _now_us()
-            if (
-                old is None
-                or old.account_id != account_id
-                or old.revoked_at_us is not None
-                or (old.expires_at_us is not None and old.expires_at_us <= now)
-            ):
+            until = rotated_expiry(old, account_id, old_valid_until_us, now_us())
+            if old is None or until is None:
                 return None
-            until = old_valid_until_us
-            if old.expires_at_us is not None:
-                until = min(until, old.expires_at_us)
             await conn.execute(
                 "UPDATE api_keys SET expires_at_us = $1 WHERE key_id = $2", until, key_id
             )
@@ -668,7 +657,7 @@ class PostgresStore:
         await conn.execute(
             "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
             "created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            key_id, account_id, secret_hash, ",".join(scopes), label, _now_us(), expires_at_us,
+            key_id, account_id, secret_hash, ",".join(scopes), label, now_us(), expires_at_us,
         )  # fmt: skip
         row = await conn.fetchrow(_SELECT_KEY, key_id)
         assert row is not None  # inserted just above, in this transaction
@@ -693,7 +682,7 @@ class PostgresStore:
 
     async def revoke_key(self, key_id: str, account_id: int | None = None) -> KeyRecord | None:
         sql = "UPDATE api_keys SET revoked_at_us = coalesce(revoked_at_us, $1) WHERE key_id = $2"
-        args: list[object] = [_now_us(), key_id]
+        args: list[object] = [now_us(), key_id]
         if account_id is not None:
             sql += " AND account_id = $3"
             args.append(account_id)

@@ -37,8 +37,10 @@ from service.store.base import (
     StoredRecord,
     StoreError,
     newest_traits,
+    rotated_expiry,
 )
 from service.store.group_commit import GroupCommitter
+from service.timestamps import now_us
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -200,10 +202,6 @@ _KEY_COLUMNS: Final = """
     k.key_id, k.account_id, a.name, a.suspended, k.scopes, k.label, k.secret_hash,
     k.created_at_us, k.expires_at_us, k.revoked_at_us
 """
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
@@ -483,7 +481,7 @@ class SqliteStore:
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
             "erased_ids, erased_events) VALUES (?, ?, ?, ?, ?, ?)",
-            (account, user_id, message_id, _now_us(), len(ids), erased),
+            (account, user_id, message_id, now_us(), len(ids), erased),
         )
         if unlinked:
             # Links of the erased ids are gone: forget them all (refills as events come).
@@ -614,7 +612,7 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO accounts (name, created_at_us) VALUES (?, ?) "
                 "ON CONFLICT (name) DO NOTHING",
-                (name, _now_us()),
+                (name, now_us()),
             )
             row = conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
             return _account(row)
@@ -626,7 +624,7 @@ class SqliteStore:
             inserted = conn.execute(
                 "INSERT INTO accounts (name, created_at_us) VALUES (?, ?) "
                 "ON CONFLICT (name) DO NOTHING",
-                (name, _now_us()),
+                (name, now_us()),
             ).rowcount
             if not inserted:
                 return None
@@ -658,7 +656,7 @@ class SqliteStore:
 
     async def set_switch(self, name: str, value: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
-            now = _now_us()
+            now = now_us()
             conn.execute(
                 "INSERT INTO switches (name, value, changed_at_us) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
@@ -705,17 +703,9 @@ class SqliteStore:
     ) -> KeyRecord | None:
         def work(conn: sqlite3.Connection) -> KeyRecord | None:
             old = self._select_key(conn, key_id)
-            now = _now_us()
-            if (
-                old is None
-                or old.account_id != account_id
-                or old.revoked_at_us is not None
-                or (old.expires_at_us is not None and old.expires_at_us <= now)
-            ):
+            until = rotated_expiry(old, account_id, old_valid_until_us, now_us())
+            if old is None or until is None:
                 return None
-            until = old_valid_until_us
-            if old.expires_at_us is not None:
-                until = min(until, old.expires_at_us)
             conn.execute("UPDATE api_keys SET expires_at_us = ? WHERE key_id = ?", (until, key_id))
             return self._insert_key(
                 conn, account_id, new_key_id, new_secret_hash, old.scopes, old.label,
@@ -738,7 +728,7 @@ class SqliteStore:
         conn.execute(
             "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
             "created_at_us, expires_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key_id, account_id, secret_hash, ",".join(scopes), label, _now_us(), expires_at_us),
+            (key_id, account_id, secret_hash, ",".join(scopes), label, now_us(), expires_at_us),
         )
         record = cls._select_key(conn, key_id)
         assert record is not None  # inserted just above, in this transaction
@@ -774,7 +764,7 @@ class SqliteStore:
     async def revoke_key(self, key_id: str, account_id: int | None = None) -> KeyRecord | None:
         def work(conn: sqlite3.Connection) -> KeyRecord | None:
             sql = "UPDATE api_keys SET revoked_at_us = coalesce(revoked_at_us, ?) WHERE key_id = ?"
-            args: list[object] = [_now_us(), key_id]
+            args: list[object] = [now_us(), key_id]
             if account_id is not None:
                 sql += " AND account_id = ?"
                 args.append(account_id)
