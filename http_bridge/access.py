@@ -1,4 +1,4 @@
-"""The outermost middleware: request id, access log line, request metrics.
+"""What the edge middleware does for every request: request id, access log line, metrics.
 
 Every request gets an id: the caller's `X-Request-Id` when it is sane (a proxy in
 front may have set it), else a new one. It is echoed in the response's
@@ -18,12 +18,10 @@ import time
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from http_bridge.forwarded import Forwarding
 from http_bridge.metrics import METRICS, BridgeMetrics, RouteMetrics
 from http_bridge.recorder import ACCOUNT
-from service.logs import REQUEST_ID, sane_request_id
 
 log = logging.getLogger("inlet.access")
 
@@ -42,25 +40,16 @@ def _route(metrics: BridgeMetrics, request: web.Request) -> RouteMetrics:
     return metrics.route(resource.canonical)
 
 
-@web.middleware
-async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    request_id = sane_request_id(request.headers.get("X-Request-Id"))
-    token = REQUEST_ID.set(request_id)
-    metrics = request.app[METRICS]
-    metrics.in_flight += 1
-    try:
-        response = await handler(request)
-        response.headers["X-Request-Id"] = request_id
-        elapsed = time.perf_counter() - started
-        route = _route(metrics, request)
-        route.count(response.status)
-        route.latency.observe(elapsed)
-        _log(request, response, route, elapsed)
-        return response
-    finally:
-        metrics.in_flight -= 1
-        REQUEST_ID.reset(token)
+def finish(
+    request: web.Request, response: web.StreamResponse, request_id: str, started: float
+) -> None:
+    """Stamp the request id on `response`, count and time it, log its line."""
+    response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    route = _route(request.app[METRICS], request)
+    route.count(response.status)
+    route.latency.observe(elapsed)
+    _log(request, response, route, elapsed)
 
 
 def _log(

@@ -2,74 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
 from http_bridge import debugger, handlers, sdk
-from http_bridge.access import FORWARDING, access
+from http_bridge.access import FORWARDING
 from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
-from http_bridge.cors import preflight, sdk_cors
-from http_bridge.errors import BridgeError
+from http_bridge.cors import preflight
+from http_bridge.edge import edge
 from http_bridge.forwarded import Forwarding
 from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
-from http_bridge.recorder import Recorder, recording
+from http_bridge.recorder import Recorder
 from http_bridge.sdk_routes import sdk_handler
 from inlet.v1 import events_pb2
 from service.logs import REQUEST_ID, call_request_id
-
-log = logging.getLogger(__name__)
-
-# Codes for aiohttp's own HTTP errors (router 404/405, body limit 413, ...).
-_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON `{"message", "code"}`: ours, aiohttp's, and bugs."""
-    try:
-        return await handler(request)
-    except BridgeError as error:
-        if error.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.path, error.status, error.code)
-        return handlers.error_response(error.status, error.message, error.code, error.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        message = _message_for(exc, request)
-        code = _CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
-        return handlers.error_response(exc.status, message, code, headers)
-    except asyncio.CancelledError:
-        raise
-    except ConnectionResetError:
-        # The client went away mid-request; nothing to answer, nothing was stored.
-        log.debug("client disconnected during %s %s", request.method, request.path)
-        return handlers.error_response(400, "the connection was lost", "connection_lost")
-    except Exception:
-        log.exception("bug handling %s %s", request.method, request.path)
-        return handlers.error_response(500, "internal error", "internal")
-
-
-def _message_for(exc: web.HTTPException, request: web.Request) -> str:
-    if exc.status == 404:
-        return f"no route {request.path}"
-    if exc.status == 405:
-        return f"method {request.method} is not allowed here"
-    if exc.status == 413:
-        return f"the body is larger than the {request.app[CONFIG].max_body_bytes}-byte limit"
-    return exc.reason
-
 
 #: The ingest routes the debugger shows.
 RECORDED_PATHS = ("/segment", "/v1/")
@@ -138,14 +92,8 @@ def create_app(
     Its metrics go to `registry` (a new one by default); `inlet serve` passes the one the
     core uses too, so /metrics shows both."""
     recorder = Recorder(config.debugger_size)
-    # The access log and metrics are outermost (they time everything and stamp the
-    # request id); recording next: it sees the answer the client got, errors included.
-    middlewares = (
-        [access, sdk_cors, recording(recorder, RECORDED_PATHS), json_errors]
-        if config.debugger_size
-        else [access, sdk_cors, json_errors]
-    )
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    edge_middleware = edge(recorder if config.debugger_size else None, RECORDED_PATHS)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[edge_middleware])
     app[CONFIG] = config
     app[RECORDER] = recorder
     app[VIEWERS] = {}

@@ -9,6 +9,7 @@ The `Authorization` value never enters it: only the key's public id.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from http_bridge.segment import key_id_of
 
@@ -40,6 +40,8 @@ def redact_write_keys(body: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
+    """One recorded exchange as the debugger shows it (built when it is read)."""
+
     id: int
     at: float
     method: str
@@ -61,58 +63,75 @@ class Exchange:
         return "rejected" if self.status < 500 else "failed"
 
 
-def _redacted(headers: web.Request) -> tuple[tuple[str, str], ...]:
-    out = []
-    for name, value in headers.headers.items():
-        if name.lower() == "authorization":
-            key_id = key_id_of(value)
-            value = f"<redacted: key {key_id}>" if key_id else "<redacted>"
-        out.append((name, value))
-    return tuple(out)
+# What the ring holds per exchange: plain values in a tuple, referenced as they came
+# (the parser's raw header pairs, the body read), so that recording costs about one
+# tuple per request; decoding and slicing happen only when someone looks.
+_Entry = tuple[int, float, str, str, tuple[tuple[bytes, bytes], ...], bytes, int, bytes, float, str]
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_authorization(value: bytes) -> bytes:
+    key_id = key_id_of(value.decode("utf-8", "surrogateescape"))
+    return f"<redacted: key {key_id}>".encode() if key_id else b"<redacted>"
+
+
+def _without_secrets(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The raw header pairs with the Authorization value replaced: it never enters the ring."""
+    for index, (name, value) in enumerate(raw):
+        if len(name) == 13 and name.lower() == b"authorization":
+            redacted = (name, _redacted_authorization(value))
+            return (*raw[:index], redacted, *_without_secrets(raw[index + 1 :]))
+    return raw
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")  # as aiohttp decodes header values
+
+
+def _exchange(entry: _Entry) -> Exchange:
+    id, at, method, path, raw, body, status, answer, duration_ms, account = entry
+    return Exchange(
+        id=id,
+        at=at,
+        method=method,
+        path=path,
+        headers=tuple((_text(name), _text(value)) for name, value in raw),
+        body=body[:MAX_BODY],
+        body_truncated=len(body) > MAX_BODY,
+        status=status,
+        response=answer[:MAX_BODY],
+        duration_ms=duration_ms,
+        account=account,
+    )
 
 
 class Recorder:
     def __init__(self, size: int) -> None:
-        self._ring: deque[Exchange] = deque(maxlen=size)
+        self._ring: deque[_Entry] = deque(maxlen=size)
         self._ids = itertools.count(1)
 
     def add(self, request: web.Request, response: web.StreamResponse, started: float) -> None:
+        """Record one exchange; `started` is its `time.perf_counter()` at arrival."""
         body = request.get(BODY, b"")
         answer = response.body if isinstance(response, web.Response) else b""
         self._ring.append(
-            Exchange(
-                id=next(self._ids),
-                at=time.time(),
-                method=request.method,
-                path=request.path,
-                headers=_redacted(request),
-                body=body[:MAX_BODY],
-                body_truncated=len(body) > MAX_BODY,
-                status=response.status,
-                response=answer[:MAX_BODY] if isinstance(answer, bytes) else b"",
-                duration_ms=(time.monotonic() - started) * 1000,
-                account=request.get(ACCOUNT, ""),
+            (
+                next(self._ids),
+                time.time(),
+                request.method,
+                request.path,
+                _without_secrets(request.raw_headers),
+                # A body past the cap is cut now: the ring must not hold megabytes.
+                body if len(body) <= MAX_BODY else body[: MAX_BODY + 1],
+                response.status,
+                answer if isinstance(answer, bytes) else b"",
+                (time.perf_counter() - started) * 1000,
+                request.get(ACCOUNT, ""),
             )
         )
 
     def newest_first(self) -> Iterator[Exchange]:
-        return reversed(self._ring)
+        return (_exchange(entry) for entry in reversed(self._ring))
 
     def get(self, id: int) -> Exchange | None:
-        return next((e for e in self._ring if e.id == id), None)
-
-
-def recording(recorder: Recorder, paths: tuple[str, ...]) -> Middleware:
-    """Middleware that records the exchanges of requests under `paths` (outermost, so it
-    sees the answer the client got, errors included)."""
-
-    @web.middleware
-    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith(paths):
-            return await handler(request)
-        started = time.monotonic()
-        response = await handler(request)
-        recorder.add(request, response, started)
-        return response
-
-    return record
+        return next((_exchange(e) for e in self._ring if e[0] == id), None)

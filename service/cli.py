@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import prometheus_client
 
@@ -208,6 +210,21 @@ def reload_tls_on_sighup(bridge: BridgeServer) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload_tls)
 
 
+#: Collections of the youngest generation every this many net allocations (Python's
+#: default is 700): a request allocates a few dozen containers that live until its
+#: answer, so the default collects every few dozen requests for nothing.
+GC_THRESHOLD: Final = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Once started: what exists now (modules, config, caches) lives as long as the
+    process, so it leaves the collector's view (`gc.freeze`), and young collections
+    run less often. Worth 7-20 % events/s in the benchmark (bench/, A/B)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     core = None
     bridge = None
@@ -240,6 +257,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 local = InProcessCore(core, config.retry_after_s)
                 bridge = await start_bridge(config, lambda _: local, registry)
             reload_tls_on_sighup(bridge)
+        tune_gc()
         await wait_for_signal()
         log.info("shutting down: draining in-flight requests")
     finally:

@@ -12,8 +12,10 @@ secrets: callers never pass keys, Authorization values or event contents.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
+import itertools
 import logging
 import os
 import re
@@ -30,8 +32,23 @@ MAX_REQUEST_ID: Final = 64
 _SANE_ID: Final = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_REQUEST_ID}}}")
 
 
+# A random prefix per process and a counter: 16 hex characters like a random id,
+# unique within a process and, with 32 random bits, across processes and restarts,
+# without a getrandom(2) call per request.
+_id_prefix = os.urandom(4).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_process() -> None:  # a forked child must not repeat its parent's ids
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = os.urandom(4).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_process)
+
+
 def new_request_id() -> str:
-    return os.urandom(8).hex()
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
 def sane_request_id(value: str | None) -> str:
@@ -110,6 +127,66 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes the lines of one event-loop turn together.
+
+    Every request logs a line. Written one by one, each costs a write(2) and gives up
+    the GIL around it, which the SQLite writer thread then takes: the HTTP side waits
+    for it again. Lines logged on a thread running an event loop are joined and
+    written when the loop's current turn ends (`call_soon`), so a line reaches the
+    stream at most one turn late. WARNING and above, and lines logged where no loop
+    runs (other threads, the CLI), are written at once, after what is pending, so
+    the order is kept. `logging.shutdown()` (at exit) writes whatever is left.
+    """
+
+    #: Past this many pending lines, write them without waiting for the turn to end.
+    max_pending = 256
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging's own policy for a bad record
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        if (
+            record.levelno >= logging.WARNING
+            or len(self._pending) >= self.max_pending
+            or not self._flush_later()
+        ):
+            self.flush()
+
+    def _flush_later(self) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._flush_on is None:
+            loop.call_soon(self.flush)
+            self._flush_on = loop
+        return self._flush_on is loop
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if self._pending:
+                text = "\n".join(self._pending) + "\n"
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                except Exception:  # noqa: BLE001 - as StreamHandler: report, go on
+                    self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
+            super().flush()
+        finally:
+            self.release()
+
+
 def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Send every logger's records to `stream` (stderr): JSON unless it is a terminal."""
     # Lines go out per request, so skip what the formatters never show (the Logging
@@ -122,7 +199,7 @@ def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | No
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    handler = logging.StreamHandler(stream)
+    handler = LineBatchingHandler(stream)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:

@@ -194,3 +194,67 @@ async def test_every_event_of_an_sdk_batch_is_logged_under_its_request_id(
     events = [line for line in logs.lines() if line["logger"] == "inlet.events"]
     assert sorted(line["messageId"] for line in events) == ["sdk-0", "sdk-1", "sdk-2"]
     assert {line["request_id"] for line in events} == {"sdk-req"}
+
+
+# -- how lines reach the stream ------------------------------------------------------------
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _batching() -> tuple[logging.Logger, CountingStream, Any]:
+    from service.logs import LineBatchingHandler
+
+    stream = CountingStream()
+    handler = LineBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"inlet.test.batching.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return logger, stream, handler
+
+
+async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> None:
+    logger, stream, _ = _batching()
+    for n in range(50):
+        logger.info("line %d", n)
+    assert stream.getvalue() == ""  # not yet: the turn has not ended
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(50)]
+    assert stream.writes == 1
+
+
+async def test_a_warning_and_a_line_from_another_thread_are_written_at_once() -> None:
+    logger, stream, _ = _batching()
+    logger.info("first")
+    logger.warning("second")  # written now, after what was pending
+    assert stream.getvalue().splitlines() == ["first", "second"]
+    logger.info("third")
+    await asyncio.to_thread(logger.info, "from a thread")  # no loop there: at once
+    assert stream.getvalue().splitlines() == ["first", "second", "third", "from a thread"]
+
+
+def test_without_a_loop_lines_are_written_at_once_and_shutdown_flushes() -> None:
+    logger, stream, handler = _batching()
+    logger.info("cli line")
+    assert stream.getvalue() == "cli line\n"
+
+    async def log_and_stop() -> None:
+        logger.info("last words")  # the loop ends before its turn does
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_and_stop())
+    loop.close()
+    handler.flush()  # what logging.shutdown() does at exit
+    assert stream.getvalue().splitlines() == ["cli line", "last words"]
+    logger.info("after the loop closed")  # another loop's pending flush does not block
+    assert stream.getvalue().splitlines()[-1] == "after the loop closed"
