@@ -103,6 +103,31 @@ def memory_kb(pid: int, field: str) -> int:
     return 0
 
 
+# -- where each process runs --------------------------------------------------------------
+
+# With --pin (the default on two or more CPUs) each server, the ceiling as Inlet, runs on
+# the last CPU and the load generators on the others: both servers are one process, and
+# sharing cores with wrk made rounds of one commit differ by ±30 %.
+SERVER_CPUS: set[int] | None = None
+LOAD_CPUS: set[int] | None = None
+
+
+def pin(enabled: bool) -> None:
+    global SERVER_CPUS, LOAD_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if enabled and len(cpus) >= 2:
+        SERVER_CPUS, LOAD_CPUS = {cpus[-1]}, set(cpus[:-1])
+    else:
+        SERVER_CPUS = LOAD_CPUS = None
+
+
+def pinned(cpus: set[int] | None) -> list[str]:
+    """A command prefix putting a process (and every thread it starts) on `cpus`."""
+    if cpus is None or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
+
+
 # -- load generation -----------------------------------------------------------------------
 
 
@@ -129,7 +154,9 @@ def drive(
     else:
         command = [sys.executable, str(HERE / "http_load.py"), url + "/segment", key,
                    str(connections), str(seconds), prefix]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [*pinned(LOAD_CPUS), *command], capture_output=True, text=True, check=True
+    ).stdout
     line = next(
         line for line in output.splitlines() if line.lstrip().startswith(("BENCH_JSON", "{"))
     )
@@ -164,6 +191,26 @@ def measure(
         "processes": len(pids),
     }
     return summary, [warm, run]
+
+
+def overload(
+    pid: int, url: str, key: str, args: argparse.Namespace, work: Path, loadgen: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Far more connections than Inlet can serve at once: how it sheds (503 + Retry-After)
+    and what latency the answers see; RSS under that load."""
+    run = drive(url, key, args.overload_seconds, args.overload_connections, loadgen,
+                f"o{time.time_ns()}", work)  # fmt: skip
+    statuses = run["statuses"]
+    return {
+        "connections": args.overload_connections,
+        "answers_per_s": run["requests"] / run["seconds"],
+        "stored_per_s": statuses.get(200, 0) / run["seconds"],
+        "statuses": statuses,
+        "shed_share": statuses.get(503, 0) / max(run["requests"], 1),
+        "latency_ms": run["latency_ms"],
+        "errors": run.get("errors", {}),
+        "peak_rss_mb": [memory_kb(p, "VmHWM") / 1024 for p in process_tree(pid)],
+    }, run
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -225,7 +272,9 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
     out: dict[str, Any] = {}
 
     port = free_port()
-    ceiling = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port), key])
+    ceiling = subprocess.Popen(
+        [*pinned(SERVER_CPUS), sys.executable, str(HERE / "ceiling.py"), str(port), key]
+    )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/segment", post=True)
         url = f"http://127.0.0.1:{port}"
@@ -236,7 +285,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
+        [*pinned(SERVER_CPUS), sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
          "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}", *args.serve_args],
         cwd=data, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -244,10 +293,13 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         wait_until_up(f"http://127.0.0.1:{port}/readyz")
         url = f"http://127.0.0.1:{port}"
         out["inlet"], runs = measure(server.pid, url, key, args, work, loadgen)
+        if args.overload_connections:
+            out["overload"], run = overload(server.pid, url, key, args, work, loadgen)
+            runs.append(run)
         acknowledged = sum(r["statuses"].get(200, 0) - r["duplicates"] for r in runs)
         if not args.skip_grpc:
             grpc_out = subprocess.run(
-                [sys.executable, str(HERE / "grpc_load.py"), f"127.0.0.1:{grpc_port}", key,
+                [*pinned(LOAD_CPUS), sys.executable, str(HERE / "grpc_load.py"), f"127.0.0.1:{grpc_port}", key,
                  str(args.grpc_seconds), "500", "4"],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
@@ -266,11 +318,12 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         "acknowledged_new_events": acknowledged,
         "stored_http_events": http_rows,
         # wrk abandons requests still in flight when its time is up: those may be stored
-        # without anyone seeing the 200, so the store may hold up to one per connection more.
+        # without anyone seeing the 200, so the store may hold up to one per connection more
+        # (per phase: the overload phase's thousands of connections included).
         "unacknowledged_but_stored": http_rows - acknowledged,
         "stored_twice": rows - distinct,
         "ok": http_rows >= acknowledged
-        and http_rows - acknowledged <= 2 * args.connections
+        and http_rows - acknowledged <= 2 * max(args.connections, args.overload_connections)
         and rows == distinct,
     }
     out["ratio_to_ceiling"] = out["inlet"]["events_per_s"] / out["ceiling"]["events_per_s"]
@@ -300,6 +353,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "ceiling_cpu_us_per_event": median(("ceiling", "cpu_us_per_event")),
         "inlet_peak_rss_mb": max(max(r["inlet"]["rss_mb"]["peak_per_process"]) for r in rounds),
         "grpc_ingest_batch_events_per_s": median(("grpc_ingest_batch", "events_per_s")),
+        "overload_stored_per_s": median(("overload", "stored_per_s")),
+        "overload_shed_share": median(("overload", "shed_share")),
+        "overload_p99_ms": median(("overload", "latency_ms", "p99")),
         "integrity_ok": all(r["integrity"]["ok"] for r in rounds),
     }
 
@@ -314,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat, report medians")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--grpc-seconds", type=float, default=5)
+    parser.add_argument(
+        "--overload-connections", type=int, default=4096,
+        help="connections of the overload phase (0: skip it)",
+    )  # fmt: skip
+    parser.add_argument("--overload-seconds", type=float, default=5)
+    parser.add_argument(
+        "--no-pin", action="store_true",
+        help="let servers and load generator share every CPU (default: servers on the last)",
+    )  # fmt: skip
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument(
         "--postgres", help="run Inlet on PostgreSQL: a DSN; each round gets a new database"
@@ -325,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "python"
 
+    pin(not args.no_pin)
     work = Path(tempfile.mkdtemp(prefix="inlet-bench-"))
     try:
         rounds = []
@@ -337,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio": round(result["ratio_to_ceiling"], 3),
                 "p99_ms": round(result["inlet"]["latency_ms"]["p99"], 2),
                 "grpc": round(result.get("grpc_ingest_batch", {}).get("events_per_s", 0)),
+                "overload_p99_ms": round(
+                    result.get("overload", {}).get("latency_ms", {}).get("p99", 0)
+                ),
+                "overload_shed": round(result.get("overload", {}).get("shed_share", 0), 3),
                 "integrity": result["integrity"]["ok"],
             }), flush=True)  # fmt: skip
     finally:
@@ -353,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         ).stdout.strip(),
         "store": "postgresql" if args.postgres else "sqlite",
+        "pinned": {"servers": sorted(SERVER_CPUS), "load": sorted(LOAD_CPUS or ())}
+        if SERVER_CPUS
+        else None,
         "summary": summarise(rounds),
         "rounds": rounds,
     }

@@ -69,6 +69,7 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
             max_inflight=config.max_inflight_batches,
             max_pending=config.max_pending,
             max_pending_bytes=config.max_pending_bytes,
+            max_queue_delay=config.max_queue_delay_s,
         )
         app[METRICS].pending.set_function(lambda: batcher.pending)
         try:

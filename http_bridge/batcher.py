@@ -17,6 +17,13 @@ one store transaction, the same queue caps (503 `overloaded`) and the same order
 as webhook events, which it may share a call with. A group larger than `max_items`
 or `max_bytes` goes alone; the caps bound coalescing, not what one request may send.
 
+Above capacity, the queue would grow until each request waited out its deadline
+(503 after `timeout`, seconds of latency for everyone). Instead, once the oldest
+queued request has waited `max_queue_delay`, new requests are refused at once
+(QueueFull: 503 + Retry-After): the queue stays about that long, so latency stays
+bounded and Segment retries the rest later (a CoDel-like rule on queueing delay,
+which, unlike a count, means the same at any event size or speed of the store).
+
 Each submission may carry a tag (the bridge's request id); while `send` runs, the
 tags of its items, in item order (a group's items share its tag), are in the
 `BATCH_TAGS` context variable, so the call to the core can name the requests it
@@ -58,15 +65,25 @@ class Batcher(Generic[Item, Result]):
         max_inflight: int = 1,
         max_pending: int = 10_000,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        max_queue_delay: float = float("inf"),
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`max_queue_delay`: once the oldest queued request has waited this long (s), new
+        ones are refused (QueueFull) until the queue moves again; `clock` (the running
+        loop's by default) measures it."""
         self._send = send
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_inflight = max_inflight
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
+        self._max_queue_delay = max_queue_delay
+        self._clock = clock
         self._pending_bytes = 0
-        self._queue: deque[tuple[list[Item], int, asyncio.Future[list[Result]], str]] = deque()
+        # (items, size, future, tag, queued at)
+        self._queue: deque[
+            tuple[list[Item], int, asyncio.Future[list[Result]], str, float]
+        ] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -91,14 +108,16 @@ class Batcher(Generic[Item, Result]):
 
         Raises the same as `submit`.
         """
+        loop = asyncio.get_running_loop()
+        now = self._clock() if self._clock is not None else loop.time()
         if (
             len(self._queue) >= self._max_pending
             or self._pending_bytes + size > self._max_pending_bytes
+            or (self._queue and now - self._queue[0][4] > self._max_queue_delay)
         ):
             raise QueueFull()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Result]] = loop.create_future()
-        self._queue.append((items, size, future, tag))
+        self._queue.append((items, size, future, tag, now))
         self._pending_bytes += size
         self._dispatch()
         # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
@@ -127,7 +146,7 @@ class Batcher(Generic[Item, Result]):
         batch: list[tuple[list[Item], asyncio.Future[list[Result]], str]] = []
         count = size = 0
         while self._queue:
-            items, item_size, future, tag = self._queue[0]
+            items, item_size, future, tag, _ = self._queue[0]
             if future.done():  # its request gave up while queued
                 self._queue.popleft()
                 self._pending_bytes -= item_size

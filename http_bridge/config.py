@@ -59,6 +59,11 @@ class BridgeConfig:
     """Requests (and their bytes) queued for the core beyond which new ones get 503 at
     once: memory stays bounded whatever the load."""
 
+    max_queue_delay_s: float = 1.0
+    """Once the oldest request queued for the core has waited this long, new ones get 503
+    `overloaded` at once: above capacity, latency stays near this instead of growing to
+    the request timeout (see batcher.py)."""
+
     body_timeout_s: float = 10.0
     """Longest a client may take to send its body (slow-loris defence): then 408."""
 
@@ -109,7 +114,7 @@ class BridgeConfig:
         if self.core_tls_cert is not None and self.core_tls_ca is None:
             raise ValueError("--core-tls-cert needs --core-tls-ca (the core's CA)")
         parse_networks(self.trusted_proxies)  # ValueError names a bad range
-        if self.request_timeout_s <= 0 or self.core_timeout_s <= 0:
+        if self.request_timeout_s <= 0 or self.core_timeout_s <= 0 or self.max_queue_delay_s <= 0:
             raise ValueError("timeouts must be positive")
 
     @classmethod
@@ -131,6 +136,7 @@ class BridgeConfig:
             "INLET_REQUEST_TIMEOUT_S": ("request_timeout_s", float),
             "INLET_MAX_PENDING": ("max_pending", int),
             "INLET_BODY_TIMEOUT_S": ("body_timeout_s", float),
+            "INLET_MAX_QUEUE_DELAY_S": ("max_queue_delay_s", float),
             "INLET_HEADER_TIMEOUT_S": ("header_timeout_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),

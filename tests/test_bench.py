@@ -14,7 +14,8 @@ def test_benchmark_script_runs_and_checks_integrity(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--duration", "1", "--warmup", "1",
-         "--connections", "8", "--loadgen", "python", "--grpc-seconds", "1", "--out", str(out)],
+         "--connections", "8", "--loadgen", "python", "--grpc-seconds", "1", "--overload-connections", "64", "--overload-seconds", "1",
+         "--out", str(out)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     report = json.loads(out.read_text())
@@ -26,3 +27,7 @@ def test_benchmark_script_runs_and_checks_integrity(tmp_path: Path) -> None:
     (round_,) = report["rounds"]
     assert round_["inlet"]["exit_code"] == 0  # SIGTERM under load: clean exit
     assert round_["integrity"]["stored_twice"] == 0
+    overload = round_["overload"]
+    assert overload["connections"] == 64 and sum(overload["statuses"].values()) > 0
+    # only stored (200) or shed (503): never an error for the client's side
+    assert set(overload["statuses"]) <= {"200", "503"}

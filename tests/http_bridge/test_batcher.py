@@ -236,6 +236,37 @@ async def test_queue_full_past_max_pending(send: GatedSend) -> None:
     assert await again == "done:e"
 
 
+async def test_new_submissions_are_refused_once_the_oldest_has_waited_too_long(
+    send: GatedSend,
+) -> None:
+    """Above capacity, latency stays near max_queue_delay: newcomers get QueueFull (503)
+    at once instead of queueing behind a backlog they would time out in."""
+    now = [100.0]
+    batcher: Batcher[str, str] = Batcher(send, max_queue_delay=1.0, clock=lambda: now[0])
+    first = submit(batcher, "a")  # in flight: not queued
+    await send.next_call()
+    queued = submit(batcher, "b")
+    await settle()
+    now[0] += 0.5
+    younger = submit(batcher, "c")  # the oldest has waited 0.5 s: still admitted
+    await settle()
+    assert batcher.pending == 2
+    now[0] += 0.6  # "b" has now waited 1.1 s
+    with pytest.raises(QueueFull):
+        await batcher.submit("d", 1, LONG)
+    assert batcher.pending == 2
+
+    send.release(0)  # the queue moves: "b" and "c" go in the next call
+    assert await send.next_call() == ["b", "c"]
+    late = submit(batcher, "e")  # the queue is fresh again: admitted
+    send.release(1)
+    assert await send.next_call() == ["e"]
+    send.release(2)
+    assert [await first, await queued, await younger, await late] == [
+        "done:a", "done:b", "done:c", "done:e",
+    ]  # fmt: skip
+
+
 async def test_submitter_timing_out_while_queued_is_not_sent(send: GatedSend) -> None:
     batcher: Batcher[str, str] = Batcher(send)
     first = submit(batcher, "a")
