@@ -356,6 +356,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "overload_stored_per_s": median(("overload", "stored_per_s")),
         "overload_shed_share": median(("overload", "shed_share")),
         "overload_p99_ms": median(("overload", "latency_ms", "p99")),
+        "overload_peak_rss_mb": max(
+            (max(r["overload"]["peak_rss_mb"]) for r in rounds if "overload" in r), default=None
+        ),
         "integrity_ok": all(r["integrity"]["ok"] for r in rounds),
     }
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import asyncpg
 
 from service.errors import StoreUnavailable
-from service.projections import GROUP, USER, project
+from service.projections import GROUP, USER, Projection, project
 from service.store import pg_schema
 from service.store.base import (
     Account,
@@ -120,39 +120,95 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
-# Reserve `$1` numbers; the row lock is held until commit (see the module docstring).
-_RESERVE: Final = "UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq - $1"
-# The whole group in one statement; duplicates (stored before, or twice in the group:
-# the first wins, ORDER BY ord) are skipped and leave holes in the numbering.
-_INSERT_EVENTS: Final = """
-    INSERT INTO events (seq, account_id, message_id, type, user_id, anonymous_id, name,
-                        group_id, previous_id, timestamp_us, received_at_us, key_id, payload,
-                        settings, subject)
-    SELECT $1::bigint + ord, a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub
-    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bytea[],
-                $14::bytea[], $15::text[])
-         WITH ORDINALITY AS x(a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub, ord)
-    ORDER BY ord
-    ON CONFLICT (account_id, message_id) DO NOTHING
-    RETURNING seq
+_TraitKey = tuple[int, str, str, str]
+
+
+class _Projected:
+    """A group's projection rows, merged as applying them one by one would leave them:
+    per trait the newest `timestamp` (a tie: the later event), per membership the newest
+    timestamp, each link once."""
+
+    def __init__(self) -> None:
+        self.traits: dict[_TraitKey, tuple[bytes, int, str]] = {}
+        self.members: dict[tuple[int, str, str], int] = {}
+        self.links: dict[tuple[int, str, str], str] = {}
+
+    def add(self, write: EventWrite, projection: Projection) -> None:
+        account, event = write.account_id, write.event
+        message_id = _text(event.message_id) or ""
+        for a, b, kind in projection.links:
+            self.links.setdefault((account, _text(a) or "", _text(b) or ""), kind)
+        for t in projection.traits:
+            key = (account, t.subject_kind, _text(t.subject_id) or "", _text(t.key) or "")
+            held = self.traits.get(key)
+            if held is None or event.timestamp_us >= held[1]:
+                self.traits[key] = (t.value, event.timestamp_us, message_id)
+        if projection.membership is not None:
+            member, group = projection.membership
+            key3 = (account, _text(member) or "", _text(group) or "")
+            self.members[key3] = max(self.members.get(key3, event.timestamp_us), event.timestamp_us)
+
+    async def write(self, conn: Conn) -> None:
+        if self.links:
+            rows = [(*key, kind) for key, kind in self.links.items()]
+            await conn.execute(_LINKS, *map(list, zip(*rows, strict=True)))
+        if self.traits:
+            rows2 = [(*key, *held) for key, held in self.traits.items()]
+            await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows2, strict=True)))
+        if self.members:
+            rows3 = [(*key, ts) for key, ts in self.members.items()]
+            await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows3, strict=True)))
+        self.links.clear()
+        self.traits.clear()
+        self.members.clear()
+
+
+# One statement, one round trip: reserve numbers for the group (the counter's row lock is
+# held until commit: see the module docstring), insert the group, and NOTIFY the other
+# cores (delivered at commit). Duplicates (stored before, or twice in the group: the
+# first wins, ORDER BY ord) are skipped and leave holes in the numbering.
+_WRITE_EVENTS: Final = """
+    WITH reserved AS (
+        UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq - $1 AS base
+    ), inserted AS (
+        INSERT INTO events (seq, account_id, message_id, type, user_id, anonymous_id, name,
+                            group_id, previous_id, timestamp_us, received_at_us, key_id,
+                            payload, settings, subject)
+        SELECT reserved.base + ord, a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub
+        FROM reserved,
+             unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[],
+                    $13::bytea[], $14::bytea[], $15::text[])
+             WITH ORDINALITY AS x(a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub, ord)
+        ORDER BY ord
+        ON CONFLICT (account_id, message_id) DO NOTHING
+        RETURNING seq
+    ), notified AS (
+        SELECT pg_notify($16, max(seq)::text) FROM inserted HAVING count(*) > 0
+    )
+    SELECT (SELECT base FROM reserved), ARRAY(SELECT seq FROM inserted),
+           (SELECT count(*) FROM notified)
 """
-_UPSERT_TRAIT: Final = """
+# The projections of a group, one statement per table (rows deduplicated beforehand,
+# see _Projected: ON CONFLICT DO UPDATE may not touch one row twice in a statement).
+_UPSERT_TRAITS: Final = """
     INSERT INTO traits (account_id, subject_kind, subject_id, key, value, timestamp_us, message_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                         $6::bigint[], $7::text[])
     ON CONFLICT (account_id, subject_kind, subject_id, key) DO UPDATE
     SET value = excluded.value, timestamp_us = excluded.timestamp_us,
         message_id = excluded.message_id
     WHERE excluded.timestamp_us >= traits.timestamp_us
 """
-_UPSERT_MEMBERSHIP: Final = """
+_UPSERT_MEMBERSHIPS: Final = """
     INSERT INTO memberships (account_id, member_id, group_id, timestamp_us)
-    VALUES ($1, $2, $3, $4)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])
     ON CONFLICT (account_id, member_id, group_id) DO UPDATE
     SET timestamp_us = greatest(memberships.timestamp_us, excluded.timestamp_us)
 """
-_LINK: Final = """
-    INSERT INTO identity_links (account_id, id, other, kind) VALUES ($1, $2, $3, $4)
+_LINKS: Final = """
+    INSERT INTO identity_links (account_id, id, other, kind)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
     ON CONFLICT DO NOTHING
 """
 # A device's link to its users is followed only from the start (projections.py). UNION
@@ -355,12 +411,14 @@ class PostgresStore:
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
         async with self._connection() as conn, conn.transaction():
-            base = await conn.fetchval(_RESERVE, len(writes))
-            stored = {row[0] for row in await conn.fetch(_INSERT_EVENTS, base, *columns)}
-            results = [base + n if base + n in stored else None for n in range(1, len(writes) + 1)]
+            written = await conn.fetchrow(_WRITE_EVENTS, len(writes), *columns, CHANNEL)
+            assert written is not None  # the statement always returns one row
+            base: int = written[0]
+            inserted: set[int] = set(written[1])
+            results = [
+                base + n if base + n in inserted else None for n in range(1, len(writes) + 1)
+            ]
             await self._project(conn, writes, results)
-            if stored:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(max(stored)))
             if self.before_commit is not None:
                 await self.before_commit()
         return results
@@ -370,46 +428,22 @@ class PostgresStore:
     ) -> None:
         """Apply the stored events' projections in their order, in the ingest transaction.
 
-        Statements are pipelined per table (`executemany`, one round trip each); only a
-        delete depends on what came before it, so the queue is flushed before each."""
-        links: list[tuple[int, str, str, str]] = []
-        traits: list[tuple[int, str, str, str, bytes, int, str]] = []
-        members: list[tuple[int, str, str, int]] = []
-
-        async def flush() -> None:
-            for sql, rows in (
-                (_LINK, links),
-                (_UPSERT_TRAIT, traits),
-                (_UPSERT_MEMBERSHIP, members),
-            ):
-                if rows:
-                    await conn.executemany(sql, rows)
-                    rows.clear()
-
+        One statement per table for the whole group (one round trip each); only a delete
+        depends on what came before it, so what is pending is written before each."""
+        pending = _Projected()
         for write, seq in zip(writes, results, strict=True):
             if seq is None:
                 continue  # a duplicate: its projection was applied when it was stored
             projection = project(write.event)
             if projection.empty:
                 continue
-            account, event = write.account_id, write.event
-            message_id = _text(event.message_id) or ""
-            for a, b, kind in projection.links:
-                links.append((account, _text(a) or "", _text(b) or "", kind))
-            traits += [
-                (account, t.subject_kind, _text(t.subject_id) or "", _text(t.key) or "",
-                 t.value, event.timestamp_us, message_id)
-                for t in projection.traits
-            ]  # fmt: skip
-            if projection.membership is not None:
-                member, group = projection.membership
-                members.append(
-                    (account, _text(member) or "", _text(group) or "", event.timestamp_us)
-                )
+            pending.add(write, projection)
             if projection.erase is not None:
-                await flush()
-                await self._erase(conn, account, _text(projection.erase) or "", message_id, seq)
-        await flush()
+                await pending.write(conn)
+                message_id = _text(write.event.message_id) or ""
+                erase = _text(projection.erase) or ""
+                await self._erase(conn, write.account_id, erase, message_id, seq)
+        await pending.write(conn)
 
     async def _erase(
         self, conn: Conn, account: int, user_id: str, message_id: str, seq: int

@@ -99,6 +99,28 @@ async def test_out_of_order_identifies_keep_the_newest_trait(store: Store) -> No
     assert profile.event_counts == {"identify": 3}
 
 
+async def test_one_group_merges_its_own_traits_as_one_by_one_would(store: Store) -> None:
+    """A group carrying several identifies of one user (PostgreSQL writes a group's
+    traits in one statement): newest timestamp wins, a tie goes to the later event."""
+    acme = await account(store)
+    results = await store.write_events(
+        [
+            write(acme, identify("g-1", "2026-02-02T00:00:00Z", "u1", plan="pro", email="1@x")),
+            write(acme, identify("g-2", "2026-01-01T00:00:00Z", "u1", plan="free", name="Old")),
+            write(acme, identify("g-3", "2026-02-02T00:00:00Z", "u1", email="3@x")),
+            write(acme, identify("g-1", "2026-09-09T00:00:00Z", "u1", plan="dup")),  # duplicate
+            write(acme, {"type": "alias", "messageId": "g-4", "userId": "u1", "previousId": "a"}),
+            write(acme, {"type": "alias", "messageId": "g-5", "userId": "u1", "previousId": "a"}),
+        ]
+    )
+    assert [seq is not None for seq in results] == [True, True, True, False, True, True]
+    profile = await store.get_profile(acme, "a")  # found through the alias, made once
+    assert profile is not None
+    values = {k: orjson.loads(t.value) for k, t in profile.traits.items()}
+    assert values == {"plan": "pro", "email": "3@x", "name": "Old"}
+    assert profile.traits["email"].message_id == "g-3"
+
+
 async def test_links_groups_and_lookup_by_any_linked_id(store: Store) -> None:
     acme = await account(store)
     await store.write_events(
