@@ -81,9 +81,9 @@ class Batcher(Generic[Item, Result]):
         self._clock = clock
         self._pending_bytes = 0
         # (items, size, future, tag, queued at)
-        self._queue: deque[
-            tuple[list[Item], int, asyncio.Future[list[Result]], str, float]
-        ] = deque()
+        self._queue: deque[tuple[list[Item], int, asyncio.Future[list[Result]], str, float]] = (
+            deque()
+        )
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -110,6 +110,8 @@ class Batcher(Generic[Item, Result]):
         """
         loop = asyncio.get_running_loop()
         now = self._clock() if self._clock is not None else loop.time()
+        while self._queue and self._queue[0][2].done():  # its request gave up: not waiting
+            self._pending_bytes -= self._queue.popleft()[1]
         if (
             len(self._queue) >= self._max_pending
             or self._pending_bytes + size > self._max_pending_bytes

@@ -59,10 +59,11 @@ class BridgeConfig:
     """Requests (and their bytes) queued for the core beyond which new ones get 503 at
     once: memory stays bounded whatever the load."""
 
-    max_queue_delay_s: float = 1.0
+    max_queue_delay_s: float = 2.0
     """Once the oldest request queued for the core has waited this long, new ones get 503
     `overloaded` at once: above capacity, latency stays near this instead of growing to
-    the request timeout (see batcher.py)."""
+    the request timeout (see batcher.py). Longer than SQLite's 2 s busy timeout, so a
+    store waiting out another process's lock does not turn into 503s by itself."""
 
     body_timeout_s: float = 10.0
     """Longest a client may take to send its body (slow-loris defence): then 408."""

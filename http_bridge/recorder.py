@@ -9,7 +9,6 @@ The `Authorization` value never enters it: only the key's public id.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 import time
@@ -69,7 +68,6 @@ class Exchange:
 _Entry = tuple[int, float, str, str, tuple[tuple[bytes, bytes], ...], bytes, int, bytes, float, str]
 
 
-@functools.lru_cache(maxsize=1024)
 def _redacted_authorization(value: bytes) -> bytes:
     key_id = key_id_of(value.decode("utf-8", "surrogateescape"))
     return f"<redacted: key {key_id}>".encode() if key_id else b"<redacted>"

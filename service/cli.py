@@ -213,7 +213,7 @@ def reload_tls_on_sighup(bridge: BridgeServer) -> None:
 #: Collections of the youngest generation every this many net allocations (Python's
 #: default is 700): a request allocates a few dozen containers that live until its
 #: answer, so the default collects every few dozen requests for nothing.
-GC_THRESHOLD: Final = (50_000, 20, 100)
+GC_THRESHOLD: Final = (50_000, 20, 10)
 
 
 def tune_gc() -> None:

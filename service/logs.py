@@ -35,20 +35,24 @@ _SANE_ID: Final = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_REQUEST_ID}}}")
 # A random prefix per process and a counter: 16 hex characters like a random id,
 # unique within a process and, with 32 random bits, across processes and restarts,
 # without a getrandom(2) call per request.
+# The counter is scrambled by a random odd multiplier (a bijection modulo 2**32), so
+# ids do not show a client how many requests came before its own.
 _id_prefix = os.urandom(4).hex()
 _id_counter = itertools.count(1)
+_id_scramble = int.from_bytes(os.urandom(4)) | 1
 
 
 def _new_process() -> None:  # a forked child must not repeat its parent's ids
-    global _id_prefix, _id_counter
+    global _id_prefix, _id_counter, _id_scramble
     _id_prefix, _id_counter = os.urandom(4).hex(), itertools.count(1)
+    _id_scramble = int.from_bytes(os.urandom(4)) | 1
 
 
 os.register_at_fork(after_in_child=_new_process)
 
 
 def new_request_id() -> str:
-    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
+    return f"{_id_prefix}{next(_id_counter) * _id_scramble & 0xFFFFFFFF:08x}"
 
 
 def sane_request_id(value: str | None) -> str:
@@ -159,7 +163,7 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             or len(self._pending) >= self.max_pending
             or not self._flush_later()
         ):
-            self.flush()
+            self.flush()  # never raises: a failing stream must not fail the caller
 
     def _flush_later(self) -> bool:
         try:
@@ -172,17 +176,20 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return self._flush_on is loop
 
     def flush(self) -> None:
+        """Write what is pending. A stream that fails (a full disk, a log collector gone:
+        EPIPE) is reported as logging reports a failed record and the lines are dropped;
+        it never raises, neither into the code that logged nor into the event loop."""
         self.acquire()
         try:
             self._flush_on = None
-            if self._pending:
-                text = "\n".join(self._pending) + "\n"
-                self._pending.clear()
-                try:
+            text = "\n".join(self._pending) + "\n" if self._pending else ""
+            self._pending.clear()
+            try:
+                if text:
                     self.stream.write(text)
-                except Exception:  # noqa: BLE001 - as StreamHandler: report, go on
-                    self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
-            super().flush()
+                super().flush()
+            except Exception:  # noqa: BLE001 - as StreamHandler.emit: report, go on
+                self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
         finally:
             self.release()
 

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -347,8 +347,21 @@ class SqliteStore:
             self._write_lock = asyncio.Lock()
         return self._write_lock
 
-    def _on_writer_thread(self, func: Callable[..., T], *args: Any) -> Awaitable[T]:
-        return asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    async def _on_writer_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """`func(*args)` on the writer thread. A caller cancelled meanwhile still waits
+        for it to finish before the cancellation goes on: whoever holds the write lock
+        keeps it while the writer thread uses the connection (a job may wait up to the
+        busy timeout for another process's lock)."""
+        job = asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            while not job.done():
+                try:
+                    await asyncio.wait([job])
+                except asyncio.CancelledError:
+                    continue
+            raise
 
     async def _read(self, func: Callable[[sqlite3.Connection], T]) -> T:
         """Run `func(connection)` on a reader thread, in one read transaction."""
@@ -424,12 +437,12 @@ class SqliteStore:
             conn = self._db()
             new_links: list[tuple[int, str, str]] = []
             try:
-                if not self._begin_at_once(conn):
-                    await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
                 try:
+                    if not self._begin_at_once(conn):
+                        await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
                     results = self._insert_events(conn, writes, new_links)
                     await self._on_writer_thread(conn.execute, "COMMIT")
-                except BaseException:
+                except BaseException:  # cancellation included: never leave it open
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
@@ -447,7 +460,8 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             return True
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # The extended code (SQLITE_BUSY_RECOVERY, ...) carries the primary one in its low byte.
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return False
             raise
         finally:

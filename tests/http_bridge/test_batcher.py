@@ -267,6 +267,26 @@ async def test_new_submissions_are_refused_once_the_oldest_has_waited_too_long(
     ]  # fmt: skip
 
 
+async def test_an_abandoned_request_at_the_head_does_not_make_the_queue_look_old(
+    send: GatedSend,
+) -> None:
+    now = [100.0]
+    batcher: Batcher[str, str] = Batcher(send, max_queue_delay=1.0, clock=lambda: now[0])
+    first = submit(batcher, "a")
+    await send.next_call()
+    gave_up = submit(batcher, "b")
+    await settle()
+    gave_up.cancel()  # its client left
+    await settle()
+    now[0] += 5.0
+    fresh = submit(batcher, "c")  # the only one really waiting is new: admitted
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["c"]
+    send.release(1)
+    assert [await first, await fresh] == ["done:a", "done:c"]
+
+
 async def test_submitter_timing_out_while_queued_is_not_sent(send: GatedSend) -> None:
     batcher: Batcher[str, str] = Batcher(send)
     first = submit(batcher, "a")

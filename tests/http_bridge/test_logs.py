@@ -258,3 +258,31 @@ def test_without_a_loop_lines_are_written_at_once_and_shutdown_flushes() -> None
     assert stream.getvalue().splitlines() == ["cli line", "last words"]
     logger.info("after the loop closed")  # another loop's pending flush does not block
     assert stream.getvalue().splitlines()[-1] == "after the loop closed"
+
+
+class FailingStream(io.StringIO):
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_failing_log_stream_never_raises_into_the_caller_or_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.logs import LineBatchingHandler
+
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # as in production
+    handler = LineBatchingHandler(FailingStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("inlet.test.failing")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning("written at once")  # would raise from flush()
+        logger.error("again")
+        for n in range(5):
+            logger.info("batched %d", n)  # flushed by the loop: must not break it
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await asyncio.to_thread(logger.info, "from a thread")
+    finally:
+        logger.removeHandler(handler)

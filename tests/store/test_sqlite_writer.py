@@ -110,3 +110,29 @@ async def test_a_lock_held_past_the_busy_timeout_is_store_unavailable_then_it_re
         assert await store.count_events(acme) == 1
     finally:
         await store.close()
+
+
+async def test_a_cancelled_job_keeps_the_connection_until_the_writer_thread_is_done(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    """A gRPC deadline cancels an admin call waiting for another process's lock: the next
+    event group must neither share the connection with it nor stall the event loop."""
+    acme = (await sqlite_store.ensure_account("acme")).id
+    other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    creating = asyncio.create_task(sqlite_store.ensure_account("beta"))
+    await asyncio.sleep(0.1)  # it waits on the writer thread for the lock
+    creating.cancel()
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(_loop_ticks(stop))
+    writing = asyncio.create_task(sqlite_store.write_events([write(acme, track("after"))]))
+    await asyncio.sleep(0.3)
+    assert not writing.done()
+    other.execute("COMMIT")
+    other.close()
+    assert (await writing)[0] is not None
+    stop.set()
+    assert await ticker >= 30  # the loop never blocked behind the cancelled job
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+    assert await sqlite_store.count_events(acme) == 1
