@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -74,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="count bench/ceiling.py (the bare aiohttp endpoint) instead")  # fmt: skip
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -88,15 +89,23 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         port, grpc_port = free_port(), free_port()
+        command = (
+            [sys.executable, str(HERE / "ceiling.py"), str(port), key]
+            if args.ceiling
+            else [sys.executable, "-m", "service.cli", "serve", "--database", database,
+                  "--host", "127.0.0.1", "--port", str(port), "--grpc",
+                  f"127.0.0.1:{grpc_port}", *args.serve_args]
+        )  # fmt: skip
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out.%p",
-             sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
-             "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}",
-             *args.serve_args],
-            cwd=work, stderr=subprocess.DEVNULL, env={**os.environ},
+             *command],
+            cwd=HERE.parent if args.ceiling else work, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", timeout=600)
+            if args.ceiling:
+                wait_until_up(f"http://127.0.0.1:{port}/segment", post=True, timeout=600)
+            else:
+                wait_until_up(f"http://127.0.0.1:{port}/readyz", timeout=600)
             send(port, key, 200, args.connections, f"w{time.time_ns()}")
             subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True,
                            check=True)  # fmt: skip
