@@ -25,8 +25,7 @@ so `first_name` and `firstName` are one trait; custom traits keep the key as sen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -59,8 +58,7 @@ def trait_key(key: str) -> str:
     return _RESERVED_BY_NORMAL.get(normalise_name(key), key)
 
 
-@dataclass(frozen=True, slots=True)
-class TraitWrite:
+class TraitWrite(NamedTuple):
     subject_kind: str
     subject_id: str
     key: str
@@ -68,8 +66,7 @@ class TraitWrite:
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Projection:
+class Projection(NamedTuple):
     """The profile changes one stored event makes."""
 
     #: Edges to store: (id, other, kind of `other` as seen from `id`). See LINK_KINDS.

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -67,9 +66,11 @@ _FIELD_TYPES: Final[dict[str, tuple[tuple[type, ...], str]]] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class CanonicalEvent:
-    """A validated event: the Spec fields the core indexes, plus the original JSON."""
+class CanonicalEvent(NamedTuple):
+    """A validated event: the Spec fields the core indexes, plus the original JSON.
+
+    Immutable like a frozen dataclass, and built once per event on the ingest path:
+    a NamedTuple costs ~5x fewer instructions to build (bench/instructions.py)."""
 
     type: str
     message_id: str

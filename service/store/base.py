@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from service.validation import CanonicalEvent
 
@@ -51,8 +51,7 @@ def rotated_expiry(
     return until_us if old.expires_at_us is None else min(until_us, old.expires_at_us)
 
 
-@dataclass(frozen=True, slots=True)
-class EventWrite:
+class EventWrite(NamedTuple):
     """One validated event to store for an account."""
 
     account_id: int
