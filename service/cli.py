@@ -28,7 +28,7 @@ from http_bridge.server import BridgeServer, start_bridge
 from service import cli_admin, cli_client, keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.in_process import InProcessCore
-from service.server import start_core, wait_for_signal
+from service.server import CoreServer, start_core, wait_for_signal
 from service.store import Store, StoreError
 from service.timestamps import format_micros, parse_timestamp
 
@@ -205,9 +205,17 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
     )
 
 
-def reload_tls_on_sighup(bridge: BridgeServer) -> None:
-    """SIGHUP re-reads the bridge's certificate files (after a renewal), like nginx."""
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload_tls)
+def reload_tls_on_sighup(bridge: BridgeServer | None, core: CoreServer | None) -> None:
+    """SIGHUP re-reads the certificate files (after a renewal), like nginx: the bridge's
+    HTTPS one and the core's gRPC one, whichever this process serves."""
+
+    def reload() -> None:
+        if bridge is not None:
+            bridge.reload_tls()
+        if core is not None and core.tls is not None:
+            core.reload_tls()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 #: Collections of the youngest generation every this many net allocations (Python's
@@ -256,7 +264,7 @@ async def _serve(args: argparse.Namespace) -> None:
             else:  # same process: no gRPC hop between bridge and core
                 local = InProcessCore(core, config.retry_after_s)
                 bridge = await start_bridge(config, lambda _: local, registry)
-            reload_tls_on_sighup(bridge)
+        reload_tls_on_sighup(bridge, core)
         tune_gc()
         await wait_for_signal()
         log.info("shutting down: draining in-flight requests")

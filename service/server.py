@@ -7,7 +7,6 @@ import logging
 import signal
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -27,6 +26,7 @@ from service.admin import AdminServicer
 from service.auth import Authenticator
 from service.config import CoreConfig, open_configured_store
 from service.feed import Feed
+from service.grpc_tls import ReloadableCredentials
 from service.ingest import Ingestor
 from service.interceptors import AccessInterceptor, DecodeErrorInterceptor
 from service.maintenance import MaintenanceMode
@@ -64,15 +64,11 @@ def server_options(config: CoreConfig) -> list[tuple[str, int]]:
     ]
 
 
-def server_credentials(config: CoreConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: CoreConfig) -> ReloadableCredentials | None:
     """TLS for the gRPC port; with a client CA, callers must present a certificate."""
     if config.grpc_tls_cert is None or config.grpc_tls_key is None:
         return None
-    pair = (Path(config.grpc_tls_key).read_bytes(), Path(config.grpc_tls_cert).read_bytes())
-    client_ca = Path(config.grpc_client_ca).read_bytes() if config.grpc_client_ca else None
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+    return ReloadableCredentials(config.grpc_tls_cert, config.grpc_tls_key, config.grpc_client_ca)
 
 
 @dataclass
@@ -91,7 +87,16 @@ class CoreServer:
     background: list[asyncio.Task[None]]
     metrics: CoreMetrics
     metrics_server: WSGIServer | None = None
+    tls: ReloadableCredentials | None = None
     serving: bool = True
+
+    def reload_tls(self) -> bool:
+        """Re-read the gRPC certificate files (on SIGHUP): new connections get the new
+        certificate, open ones keep theirs; bad files keep the old one (False)."""
+        if self.tls is None:
+            log.info("no gRPC TLS certificate to reload: the core serves plain gRPC")
+            return False
+        return self.tls.reload()
 
     @property
     def metrics_port(self) -> int | None:
@@ -155,7 +160,7 @@ async def start_core(
         if credentials is None:
             port = server.add_insecure_port(config.listen)
         else:
-            port = server.add_secure_port(config.listen, credentials)
+            port = server.add_secure_port(config.listen, credentials.credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
         raise OSError(f"cannot listen on {config.listen} for gRPC: {exc}") from None
@@ -186,7 +191,7 @@ async def start_core(
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
     return CoreServer(
         server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
-        background, metrics, metrics_server,
+        background, metrics, metrics_server, credentials,
     )  # fmt: skip
 
 

@@ -159,7 +159,7 @@ async def test_sighup_reloads_the_certificate(
         str(tmp_path / "server.pem")
     )
     loop = asyncio.get_running_loop()
-    reload_tls_on_sighup(tls_stack.bridge)
+    reload_tls_on_sighup(tls_stack.bridge, tls_stack.core)
     try:
         os.kill(os.getpid(), signal.SIGHUP)
         async with asyncio.timeout(5):  # the handler runs on the loop's next turns

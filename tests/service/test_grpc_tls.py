@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +14,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from http_bridge.config import BridgeConfig
+from service.cli import reload_tls_on_sighup
 from service.config import CoreConfig
 from tests.stack import Stack, basic, start_stack
 
@@ -100,3 +104,100 @@ def test_half_configured_tls_is_refused_at_start_up() -> None:
         CoreConfig(grpc_client_ca="ca.pem")
     with pytest.raises(ValueError):
         BridgeConfig(core_tls_cert="bridge.pem", core_tls_key="bridge.key")  # no CA
+
+
+async def _health(target: str, ca: str, client: tuple[str, str] | None = None) -> str:
+    """Check health over a new channel trusting only `ca`: "ok", or the error's code."""
+    key = cert = None
+    if client is not None:
+        cert, key = Path(client[0]).read_bytes(), Path(client[1]).read_bytes()
+    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), key, cert)
+    async with grpc.aio.secure_channel(target, credentials) as channel:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+    return "ok"
+
+
+async def test_the_core_certificate_is_replaced_while_serving(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    """After a renewal (new files, SIGHUP): new connections get the new certificate, bad
+    files leave the old one in use, and open connections keep working throughout."""
+    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
+                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    stack = await start_stack(tmp_path, core, BridgeConfig(host="127.0.0.1", port=0,
+                                                           core_tls_ca=pki["ca"]))  # fmt: skip
+    try:
+        target, running = stack.core_target, stack.core
+        assert running is not None
+        assert await _health(target, pki["ca"]) == "ok"
+        assert await post(stack) == 200  # the bridge's channel is open from here on
+
+        renewed = trustme.CA()  # the renewal comes from another CA: easy to tell apart
+        (tmp_path / "new").mkdir()
+        renewed.cert_pem.write_to_path(str(tmp_path / "new" / "ca.pem"))
+        new_cert, new_key = write(renewed.issue_cert("127.0.0.1"), tmp_path / "new", "core")
+        Path(pki["server_cert"]).write_bytes(Path(new_cert).read_bytes())
+        Path(pki["server_key"]).write_bytes(b"not a key")  # half-written renewal
+        assert running.reload_tls() is False  # bad files: the old certificate stays
+        assert await _health(target, pki["ca"]) == "ok"
+
+        Path(pki["server_key"]).write_bytes(Path(new_key).read_bytes())
+        assert running.reload_tls() is True
+        assert await _health(target, str(tmp_path / "new" / "ca.pem")) == "ok"
+        assert await _health(target, pki["ca"]) == "UNAVAILABLE"  # the old one is gone
+        assert await post(stack) == 200  # the open connection keeps its session
+    finally:
+        await stack.stop()
+
+
+async def test_a_renewed_client_ca_applies_to_new_connections(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    """Bridges start getting certificates from a second CA: once the core's client-CA
+    file lists it and the core reloads, their connections are accepted."""
+    bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"],
+                          core_tls_cert=pki["client_cert"], core_tls_key=pki["client_key"])  # fmt: skip
+    stack = await start_stack(tmp_path, mtls_core(pki), bridge)
+    try:
+        assert stack.core is not None
+        second = trustme.CA()
+        (tmp_path / "second").mkdir()
+        client = write(second.issue_cert("bridge-2.internal"), tmp_path / "second", "bridge")
+        assert await _health(stack.core_target, pki["ca"], client) == "UNAVAILABLE"
+        bundle = Path(pki["ca"]).read_bytes() + second.cert_pem.bytes()
+        Path(pki["ca"]).write_bytes(bundle)  # the core's client CA file (and ours) grows
+        assert stack.core.reload_tls() is True
+        assert await _health(stack.core_target, pki["ca"], client) == "ok"
+        original = (pki["client_cert"], pki["client_key"])
+        assert await _health(stack.core_target, pki["ca"], original) == "ok"
+    finally:
+        await stack.stop()
+
+
+async def test_sighup_reloads_the_core_certificate(tmp_path: Path, pki: dict[str, str]) -> None:
+    """`inlet serve`'s SIGHUP handler reaches the core (not only the bridge)."""
+    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
+                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    stack = await start_stack(tmp_path, core, BridgeConfig(host="127.0.0.1", port=0,
+                                                           core_tls_ca=pki["ca"]))  # fmt: skip
+    renewed = trustme.CA()
+    (tmp_path / "new").mkdir()
+    renewed.cert_pem.write_to_path(str(tmp_path / "new" / "ca.pem"))
+    new_cert, new_key = write(renewed.issue_cert("127.0.0.1"), tmp_path / "new", "core")
+    Path(pki["server_cert"]).write_bytes(Path(new_cert).read_bytes())
+    Path(pki["server_key"]).write_bytes(Path(new_key).read_bytes())
+    loop = asyncio.get_running_loop()
+    reload_tls_on_sighup(stack.bridge, stack.core)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(5):  # the handler runs on the loop's next turns
+            while await _health(stack.core_target, str(tmp_path / "new" / "ca.pem")) != "ok":
+                await asyncio.sleep(0.01)
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await stack.stop()
