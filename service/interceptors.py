@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,6 +15,8 @@ from service.metrics import CoreMetrics
 from service.rpc import abort
 
 access_log = logging.getLogger("inlet.grpc")
+
+Stream = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], AsyncIterator[Any]]
 
 
 class _Undecodable:
@@ -28,8 +30,8 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     grpc decodes the request before any servicer code runs, and answers a decoding
     failure (bad UTF-8 in a string field, corrupt wire bytes, Structs nested past
     protobuf's limit) with UNKNOWN and the exception text: a caller's mistake that
-    looks like our bug (the bridge would map it to 500). Unary-unary methods only;
-    Subscribe (server streaming) passes through untouched.
+    looks like our bug (the bridge would map it to 500). Unary requests: the unary
+    methods and the server-streaming Subscribe.
     """
 
     async def intercept_service(
@@ -40,10 +42,9 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
         deserialize = handler.request_deserializer
-        behaviour = handler.unary_unary
 
         def tolerant(data: bytes) -> Any:
             try:
@@ -51,7 +52,7 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
             except DecodeError as exc:
                 return _Undecodable(str(exc))
 
-        async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if isinstance(request, _Undecodable):
                 await abort(
                     context,
@@ -59,13 +60,36 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                     f"the request is not a valid protobuf message: {request.reason}",
                     "invalid_request",
                 )
-            return await behaviour(request, context)  # type: ignore[arg-type]  # aio stubs
 
-        return grpc.unary_unary_rpc_method_handler(
-            checked,
-            request_deserializer=tolerant,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            behaviour = handler.unary_unary
+
+            async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await refuse(request, context)
+                return await behaviour(request, context)  # type: ignore[arg-type]  # aio stubs
+
+            return grpc.unary_unary_rpc_method_handler(
+                checked,
+                request_deserializer=tolerant,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            # Servicers' streaming methods are async generators (grpc.aio).
+            streaming = cast(Stream, handler.unary_stream)
+
+            async def checked_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await refuse(request, context)
+                async for response in streaming(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                checked_stream,
+                request_deserializer=tolerant,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
 
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -82,8 +106,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Per call: the request id (from `x-request-id` metadata, else new) on every line
     logged while it runs, one access log line, and the call's metrics.
 
-    Per call, not per event: a batch from the bridge is one call. Unary-unary methods
-    only; Subscribe (server streaming) passes through untouched.
+    Per call, not per event: a batch from the bridge is one call. A Subscribe stream is
+    one call too: logged and counted when it ends, however it ends (a client that goes
+    away included), with its whole duration.
     """
 
     def __init__(self, metrics: CoreMetrics) -> None:
@@ -97,39 +122,76 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
             return handler  # unknown method (grpc answers UNIMPLEMENTED): no label for it
         method = handler_call_details.method
         call_id = call_request_id(
             split_request_ids(_metadata_value(handler_call_details, "x-request-id"))
         )
-        behaviour = handler.unary_unary
         level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
         metrics = self._metrics
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = REQUEST_ID.set(call_id)
-            started = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = await behaviour(request, context)  # type: ignore[arg-type]
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                elapsed = time.perf_counter() - started
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                metrics.rpc(method, name, elapsed)
-                access_log.log(level, "%s %s", method, name, extra={"fields": {
-                    "method": method, "code": name, "duration_ms": round(elapsed * 1000, 3),
-                    "peer": context.peer(),
-                }})  # fmt: skip
-                REQUEST_ID.reset(token)
+        def record(code: object, started: float, peer: str) -> None:
+            elapsed = time.perf_counter() - started
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            metrics.rpc(method, name, elapsed)
+            access_log.log(level, "%s %s", method, name, extra={"fields": {
+                "method": method, "code": name, "duration_ms": round(elapsed * 1000, 3),
+                "peer": peer,
+            }})  # fmt: skip
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
+        if handler.unary_unary is not None:
+            behaviour = handler.unary_unary
+
+            async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                token = REQUEST_ID.set(call_id)
+                started = time.perf_counter()
+                code = grpc.StatusCode.UNKNOWN
+                try:
+                    response = await behaviour(request, context)  # type: ignore[arg-type]
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    record(code, started, context.peer())
+                    REQUEST_ID.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                observed,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        streaming = cast(Stream, handler.unary_stream)
+
+        async def observed_stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started, peer = time.perf_counter(), context.peer()
+            completed = False  # the stream ran to its end (else: aborted, or the client left)
+
+            # A client that goes away leaves the generator suspended (finalised only when
+            # collected), so the end is taken from the call, not from the generator.
+            def ended(_: object) -> None:
+                code = context.code()  # set by an abort
+                if code is None:
+                    code = grpc.StatusCode.OK if completed else grpc.StatusCode.CANCELLED
+                token = REQUEST_ID.set(call_id)
+                try:
+                    record(code, started, peer)
+                finally:
+                    REQUEST_ID.reset(token)
+
+            context.add_done_callback(ended)  # type: ignore[arg-type]  # stubs: a class
+            REQUEST_ID.set(call_id)  # this call's task: its own context
+            async for response in streaming(request, context):
+                yield response
+            completed = True
+
+        return grpc.unary_stream_rpc_method_handler(
+            observed_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

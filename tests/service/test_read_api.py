@@ -462,3 +462,25 @@ async def test_subscribe_streams_are_measured(stack: Stack, channel: grpc.aio.Ch
     async with asyncio.timeout(10):  # the server notices the cancellation
         while registry.get_sample_value("inlet_subscribe_streams") != 0:
             await asyncio.sleep(0.01)
+    # The call itself, in the per-call gRPC metrics like every other RPC, once over.
+    labels = {"method": "/inlet.v1.EventService/Subscribe", "code": "CANCELLED"}
+    async with asyncio.timeout(10):
+        while registry.get_sample_value("inlet_grpc_requests_total", labels) != 1:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_subscribe_request_that_is_not_protobuf_is_invalid_argument(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    """Like the unary methods: a caller's garbled bytes are its mistake, not UNKNOWN."""
+    subscribe = channel.unary_stream(
+        "/inlet.v1.EventService/Subscribe",
+        request_serializer=lambda raw: raw,
+        response_deserializer=events_pb2.StoredEvent.FromString,
+    )
+    call = subscribe(b"\x0a\xff\xff\xff", metadata=bearer(stack.keys["admin"]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "invalid_request"
