@@ -20,6 +20,7 @@ from typing import Final
 from aiohttp import web
 
 from http_bridge.forwarded import Forwarding
+from http_bridge.keys import CONFIG
 from http_bridge.metrics import METRICS, BridgeMetrics, RouteMetrics
 from http_bridge.recorder import ACCOUNT
 
@@ -55,7 +56,10 @@ def finish(
 def _log(
     request: web.Request, response: web.StreamResponse, route: RouteMetrics, elapsed: float
 ) -> None:
-    level = logging.DEBUG if route.name in QUIET_ROUTES else logging.INFO
+    quiet = route.name in QUIET_ROUTES or (
+        response.status < 400 and request.app[CONFIG].access_log == "errors"
+    )
+    level = logging.DEBUG if quiet else logging.INFO
     if not log.isEnabledFor(level):
         return
     client = request.app[FORWARDING].client(

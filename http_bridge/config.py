@@ -72,6 +72,12 @@ class BridgeConfig:
     """A connection that has not completed a request's headers this long after it opened
     (or after its previous response) is closed: slow-loris and idle keep-alive alike."""
 
+    access_log: str = "all"
+    """Which requests get an INFO access line: `all`, or `errors` (answers of 400 and
+    up; the others at DEBUG). A line costs ~11 % of a webhook request's CPU (bench/
+    instructions.py) and ~300 bytes: at thousands of events a second, `errors` keeps
+    what an operator acts on; metrics count the rest and the debugger shows them."""
+
     debugger_size: int = 500
     """Recent ingest requests kept in memory for GET /debugger (bodies cut at 16 KiB);
     0 turns recording off."""
@@ -108,6 +114,8 @@ class BridgeConfig:
         )
         if min(limits) < 1:
             raise ValueError("limits must be positive")
+        if self.access_log not in ("all", "errors"):
+            raise ValueError("access_log must be `all` or `errors`")
         if self.debugger_size < 0:
             raise ValueError("debugger_size must be >= 0 (0: off)")
         if (self.core_tls_cert is None) != (self.core_tls_key is None):
@@ -145,6 +153,7 @@ class BridgeConfig:
             "INLET_SDK_MAX_BATCH_BYTES": ("sdk_max_batch_bytes", int),
             "INLET_SDK_MAX_BATCH_EVENTS": ("sdk_max_batch_events", int),
             "INLET_DEBUGGER_SIZE": ("debugger_size", int),
+            "INLET_ACCESS_LOG": ("access_log", str),
         }
         for variable, (name, kind) in readers.items():
             if variable in environ:

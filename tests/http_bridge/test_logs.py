@@ -181,6 +181,31 @@ async def test_at_info_a_stored_event_is_one_access_line_a_rejection_names_its_s
     assert [line["request_id"] for line in accesses] == ["ok-1", "bad-1"]
 
 
+async def test_access_log_errors_keeps_info_for_what_an_operator_acts_on(
+    tmp_path: Path, logs: Captured
+) -> None:
+    """INLET_ACCESS_LOG=errors: a 4xx/5xx answer is an INFO line, a 200 only at DEBUG."""
+    config = BridgeConfig.from_env({"INLET_ACCESS_LOG": "errors"}, host="127.0.0.1", port=0)
+    stack = await start_stack(tmp_path, bridge_config=config)
+    try:
+        logging.getLogger().setLevel(logging.INFO)
+        assert (await post(stack, TRACK, {"X-Request-Id": "ok-1"}))[0] == 200
+        bad = {"type": "track", "userId": "u1", "messageId": "log-bad"}  # no `event`
+        assert (await post(stack, bad, {"X-Request-Id": "bad-1"}))[0] == 400
+        logging.getLogger().setLevel(logging.DEBUG)
+        assert (await post(stack, {**TRACK, "messageId": "m-2"}, {"X-Request-Id": "ok-2"}))[
+            0
+        ] == 200
+    finally:
+        await stack.stop()
+    accesses = [line for line in logs.lines() if line["logger"] == "inlet.access"]
+    assert [(line["request_id"], line["level"]) for line in accesses] == [
+        ("bad-1", "INFO"), ("ok-2", "DEBUG"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        BridgeConfig(access_log="some")
+
+
 async def test_every_event_of_an_sdk_batch_is_logged_under_its_request_id(
     stack: Stack, logs: Captured
 ) -> None:
