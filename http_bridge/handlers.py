@@ -66,6 +66,18 @@ def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.
     return error_response(status, result.message, result.reason, headers)
 
 
+def body_deadline(
+    request: web.Request, seconds: float
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """The deadline for reading the body, which keeps a trickling (slow-loris) client from
+    holding a connection and a handler. None when the body has all arrived already, as
+    most do with their headers: arming and cancelling a timer cost ~4 % of a request's
+    CPU (bench/instructions.py)."""
+    if request.content.is_eof():
+        return contextlib.nullcontext()
+    return asyncio.timeout(seconds)
+
+
 @contextlib.contextmanager
 def core_errors(config: BridgeConfig) -> Iterator[None]:
     """Turns the batcher's failures into 503s (every one is transient: retry later)."""
@@ -94,9 +106,8 @@ async def segment_event(request: web.Request) -> web.Response:
     check_media_type(request.headers.get("Content-Type"))
     settings = decode_settings(request.headers.get("X-Segment-Settings"))
     try:
-        # client_max_size: 413 as soon as the limit is passed; the timeout keeps a
-        # trickling (slow-loris) client from holding a connection and a handler.
-        async with asyncio.timeout(config.body_timeout_s):
+        # client_max_size: 413 as soon as the limit is passed.
+        async with body_deadline(request, config.body_timeout_s):
             body = await request.read()
     except TimeoutError:
         raise RequestTimeout(

@@ -6,7 +6,6 @@ the body within its limits, forwards the events and answers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from http_bridge import sdk
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
-from http_bridge.handlers import core_errors, json_response
+from http_bridge.handlers import body_deadline, core_errors, json_response
 from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
@@ -60,7 +59,7 @@ async def read_capped(request: web.Request, config: BridgeConfig) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(config.body_timeout_s):
+        async with body_deadline(request, config.body_timeout_s):
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > limit:
