@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+_NUMBER: Final = (int, float)
 # Epoch numbers above this are milliseconds (1e11 s is the year 5138).
 _MS_THRESHOLD: Final = 100_000_000_000
 
@@ -52,7 +54,7 @@ def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch; naive datetimes are taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    return (moment - _EPOCH) // _ONE_US
 
 
 def from_micros(micros: int) -> datetime:
@@ -67,7 +69,7 @@ def parse_timestamp(value: object) -> int | None:
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         return _from_epoch_number(value)
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
