@@ -4,7 +4,7 @@
 
 Wall-clock figures on the project's shared 2-core machines drift by ±30 % from one
 minute to the next, which hides any change worth less than that. Instruction counts do
-not drift (two runs of one commit agree within ~1 %), so this compares two commits, or
+not drift (two runs of one commit agree within 1-2 %), so this compares two commits, or
 a setting on and off, on the CPU work they do per request. They say nothing about
 waiting (fsync, GIL hand-offs between threads): bench/run.py measures those.
 
