@@ -212,8 +212,8 @@ def reload_tls_on_sighup(bridge: BridgeServer | None, core: CoreServer | None) -
     def reload() -> None:
         if bridge is not None:
             bridge.reload_tls()
-        if core is not None and core.tls is not None:
-            core.reload_tls()
+        if core is not None and (core.tls is not None or bridge is None):
+            core.reload_tls()  # logs that there is nothing to reload, when serving plain
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 import threading
 from pathlib import Path
 
@@ -36,24 +37,26 @@ class ReloadableCredentials:
         )
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        pair = (Path(self._key).read_bytes(), Path(self._cert).read_bytes())
+        """The files as gRPC takes them, checked first: gRPC itself would only find a
+        key that does not match its certificate at the next handshake, and fail it.
+        The bytes checked are the bytes used (a renewal may be rewriting the files)."""
+        key, cert = Path(self._key).read_bytes(), Path(self._cert).read_bytes()
         client_ca = Path(self._client_ca).read_bytes() if self._client_ca else None
-        return grpc.ssl_server_certificate_configuration([pair], root_certificates=client_ca)
-
-    def _check(self) -> None:
-        """Raise OSError/ssl.SSLError unless the files make a usable configuration:
-        gRPC itself would only find out at the next handshake, and fail it."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self._cert, self._key)
-        if self._client_ca:
-            context.load_verify_locations(self._client_ca)
+        with tempfile.TemporaryDirectory() as scratch:
+            pair = Path(scratch) / "pair.pem"
+            pair.write_bytes(cert + b"\n" + key)
+            # An encrypted key fails here rather than prompting on a terminal.
+            context.load_cert_chain(pair, password=lambda: b"")
+        if client_ca is not None:
+            context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
 
     def reload(self) -> bool:
         """Read the files again; True if new connections will use them."""
         try:
-            self._check()
             configuration = self._configuration()
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, ValueError) as exc:
             log.error("gRPC TLS certificate not reloaded, the previous one stays in use: %s", exc)
             return False
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -74,22 +75,43 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            # Servicers' streaming methods are async generators (grpc.aio).
-            streaming = cast(Stream, handler.unary_stream)
+            streaming = handler.unary_stream
+            if inspect.isasyncgenfunction(streaming):  # Inlet's own (Subscribe)
+                generator = cast(Stream, streaming)
 
-            async def checked_stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                await refuse(request, context)
-                async for response in streaming(request, context):
-                    yield response
+                async def checked_stream(
+                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                ) -> AsyncIterator[Any]:
+                    await refuse(request, context)
+                    async for response in generator(request, context):
+                        yield response
 
+                wrapped: Any = checked_stream
+            else:  # a coroutine that writes with context.write (grpc_health's Watch)
+
+                async def checked_writer(
+                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                ) -> Any:
+                    await refuse(request, context)
+                    return await streaming(request, context)  # type: ignore[misc,arg-type]
+
+                wrapped = checked_writer
             return grpc.unary_stream_rpc_method_handler(
-                checked_stream,
+                wrapped,
                 request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _StreamEnd:
+    """How a server-streaming call ended, as far as the interceptor saw it."""
+
+    __slots__ = ("completed", "failed")
+
+    def __init__(self) -> None:
+        self.completed = False  # ran to its end
+        self.failed = False  # raised (not an abort): grpc answers UNKNOWN
 
 
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -164,20 +186,22 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        streaming = cast(Stream, handler.unary_stream)
+        streaming = handler.unary_stream
 
-        async def observed_stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            started, peer = time.perf_counter(), context.peer()
-            completed = False  # the stream ran to its end (else: aborted, or the client left)
+        def watch(context: grpc.aio.ServicerContext[Any, Any]) -> _StreamEnd:
+            """Record the call when it is over, however it ends: a client that goes away
+            leaves a generator suspended (finalised only when collected), so the end is
+            taken from the call, not from the generator."""
+            end, started, peer = _StreamEnd(), time.perf_counter(), context.peer()
 
-            # A client that goes away leaves the generator suspended (finalised only when
-            # collected), so the end is taken from the call, not from the generator.
             def ended(_: object) -> None:
                 code = context.code()  # set by an abort
                 if code is None:
-                    code = grpc.StatusCode.OK if completed else grpc.StatusCode.CANCELLED
+                    code = (
+                        grpc.StatusCode.OK if end.completed
+                        else grpc.StatusCode.UNKNOWN if end.failed
+                        else grpc.StatusCode.CANCELLED
+                    )  # fmt: skip
                 token = REQUEST_ID.set(call_id)
                 try:
                     record(code, started, peer)
@@ -186,9 +210,44 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
             context.add_done_callback(ended)  # type: ignore[arg-type]  # stubs: a class
             REQUEST_ID.set(call_id)  # this call's task: its own context
-            async for response in streaming(request, context):
-                yield response
-            completed = True
+            return end
+
+        observed_stream: Any
+        if inspect.isasyncgenfunction(streaming):  # Inlet's own (Subscribe)
+            generator = cast(Stream, streaming)
+
+            async def observed_generator(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                end = watch(context)
+                try:
+                    async for response in generator(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    end.failed = True
+                    raise
+                end.completed = True
+
+            observed_stream = observed_generator
+        else:  # a coroutine that writes with context.write (grpc_health's Watch)
+
+            async def observed_writer(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                end = watch(context)
+                try:
+                    result = await streaming(request, context)  # type: ignore[misc,arg-type]
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    end.failed = True
+                    raise
+                end.completed = True
+                return result
+
+            observed_stream = observed_writer
 
         return grpc.unary_stream_rpc_method_handler(
             observed_stream,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -228,6 +230,24 @@ async def test_health_and_reflection(stack: Stack, channel: grpc.aio.Channel) ->
         names = {s.name for s in reply.list_services_response.service}
         assert {"inlet.v1.EventService", "inlet.v1.AdminService", "grpc.health.v1.Health"} <= names
         break
+
+
+async def test_health_watch_streams_status_changes(stack: Stack, channel: grpc.aio.Channel) -> None:
+    """Watch (a streaming method written with context.write, not a generator) goes through
+    the interceptors too: gRPC clients' health checking uses it."""
+    health = health_pb2_grpc.HealthStub(channel)
+    call = health.Watch(health_pb2.HealthCheckRequest(service="inlet.v1.EventService"))
+    first = await call.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    await stack.core.health.enter_graceful_shutdown()
+    second = await call.read()
+    assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    call.cancel()
+    registry = stack.core.metrics.registry
+    labels = {"method": "/grpc.health.v1.Health/Watch", "code": "CANCELLED"}
+    async with asyncio.timeout(10):
+        while registry.get_sample_value("inlet_grpc_requests_total", labels) != 1:
+            await asyncio.sleep(0.01)
 
 
 async def test_graceful_shutdown_goes_not_serving_then_stops(stack: Stack) -> None:
