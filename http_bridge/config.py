@@ -72,6 +72,10 @@ class BridgeConfig:
     """A connection that has not completed a request's headers this long after it opened
     (or after its previous response) is closed: slow-loris and idle keep-alive alike."""
 
+    metrics_token: str | None = None
+    """When set, GET /metrics answers only `Authorization: Bearer <token>` (401 otherwise):
+    for a bridge whose port is reachable from the internet (it has to be, for Segment)."""
+
     access_log: str = "all"
     """Which requests get an INFO access line: `all`, or `errors` (answers of 400 and
     up; the others at DEBUG). A line costs ~11 % of a webhook request's CPU (bench/
@@ -154,6 +158,7 @@ class BridgeConfig:
             "INLET_SDK_MAX_BATCH_EVENTS": ("sdk_max_batch_events", int),
             "INLET_DEBUGGER_SIZE": ("debugger_size", int),
             "INLET_ACCESS_LOG": ("access_log", str),
+            "INLET_METRICS_TOKEN": ("metrics_token", str),
         }
         for variable, (name, kind) in readers.items():
             if variable in environ:

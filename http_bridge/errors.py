@@ -40,8 +40,13 @@ class BadRequest(BridgeError):
 class Unauthorized(BridgeError):
     status = 401
 
-    def __init__(self, message: str, code: str = "invalid_authorization") -> None:
-        super().__init__(message, code, dict(CHALLENGE))
+    def __init__(
+        self,
+        message: str,
+        code: str = "invalid_authorization",
+        challenge: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code, dict(challenge or CHALLENGE))
 
 
 class Forbidden(BridgeError):

@@ -101,5 +101,5 @@ def test_every_route_of_the_bridge_is_documented() -> None:
 
 def test_metrics_is_documented_as_prometheus_text() -> None:
     responses = SPEC["paths"]["/metrics"]["get"]["responses"]
-    assert set(responses) == {"200", "500"}
+    assert set(responses) == {"200", "401", "500"}  # 401: INLET_METRICS_TOKEN set, not sent
     assert "text/plain" in responses["200"]["content"]

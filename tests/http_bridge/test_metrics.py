@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from http_bridge.config import BridgeConfig
 from service.config import CoreConfig
 from service.server import start_core
 from service.store import SqliteStore
@@ -130,3 +131,25 @@ async def test_the_core_serves_its_metrics_on_its_own_port(tmp_path: Path) -> No
         assert value(samples, "inlet_subscribe_streams") == 0
     finally:
         await core.stop(grace=0)
+
+
+async def test_a_metrics_token_keeps_metrics_from_anyone_without_it(tmp_path: Path) -> None:
+    """INLET_METRICS_TOKEN: the bridge's port faces the internet (Segment must reach it)."""
+    config = BridgeConfig.from_env(
+        {"INLET_METRICS_TOKEN": "s3cret-scrape"}, host="127.0.0.1", port=0
+    )
+    stack = await start_stack(tmp_path, bridge_config=config, registry=CollectorRegistry())
+    try:
+        async with aiohttp.ClientSession() as session:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-scrape"},
+                            {"Authorization": basic(stack.keys["admin"])}):  # fmt: skip
+                async with session.get(stack.url + "/metrics", headers=headers) as reply:
+                    assert reply.status == 401
+                    assert (await reply.json())["code"] == "invalid_metrics_token"
+                    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+            headers = {"Authorization": "Bearer s3cret-scrape"}
+            async with session.get(stack.url + "/metrics", headers=headers) as reply:
+                assert reply.status == 200
+                assert "inlet_http_requests_total" in await reply.text()
+    finally:
+        await stack.stop()
