@@ -11,7 +11,6 @@ Prometheus reads only when it scrapes.
 
 from __future__ import annotations
 
-import hmac
 from typing import Final
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from prometheus_client.metrics import Counter, Gauge, Histogram
 
 from http_bridge.errors import Unauthorized
 from http_bridge.keys import CONFIG
+from service.metrics_http import BEARER_CHALLENGE, TOKEN_MISSING, token_accepted
 
 # Seconds. Segment gives a destination 5 s; Inlet answers 503 at 4 s.
 LATENCY_BUCKETS: Final = (
@@ -112,17 +112,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     """GET /metrics: the Prometheus text format of the process's registry; with a metrics
     token configured, only for a scraper that presents it (Prometheus: `authorization`
     with `credentials`)."""
-    token = request.app[CONFIG].metrics_token
-    if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # compare_digest: the time taken does not tell how much of a guess was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise Unauthorized(
-                "/metrics needs `Authorization: Bearer <INLET_METRICS_TOKEN>`",
-                "invalid_metrics_token",
-                {"WWW-Authenticate": 'Bearer realm="inlet-metrics"'},
-            )
+    if not token_accepted(request.headers.get("Authorization"), request.app[CONFIG].metrics_token):
+        raise Unauthorized(TOKEN_MISSING, "invalid_metrics_token", BEARER_CHALLENGE)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

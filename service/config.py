@@ -89,6 +89,9 @@ class CoreConfig:
     """Serve Prometheus metrics on this port (on the gRPC listen host); for `serve core`,
     which has no HTTP port of its own. 0 picks a free port."""
 
+    metrics_token: str | None = None
+    """When set, the metrics port answers only `Authorization: Bearer <token>`."""
+
     log_traits: bool = False
     """Put trait values in the per-event log lines. Customer data: off by default."""
 
@@ -127,6 +130,7 @@ class CoreConfig:
             "INLET_GRPC_TLS_KEY": ("grpc_tls_key", str),
             "INLET_GRPC_CLIENT_CA": ("grpc_client_ca", str),
             "INLET_METRICS_PORT": ("metrics_port", int),
+            "INLET_METRICS_TOKEN": ("metrics_token", str),
             "INLET_LOG_TRAITS": ("log_traits", env_bool),
         }
         values = {

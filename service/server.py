@@ -7,12 +7,12 @@ import logging
 import signal
 import urllib.parse
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from inlet.v1 import (
     admin_pb2,
@@ -31,6 +31,7 @@ from service.ingest import Ingestor
 from service.interceptors import AccessInterceptor, DecodeErrorInterceptor
 from service.maintenance import MaintenanceMode
 from service.metrics import CoreMetrics
+from service.metrics_http import start_metrics_server
 from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
 from service.servicer import EventServicer
@@ -86,7 +87,8 @@ class CoreServer:
     auth: Authenticator
     background: list[asyncio.Task[None]]
     metrics: CoreMetrics
-    metrics_server: WSGIServer | None = None
+    metrics_server: web.AppRunner | None = None
+    metrics_port: int | None = None
     tls: ReloadableCredentials | None = None
     serving: bool = True
 
@@ -97,10 +99,6 @@ class CoreServer:
             log.info("no gRPC TLS certificate to reload: the core serves plain gRPC")
             return False
         return self.tls.reload()
-
-    @property
-    def metrics_port(self) -> int | None:
-        return None if self.metrics_server is None else self.metrics_server.server_port
 
     async def stop(self, grace: float | None = None) -> None:
         # Health first, so load balancers and bridges' /readyz stop routing here;
@@ -115,8 +113,7 @@ class CoreServer:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.store.close()
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
+            await self.metrics_server.cleanup()
 
 
 async def start_core(
@@ -164,12 +161,12 @@ async def start_core(
     except (RuntimeError, OSError) as exc:
         await store.close()
         raise OSError(f"cannot listen on {config.listen} for gRPC: {exc}") from None
-    metrics_server = None
+    metrics_server, metrics_port = None, None
     if config.metrics_port is not None:
         host = config.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
         try:
-            metrics_server, _ = start_http_server(
-                config.metrics_port, addr=host, registry=metrics.registry
+            metrics_server, metrics_port = await start_metrics_server(
+                metrics.registry, host, config.metrics_port, config.metrics_token
             )
         except OSError:
             await store.close()
@@ -186,12 +183,12 @@ async def start_core(
         security,
         redact(config.database),
     )
-    if metrics_server is not None:
-        log.info("core metrics on http://%s:%d/metrics", host, metrics_server.server_port)
+    if metrics_port is not None:
+        log.info("core metrics on http://%s:%d/metrics", host, metrics_port)
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
     return CoreServer(
         server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
-        background, metrics, metrics_server, credentials,
+        background, metrics, metrics_server, metrics_port, credentials,
     )  # fmt: skip
 
 

@@ -153,3 +153,20 @@ async def test_a_metrics_token_keeps_metrics_from_anyone_without_it(tmp_path: Pa
                 assert "inlet_http_requests_total" in await reply.text()
     finally:
         await stack.stop()
+
+
+async def test_the_core_metrics_port_takes_the_same_token(tmp_path: Path) -> None:
+    config = CoreConfig(listen="127.0.0.1:0", metrics_port=0, metrics_token="core-scrape")
+    core = await start_core(config, SqliteStore(tmp_path / "inlet.db"))
+    try:
+        url = f"http://127.0.0.1:{core.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers={"Authorization": "Bearer nope"}) as reply:
+                assert reply.status == 401
+                assert (await reply.json())["code"] == "invalid_metrics_token"
+            headers = {"Authorization": "Bearer core-scrape"}
+            async with session.get(url, headers=headers) as reply:
+                assert reply.status == 200
+                assert "inlet_core_events_in_flight" in await reply.text()
+    finally:
+        await core.stop(grace=0)
