@@ -52,7 +52,7 @@ def split_key(api_key: str) -> tuple[str, str] | None:
     key_id, _, secret = rest.partition("_")
     if prefix != PREFIX or len(key_id) != _KEY_ID_HEX or not secret:
         return None
-    if not all(c in _HEX_DIGITS for c in key_id):
+    if not _HEX_DIGITS.issuperset(key_id):
         return None
     return key_id, secret
 
