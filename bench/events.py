@@ -6,12 +6,19 @@ generators (the wrk Lua script, the Python client) only splice in a string.
 
 from __future__ import annotations
 
+import base64
 import random
 from typing import Any, Final
 
 import orjson
 
 PLACEHOLDER: Final = "__MID__"
+
+#: What Segment sends in `X-Segment-Settings` with every event: the destination's settings
+#: as base64 JSON (this is the partner docs' example).
+SETTINGS_HEADER: Final = base64.b64encode(
+    orjson.dumps({"customSettingOne": "custom setting value"})
+).decode()
 
 _CONTEXT = {
     "ip": "67.160.210.48",

@@ -18,13 +18,14 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from events import EventSource
+from events import SETTINGS_HEADER, EventSource
 
 
 async def main(url: str, key: str, connections: int, seconds: float, prefix: str) -> None:
     source = EventSource(prefix)
     headers = {
         "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        "X-Segment-Settings": SETTINGS_HEADER,
         "Content-Type": "application/json",
         "User-Agent": "Segment.io/1.0",
     }

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from events import templates
+from events import SETTINGS_HEADER, templates
 from run import free_port, wait_until_up
 
 
@@ -45,7 +45,8 @@ def send(port: int, key: str, count: int, connections: int, prefix: str) -> int:
         for n in range(index, count, connections):
             body = {**bodies[n % len(bodies)], "messageId": f"{prefix}-{n}"}
             conn.request("POST", "/segment", json.dumps(body).encode(),
-                         {"Authorization": auth, "Content-Type": "application/json"})  # fmt: skip
+                         {"Authorization": auth, "Content-Type": "application/json",
+                          "X-Segment-Settings": SETTINGS_HEADER})  # fmt: skip
             reply = conn.getresponse()
             reply.read()
             ok[index] += reply.status == 200

@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from events import templates
+from events import SETTINGS_HEADER, templates
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -139,6 +139,7 @@ def lua_script(key: str, prefix: str, out: Path) -> Path:
     text = text.replace("__TEMPLATES__", ",\n".join(long_string(t) for t in templates()))
     text = text.replace("__AUTH__", "Basic " + base64.b64encode(f"{key}:".encode()).decode())
     text = text.replace("__PREFIX__", prefix).replace("__REDELIVER__", "0.03")
+    text = text.replace("__SETTINGS__", SETTINGS_HEADER)
     out.write_text(text)
     return out
 
