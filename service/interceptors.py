@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import grpc
@@ -75,29 +76,15 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            streaming = handler.unary_stream
-            if inspect.isasyncgenfunction(streaming):  # Inlet's own (Subscribe)
-                generator = cast(Stream, streaming)
 
-                async def checked_stream(
-                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                ) -> AsyncIterator[Any]:
-                    await refuse(request, context)
-                    async for response in generator(request, context):
-                        yield response
+            async def start(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> _StreamEnd:
+                await refuse(request, context)
+                return _StreamEnd()
 
-                wrapped: Any = checked_stream
-            else:  # a coroutine that writes with context.write (grpc_health's Watch)
-
-                async def checked_writer(
-                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                ) -> Any:
-                    await refuse(request, context)
-                    return await streaming(request, context)  # type: ignore[misc,arg-type]
-
-                wrapped = checked_writer
             return grpc.unary_stream_rpc_method_handler(
-                wrapped,
+                _around_stream(handler.unary_stream, start),
                 request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
@@ -112,6 +99,44 @@ class _StreamEnd:
     def __init__(self) -> None:
         self.completed = False  # ran to its end
         self.failed = False  # raised (not an abort): grpc answers UNKNOWN
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            self.failed = True
+            raise
+        self.completed = True  # not after a cancellation: it is no Exception
+
+
+Start = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[_StreamEnd]]
+
+
+def _around_stream(streaming: Any, start: Start) -> Any:
+    """`streaming` wrapped in the style it is written in: an async generator (Inlet's own
+    servicers) or a coroutine that writes with context.write (grpc_health's Watch).
+    `start` runs first (it may abort); the _StreamEnd it returns learns how the stream
+    ended."""
+    if not inspect.isasyncgenfunction(streaming):
+
+        async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with (await start(request, context)).watching():
+                return await streaming(request, context)
+
+        return writer
+    generator = cast(Stream, streaming)
+
+    async def responses(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        with (await start(request, context)).watching():
+            async for response in generator(request, context):
+                yield response
+
+    return responses
 
 
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -186,9 +211,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        streaming = handler.unary_stream
-
-        def watch(context: grpc.aio.ServicerContext[Any, Any]) -> _StreamEnd:
+        async def watch(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> _StreamEnd:
             """Record the call when it is over, however it ends: a client that goes away
             leaves a generator suspended (finalised only when collected), so the end is
             taken from the call, not from the generator."""
@@ -212,43 +235,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             REQUEST_ID.set(call_id)  # this call's task: its own context
             return end
 
-        observed_stream: Any
-        if inspect.isasyncgenfunction(streaming):  # Inlet's own (Subscribe)
-            generator = cast(Stream, streaming)
-
-            async def observed_generator(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                end = watch(context)
-                try:
-                    async for response in generator(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception:
-                    end.failed = True
-                    raise
-                end.completed = True
-
-            observed_stream = observed_generator
-        else:  # a coroutine that writes with context.write (grpc_health's Watch)
-
-            async def observed_writer(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> Any:
-                end = watch(context)
-                try:
-                    result = await streaming(request, context)  # type: ignore[misc,arg-type]
-                except grpc.aio.AbortError:
-                    raise
-                except Exception:
-                    end.failed = True
-                    raise
-                end.completed = True
-                return result
-
-            observed_stream = observed_writer
-
+        observed_stream = _around_stream(handler.unary_stream, watch)
         return grpc.unary_stream_rpc_method_handler(
             observed_stream,
             request_deserializer=handler.request_deserializer,

@@ -38,6 +38,24 @@ def pki(tmp_path: Path) -> dict[str, str]:
             "server_key": server_key, "client_cert": client_cert, "client_key": client_key}  # fmt: skip
 
 
+async def tls_core_stack(tmp_path: Path, pki: dict[str, str]) -> Stack:
+    """A stack whose core serves TLS (no client certificates) to a bridge trusting its CA."""
+    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
+                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"])
+    return await start_stack(tmp_path, core, bridge)
+
+
+def renewal(folder: Path) -> tuple[str, str, str]:
+    """A certificate for 127.0.0.1 from a new CA (easy to tell apart from the first one),
+    written under `folder`: (CA file, certificate file, key file)."""
+    ca = trustme.CA()
+    folder.mkdir()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert, key = write(ca.issue_cert("127.0.0.1"), folder, "core")
+    return str(folder / "ca.pem"), cert, key
+
+
 def mtls_core(pki: dict[str, str]) -> CoreConfig:
     return CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
                       grpc_tls_key=pki["server_key"], grpc_client_ca=pki["ca"])  # fmt: skip
@@ -87,10 +105,7 @@ async def test_a_client_without_a_certificate_is_refused(
 
 
 async def test_tls_without_client_certificates(tmp_path: Path, pki: dict[str, str]) -> None:
-    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"])  # fmt: skip
-    stack = await start_stack(tmp_path, core, BridgeConfig(host="127.0.0.1", port=0,
-                                                           core_tls_ca=pki["ca"]))  # fmt: skip
+    stack = await tls_core_stack(tmp_path, pki)
     try:
         assert await post(stack) == 200
     finally:
@@ -127,20 +142,14 @@ async def test_the_core_certificate_is_replaced_while_serving(
 ) -> None:
     """After a renewal (new files, SIGHUP): new connections get the new certificate, bad
     files leave the old one in use, and open connections keep working throughout."""
-    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"])  # fmt: skip
-    stack = await start_stack(tmp_path, core, BridgeConfig(host="127.0.0.1", port=0,
-                                                           core_tls_ca=pki["ca"]))  # fmt: skip
+    stack = await tls_core_stack(tmp_path, pki)
     try:
         target, running = stack.core_target, stack.core
         assert running is not None
         assert await _health(target, pki["ca"]) == "ok"
         assert await post(stack) == 200  # the bridge's channel is open from here on
 
-        renewed = trustme.CA()  # the renewal comes from another CA: easy to tell apart
-        (tmp_path / "new").mkdir()
-        renewed.cert_pem.write_to_path(str(tmp_path / "new" / "ca.pem"))
-        new_cert, new_key = write(renewed.issue_cert("127.0.0.1"), tmp_path / "new", "core")
+        new_ca, new_cert, new_key = renewal(tmp_path / "new")
         Path(pki["server_cert"]).write_bytes(Path(new_cert).read_bytes())
         Path(pki["server_key"]).write_bytes(b"not a key")  # half-written renewal
         assert running.reload_tls() is False  # bad files: the old certificate stays
@@ -148,7 +157,7 @@ async def test_the_core_certificate_is_replaced_while_serving(
 
         Path(pki["server_key"]).write_bytes(Path(new_key).read_bytes())
         assert running.reload_tls() is True
-        assert await _health(target, str(tmp_path / "new" / "ca.pem")) == "ok"
+        assert await _health(target, new_ca) == "ok"
         assert await _health(target, pki["ca"]) == "UNAVAILABLE"  # the old one is gone
         assert await post(stack) == 200  # the open connection keeps its session
     finally:
@@ -181,14 +190,8 @@ async def test_a_renewed_client_ca_applies_to_new_connections(
 
 async def test_sighup_reloads_the_core_certificate(tmp_path: Path, pki: dict[str, str]) -> None:
     """`inlet serve`'s SIGHUP handler reaches the core (not only the bridge)."""
-    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"])  # fmt: skip
-    stack = await start_stack(tmp_path, core, BridgeConfig(host="127.0.0.1", port=0,
-                                                           core_tls_ca=pki["ca"]))  # fmt: skip
-    renewed = trustme.CA()
-    (tmp_path / "new").mkdir()
-    renewed.cert_pem.write_to_path(str(tmp_path / "new" / "ca.pem"))
-    new_cert, new_key = write(renewed.issue_cert("127.0.0.1"), tmp_path / "new", "core")
+    stack = await tls_core_stack(tmp_path, pki)
+    new_ca, new_cert, new_key = renewal(tmp_path / "new")
     Path(pki["server_cert"]).write_bytes(Path(new_cert).read_bytes())
     Path(pki["server_key"]).write_bytes(Path(new_key).read_bytes())
     loop = asyncio.get_running_loop()
@@ -196,7 +199,7 @@ async def test_sighup_reloads_the_core_certificate(tmp_path: Path, pki: dict[str
     try:
         os.kill(os.getpid(), signal.SIGHUP)
         async with asyncio.timeout(5):  # the handler runs on the loop's next turns
-            while await _health(stack.core_target, str(tmp_path / "new" / "ca.pem")) != "ok":
+            while await _health(stack.core_target, new_ca) != "ok":
                 await asyncio.sleep(0.01)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
