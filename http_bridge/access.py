@@ -23,6 +23,7 @@ from http_bridge.forwarded import Forwarding
 from http_bridge.keys import CONFIG
 from http_bridge.metrics import METRICS, BridgeMetrics, RouteMetrics
 from http_bridge.recorder import ACCOUNT
+from service.logs import log_fields
 
 log = logging.getLogger("inlet.access")
 
@@ -85,5 +86,4 @@ def _log(
     code = response.get(ERROR_CODE)
     if code:
         fields["code"] = code
-    log.log(level, "%s %s %d", request.method, route.name, response.status,
-            extra={"fields": fields})  # fmt: skip
+    log_fields(log, level, f"{request.method} {route.name} {response.status}", fields)

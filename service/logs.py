@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Any, Final, TextIO
 
 import orjson
@@ -93,61 +94,101 @@ def _iso(created: float) -> str:
     return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
 
 
-class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message", "request_id"?, ...fields, "error"?}`."""
+class LineFormatter(logging.Formatter):
+    """A formatter whose line depends only on a record's time, level, logger, message,
+    fields and error text, so `log_fields` can make it without a LogRecord."""
 
     def format(self, record: logging.LogRecord) -> str:
+        error = self.formatException(record.exc_info) if record.exc_info else None
+        fields = getattr(record, "fields", None)
+        return self.line(record.created, record.levelname, record.name, record.getMessage(),
+                         fields, error)  # fmt: skip
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any] | None,
+        error: str | None = None,
+    ) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(LineFormatter):
+    """`{"time", "level", "logger", "message", "request_id"?, ...fields, "error"?}`."""
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any] | None,
+        error: str | None = None,
+    ) -> str:
         line: dict[str, Any] = {
-            "time": _iso(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "time": _iso(created),
+            "level": level,
+            "logger": logger,
+            "message": message,
         }
         request_id = REQUEST_ID.get()
         if request_id is not None:
             line["request_id"] = request_id
-        fields = getattr(record, "fields", None)
         if fields:
             line.update(fields)
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
+        if error is not None:
+            line["error"] = error
         return orjson.dumps(line, default=str).decode()
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(LineFormatter):
     """`time LEVEL logger: message key=value ... [request id]`, for people at a terminal."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        parts = [_iso(record.created), record.levelname, f"{record.name}:", record.getMessage()]
-        fields = getattr(record, "fields", None)
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any] | None,
+        error: str | None = None,
+    ) -> str:
+        parts = [_iso(created), level, f"{logger}:", message]
         if fields:
             parts.extend(f"{key}={value}" for key, value in fields.items())
         request_id = REQUEST_ID.get()
         if request_id is not None:
             parts.append(f"[{request_id}]")
         text = " ".join(parts)
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+        if error is not None:
+            text += "\n" + error
         return text
 
 
 class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler that writes the lines of one event-loop turn together.
+    """A StreamHandler that writes the lines logged on an event loop together, within
+    `interval` seconds (nginx's `access_log ... flush=`, at a far shorter interval).
 
     Every request logs a line. Written one by one, each costs a write(2) and gives up
     the GIL around it, which the SQLite writer thread then takes: the HTTP side waits
-    for it again. Lines logged on a thread running an event loop are joined and
-    written when the loop's current turn ends (`call_soon`), so a line reaches the
-    stream at most one turn late. WARNING and above, and lines logged where no loop
-    runs (other threads, the CLI), are written at once, after what is pending, so
-    the order is kept. `logging.shutdown()` (at exit) writes whatever is left.
+    for it again; written once per loop turn, turns are short under load and the
+    timer and write still cost ~1 % of a request (bench/instructions.py). Lines logged
+    on a thread running an event loop are queued and written `interval` seconds after
+    the first of them (or once `max_pending` are queued). WARNING and above, and lines
+    logged where no loop runs (other threads, the CLI), are written at once, after
+    what is pending, so the order is kept. `logging.shutdown()` (at exit) writes
+    whatever is left; a process killed outright loses at most `interval` of lines.
     """
 
-    #: Past this many pending lines, write them without waiting for the turn to end.
+    #: Past this many queued lines, write them without waiting for the timer.
     max_pending = 256
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
         super().__init__(stream)
+        self.interval = interval
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None
 
@@ -157,13 +198,19 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # noqa: BLE001 - logging's own policy for a bad record
             self.handleError(record)
             return
-        self._pending.append(line)
-        if (
-            record.levelno >= logging.WARNING
-            or len(self._pending) >= self.max_pending
-            or not self._flush_later()
-        ):
-            self.flush()  # never raises: a failing stream must not fail the caller
+        self.add_line(line, record.levelno)
+
+    def add_line(self, line: str, level: int) -> None:
+        """Queue (or write) one formatted line of a record at `level`."""
+        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
+            self._pending.append(line)
+            if (
+                level < logging.WARNING
+                and len(self._pending) < self.max_pending
+                and self._flush_later()
+            ):
+                return
+        self.flush()  # never raises: a failing stream must not fail the caller
 
     def _flush_later(self) -> bool:
         try:
@@ -171,7 +218,7 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             return False
         if self._flush_on is None:
-            loop.call_soon(self.flush)
+            loop.call_later(self.interval, self.flush)
             self._flush_on = loop
         return self._flush_on is loop
 
@@ -192,6 +239,52 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
         finally:
             self.release()
+
+
+def _sole_handler(logger: logging.Logger, level: int) -> LineBatchingHandler | None:
+    """The one handler a record of `logger` at `level` would reach, if that is all
+    `log_fields` needs to honour: a LineBatchingHandler with a LineFormatter, and no
+    filter on the way (only the logger's own filters and the handlers' apply)."""
+    if logger.filters or logger.disabled:
+        return None
+    found: LineBatchingHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if (
+                found is not None
+                or type(handler) is not LineBatchingHandler
+                or handler.filters
+                or level < handler.level
+                or not isinstance(handler.formatter, LineFormatter)
+            ):
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found
+
+
+def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+    """`logger.log(level, message, extra={"fields": fields})` for lines logged for every
+    request. When the line goes to the handler `configure` installs and nowhere else (as
+    in `inlet serve`), it is formatted and queued without a LogRecord and logging's
+    handler machinery, which cost more than the rest of the line (~25k instructions a
+    request, bench/instructions.py); anywhere else (tests' capture handlers, an
+    operator's own logging setup) it goes through `logger.log`, same line."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_handler(logger, level)
+    if handler is None:
+        logger.log(level, "%s", message, extra={"fields": fields})
+        return
+    formatter: LineFormatter = handler.formatter  # type: ignore[assignment]
+    try:
+        line = formatter.line(time.time(), logging.getLevelName(level), logger.name, message,
+                              fields)  # fmt: skip
+    except Exception:  # noqa: BLE001 - as emit(): report a line that cannot be formatted
+        handler.handleError(logging.makeLogRecord({"msg": message, "fields": fields}))
+        return
+    handler.add_line(line, level)
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | None = None) -> None:

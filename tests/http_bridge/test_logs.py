@@ -234,11 +234,11 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
-def _batching() -> tuple[logging.Logger, CountingStream, Any]:
+def _batching(interval: float = 0.0) -> tuple[logging.Logger, CountingStream, Any]:
     from service.logs import LineBatchingHandler
 
     stream = CountingStream()
-    handler = LineBatchingHandler(stream)
+    handler = LineBatchingHandler(stream, interval=interval)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger(f"inlet.test.batching.{id(stream)}")
     logger.propagate = False
@@ -256,6 +256,62 @@ async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> Non
     await asyncio.sleep(0)
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(50)]
     assert stream.writes == 1
+
+
+async def test_lines_wait_at_most_the_interval_and_go_out_in_one_write() -> None:
+    logger, stream, _ = _batching(interval=0.05)
+    logger.info("first")
+    await asyncio.sleep(0)
+    logger.info("second")  # another turn, the same write
+    await asyncio.sleep(0)
+    assert stream.getvalue() == ""
+    # The handler's timer was armed before this sleep's, to end earlier: it fires first.
+    await asyncio.sleep(0.06)
+    assert stream.getvalue().splitlines() == ["first", "second"]
+    assert stream.writes == 1
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+async def test_log_fields_writes_the_line_logger_log_would(formatter: type[Any]) -> None:
+    from service.logs import REQUEST_ID, log_fields
+
+    logger, stream, handler = _batching()
+    handler.setFormatter(formatter())
+    logger.setLevel(logging.INFO)
+    fields = {"method": "POST", "status": 200, "client": None}
+    token = REQUEST_ID.set("req-1")
+    try:
+        log_fields(logger, logging.INFO, "POST /segment 200", fields)
+        logger.info("%s", "POST /segment 200", extra={"fields": fields})
+        log_fields(logger, logging.DEBUG, "below the level", fields)
+    finally:
+        REQUEST_ID.reset(token)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    direct, logged = stream.getvalue().splitlines()
+
+    def without_time(line: str) -> str:
+        if formatter is JsonFormatter:
+            return json.dumps({k: v for k, v in json.loads(line).items() if k != "time"})
+        return line.partition(" ")[2]
+
+    assert without_time(direct) == without_time(logged)
+    assert "req-1" in direct and "POST /segment 200" in direct
+
+
+async def test_log_fields_goes_through_logging_where_another_handler_listens() -> None:
+    from service.logs import log_fields
+
+    logger, stream, _ = _batching()
+    extra = io.StringIO()
+    other = logging.StreamHandler(extra)
+    other.setFormatter(JsonFormatter())
+    logger.addHandler(other)
+    log_fields(logger, logging.INFO, "seen twice", {"status": 200})
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.getvalue() == "seen twice\n"  # the first handler's own format
+    assert json.loads(extra.getvalue())["status"] == 200
 
 
 async def test_a_warning_and_a_line_from_another_thread_are_written_at_once() -> None:
