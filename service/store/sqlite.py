@@ -418,16 +418,14 @@ class SqliteStore:
     async def _commit_events(self, writes: list[EventWrite]) -> list[int | None]:
         """One group's transaction.
 
-        The inserts run here, on the event loop; only the statements that may wait run on
-        the writer thread: COMMIT (the fsync) and, when another process holds the write
-        lock, BEGIN. Python's sqlite3 gives up the GIL around every statement, so
-        inserting on the writer thread made it queue for the GIL several times per
-        event behind the HTTP side, and each hand-off cost both threads CPU (bench/:
-        +20-25 % events/s, p99 -30 %). A group with a `delete` runs wholly on the writer
-        thread: erasing a user may take long, and must not stall the loop.
+        The inserts run here, on the event loop; only what may wait runs on the writer
+        thread: COMMIT (the fsync), BEGIN when another process holds the write lock, and
+        each `delete` event (erasing a user may take long, and must not stall the loop;
+        the group's other events still insert here, in order around it). Python's
+        sqlite3 gives up the GIL around every statement, so inserting on the writer
+        thread made it queue for the GIL several times per event behind the HTTP side,
+        and each hand-off cost both threads CPU (bench/: +20-25 % events/s, p99 -30 %).
         """
-        if any(write.event.type == "delete" for write in writes):
-            return await self._run(self._write_events, writes)
         # Shielded: a cancelled caller must not release the connection while the writer
         # thread is still committing on it.
         return await asyncio.shield(self._insert_and_commit(writes))
@@ -440,7 +438,16 @@ class SqliteStore:
                 try:
                     if not self._begin_at_once(conn):
                         await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
-                    results = self._insert_events(conn, writes, new_links)
+                    results: list[int | None] = []
+                    start = 0
+                    for index, write in enumerate(writes):
+                        if write.event.type == "delete":
+                            results += self._insert_events(conn, writes[start:index], new_links)
+                            results += await self._on_writer_thread(
+                                self._insert_events, conn, [write], new_links
+                            )
+                            start = index + 1
+                    results += self._insert_events(conn, writes[start:], new_links)
                     await self._on_writer_thread(conn.execute, "COMMIT")
                 except BaseException:  # cancellation included: never leave it open
                     if conn.in_transaction:
@@ -467,14 +474,6 @@ class SqliteStore:
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
-    def _write_events(self, writes: list[EventWrite]) -> list[int | None]:
-        """One group's transaction, wholly on the writer thread."""
-        new_links: list[tuple[int, str, str]] = []
-        results = self._transaction(lambda conn: self._insert_events(conn, writes, new_links))
-        for link in new_links:  # only once committed: a rolled-back link is not stored
-            self._remember_link(link)
-        return results
-
     def _insert_events(
         self,
         conn: sqlite3.Connection,
@@ -483,6 +482,8 @@ class SqliteStore:
     ) -> list[int | None]:
         """Insert each event and apply its projection, inside the open transaction; the
         links made are added to `new_links` (to remember once committed)."""
+        if not writes:
+            return []
         cursor = conn.cursor()
         # Another process sharing the file may have erased links since: the cache
         # is good only while the newest deletion is the one it has seen.

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.errors import StoreUnavailable
+from service.store.base import EventQuery
 from service.store.sqlite import SqliteStore
 from tests.store.test_conformance import identify, track, write
 
@@ -86,11 +89,31 @@ async def test_a_delete_in_a_group_runs_on_the_writer_thread_and_erases(
     acme = (await sqlite_store.ensure_account("acme")).id
     await sqlite_store.write_events([write(acme, track(f"t-{i}", user="gone")) for i in range(50)])
     delete = {"type": "delete", "messageId": "del-1", "userId": "gone"}
+    inserted: list[tuple[str, bool]] = []  # (event type, on the loop's thread)
+    insert = sqlite_store._insert_events
+
+    def recording_insert(conn: object, writes: list[Any], links: list[Any]) -> object:
+        on_loop = threading.current_thread() is threading.main_thread()
+        inserted.extend((w.event.type, on_loop) for w in writes)
+        return insert(conn, writes, links)  # type: ignore[arg-type]
+
+    sqlite_store._insert_events = recording_insert  # type: ignore[method-assign]
+    # In one group: an event of the user before the delete (erased with the user), one
+    # after it (a new life: kept), and another user's (untouched).
     results = await sqlite_store.write_events(
-        [write(acme, track("kept", user="stays")), write(acme, delete)]
+        [
+            write(acme, track("before", user="gone")),
+            write(acme, track("kept", user="stays")),
+            write(acme, delete),
+            write(acme, track("after", user="gone")),
+        ]
     )
     assert all(seq is not None for seq in results)
-    assert await sqlite_store.count_events(acme) == 2  # the kept track and the delete
+    assert results == sorted(results)  # type: ignore[type-var]  # stored in group order
+    # Only the delete (erasing a user may take long) left the loop.
+    assert inserted == [("track", True), ("track", True), ("delete", False), ("track", True)]
+    kept = await sqlite_store.list_events(EventQuery(account_id=acme))
+    assert [e.message_id for e in kept] == ["kept", "del-1", "after"]
 
 
 async def test_a_lock_held_past_the_busy_timeout_is_store_unavailable_then_it_recovers(
