@@ -22,21 +22,21 @@ from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder
 from http_bridge.sdk_routes import sdk_handler
-from inlet.v1 import events_pb2
+from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID, call_request_id
 
 #: The ingest routes the debugger shows.
 RECORDED_PATHS = ("/segment", "/v1/")
 
 CoreFactory = Callable[[BridgeConfig], Core]
-Send = Callable[[list[events_pb2.IngestItem]], Awaitable[list[events_pb2.IngestResult]]]
+Send = Callable[[list[Submission]], Awaitable[list[Verdict]]]
 
 
 def observed(core: Core, metrics: BridgeMetrics) -> Send:
     """`core.ingest_batch`, timed (the gRPC hop) and counted, with the batch's request ids."""
     ok, error, sizes = metrics.core_call_ok, metrics.core_call_error, metrics.batch_size
 
-    async def send(items: list[events_pb2.IngestItem]) -> list[events_pb2.IngestResult]:
+    async def send(items: list[Submission]) -> list[Verdict]:
         started = time.perf_counter()
         request_ids = BATCH_TAGS.get()
         # This batch task inherited the id of whichever request dispatched it; lines

@@ -22,6 +22,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.errors import Forbidden, Internal, Unauthorized, Unavailable
 from http_bridge.status_map import http_status_for
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from service.handoff import Submission, Verdict, item_message, verdict_of
 from service.logs import REQUEST_ID
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
@@ -91,8 +92,8 @@ class Core(Protocol):
     """What the bridge needs from the core."""
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
-    ) -> list[events_pb2.IngestResult]:
+        self, items: list[Submission], request_ids: Sequence[str] = ()
+    ) -> list[Verdict]:
         """One result per item, in order. `request_ids`: the HTTP request id of each
         item, for the core's logs. Raises Unavailable (transient) or Internal."""
         ...
@@ -131,12 +132,12 @@ class GrpcCore:
         await self._channel.close()
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
-    ) -> list[events_pb2.IngestResult]:
+        self, items: list[Submission], request_ids: Sequence[str] = ()
+    ) -> list[Verdict]:
         """One IngestBatch call; raises Unavailable (transient) or Internal (a bug)."""
         try:
             response = await self._events.IngestBatch(
-                events_pb2.IngestBatchRequest(items=items),
+                events_pb2.IngestBatchRequest(items=[item_message(item) for item in items]),
                 timeout=self._config.core_timeout_s,
                 metadata=request_id_metadata(request_ids),
             )
@@ -148,7 +149,7 @@ class GrpcCore:
                     self._config.retry_after_s,
                 ) from exc
             raise Internal("internal error", "internal") from exc
-        return list(response.results)
+        return [verdict_of(result) for result in response.results]
 
     async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
         try:

@@ -12,7 +12,6 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from google.protobuf import timestamp_pb2
 
 from http_bridge.access import ERROR_CODE, MESSAGE_ID
 from http_bridge.batcher import QueueFull
@@ -23,6 +22,7 @@ from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
 from inlet.v1 import events_pb2
+from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID
 
 JSON = "application/json"
@@ -47,7 +47,7 @@ def error_response(
     return response
 
 
-def result_response(result: events_pb2.IngestResult, retry_after_s: int) -> web.Response:
+def result_response(result: Verdict, retry_after_s: int) -> web.Response:
     """The HTTP answer for the core's verdict on one event (DESIGN.md's status table)."""
     if result.outcome == events_pb2.OUTCOME_STORED:
         return json_response(200, {"message": "stored", "messageId": result.message_id})
@@ -118,11 +118,7 @@ async def segment_event(request: web.Request) -> web.Response:
             "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
         ) from None
     request[BODY] = body
-    now_ns = time.time_ns()
-    received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
-    item = events_pb2.IngestItem(
-        json=body, api_key=api_key, settings_json=settings, received_at=received_at
-    )
+    item = Submission(body, api_key, settings, time.time_ns() // 1000)
     with core_errors(config):
         result = await request.app[BATCHER].submit(
             item, len(body), config.request_timeout_s, REQUEST_ID.get() or ""

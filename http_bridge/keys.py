@@ -10,11 +10,11 @@ from http_bridge.batcher import Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core
 from http_bridge.recorder import Recorder
-from inlet.v1 import events_pb2
+from service.handoff import Submission, Verdict
 
 CONFIG: Final = web.AppKey("config", BridgeConfig)
 CORE: Final = web.AppKey("core", Core)
-BATCHER: Final = web.AppKey("batcher", Batcher[events_pb2.IngestItem, events_pb2.IngestResult])
+BATCHER: Final = web.AppKey("batcher", Batcher[Submission, Verdict])
 RECORDER: Final = web.AppKey("recorder", Recorder)
 #: The debugger's cache of checked keys: key -> (when checked, account or None for all).
 VIEWERS: Final = web.AppKey("viewers", dict[str, tuple[float, str | None]])

@@ -27,6 +27,7 @@ from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from http_bridge.segment import api_key_from_authorization
 from http_bridge.status_map import http_status_for
 from inlet.v1 import events_pb2
+from service.handoff import Verdict
 
 #: Single-event routes and the `type` each one fixes, as Segment's Tracking API does
 #: (a `type` in the body is overridden).
@@ -249,7 +250,7 @@ def encode_event(event: Any, max_bytes: int) -> bytes | ItemOutcome:
     return raw
 
 
-def outcome_of(result: events_pb2.IngestResult, message_id: str | None = None) -> ItemOutcome:
+def outcome_of(result: Verdict, message_id: str | None = None) -> ItemOutcome:
     """The core's verdict on one event, in HTTP terms (status_map.py's table).
 
     `message_id` (the one sent) names a rejected event, for which the core has none.

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from google.protobuf import timestamp_pb2
 
 from http_bridge import sdk
 from http_bridge.config import BridgeConfig
@@ -22,7 +21,7 @@ from http_bridge.handlers import body_deadline, core_errors, json_response
 from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
-from inlet.v1 import events_pb2
+from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -95,14 +94,13 @@ def sdk_handler(route: str) -> Handler:
             )
             for event in events
         ]
-        now_ns = time.time_ns()
-        received_at = timestamp_pb2.Timestamp(seconds=now_ns // 10**9, nanos=now_ns % 10**9)
+        received_at_us = time.time_ns() // 1000
         items = [
-            events_pb2.IngestItem(json=raw, api_key=api_key, received_at=received_at)
+            Submission(raw, api_key, received_at_us=received_at_us)
             for raw in encoded
             if isinstance(raw, bytes)
         ]
-        results: list[events_pb2.IngestResult] = []
+        results: list[Verdict] = []
         if items:
             # One request → one group in the batcher → one IngestBatch call and one
             # store transaction (batcher.py), under the same overload caps as the webhook.

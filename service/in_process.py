@@ -1,6 +1,7 @@
 """The bridge's `Core` when core and bridge share one process (`inlet serve`).
 
-The same IngestItem/IngestResult contract as gRPC, minus the hop: a grpc.aio call
+The same contract as gRPC's IngestItem/IngestResult, minus the hop (and, with
+service/handoff.py's tuples, minus the protobuf messages): a grpc.aio call
 costs ~0.4-0.9 ms of CPU per batch on the project's 2-core machines (bench/), as
 much as validating and storing a dozen events. Internal services still reach the
 core over gRPC; only the bridge in the same process takes this path.
@@ -11,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from http_bridge.errors import Forbidden, Unauthorized, Unavailable
-from inlet.v1 import admin_pb2, events_pb2
+from inlet.v1 import admin_pb2
 from service.errors import AuthError, PermissionDenied
 from service.errors import Unavailable as CoreUnavailable
+from service.handoff import Submission, Verdict
 from service.messages import key_message
 from service.server import CoreServer
 
@@ -26,8 +28,8 @@ class InProcessCore:
         self._retry_after_s = retry_after_s
 
     async def ingest_batch(
-        self, items: list[events_pb2.IngestItem], request_ids: Sequence[str] = ()
-    ) -> list[events_pb2.IngestResult]:
+        self, items: list[Submission], request_ids: Sequence[str] = ()
+    ) -> list[Verdict]:
         return await self._core.ingestor.ingest(items, request_ids=request_ids)
 
     async def whoami(self, api_key: str) -> admin_pb2.ApiKey:

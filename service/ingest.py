@@ -20,6 +20,7 @@ from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec, timestamp_micros
 from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable
+from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID
 from service.maintenance import MaintenanceMode
 from service.metrics import UNKNOWN_TYPE, CoreMetrics
@@ -36,18 +37,14 @@ _DUPLICATE = events_pb2.OUTCOME_DUPLICATE
 _REJECTED = events_pb2.OUTCOME_REJECTED
 
 
-def rejected(error: InletError, account: str = "") -> events_pb2.IngestResult:
-    return events_pb2.IngestResult(
-        outcome=_REJECTED,
-        code=error.grpc_code.value[0],
-        reason=error.reason,
-        message=error.message,
-        account=account,
-    )
+def rejected(error: InletError, account: str = "") -> Verdict:
+    return Verdict(_REJECTED, error.grpc_code.value[0], error.reason, error.message,
+                   account=account)  # fmt: skip
 
 
 class Ingestor:
-    """Turns IngestItems into IngestResults. One per core process."""
+    """Turns IngestItems (gRPC) or Submissions (the bridge in the same process) into
+    Verdicts. One per core process."""
 
     def __init__(
         self,
@@ -80,10 +77,10 @@ class Ingestor:
 
     async def ingest(
         self,
-        items: Sequence[events_pb2.IngestItem],
+        items: Sequence[events_pb2.IngestItem | Submission],
         call_key: str | None = None,
         request_ids: Sequence[str] = (),
-    ) -> list[events_pb2.IngestResult]:
+    ) -> list[Verdict]:
         """Process `items`; `call_key` is the key from call metadata (for items without one);
         `request_ids`, when one per item, name each item's request in the logs.
 
@@ -128,12 +125,12 @@ class Ingestor:
 
     async def _ingest(
         self,
-        items: Sequence[events_pb2.IngestItem],
+        items: Sequence[events_pb2.IngestItem | Submission],
         call_key: str | None,
         request_ids: Sequence[str],
-    ) -> list[events_pb2.IngestResult]:
+    ) -> list[Verdict]:
         now_us = time.time_ns() // 1000
-        results: list[events_pb2.IngestResult | None] = [None] * len(items)
+        results: list[Verdict | None] = [None] * len(items)
         writes: list[EventWrite] = []
         positions: list[int] = []
         accounts: list[str] = []  # per write: its account's name, for the results
@@ -165,13 +162,18 @@ class Ingestor:
                     results[position] = rejected(refusal, record.account_name)
                     continue
             try:
-                event = canonicalise(
-                    _raw_json(item),
-                    received_at_us=(
+                if isinstance(item, Submission):  # the bridge in this process
+                    raw, received_at_us = item.json, item.received_at_us or now_us
+                else:
+                    raw = _raw_json(item)
+                    received_at_us = (
                         timestamp_micros(item.received_at, "received_at")
                         if item.HasField("received_at")
                         else now_us
-                    ),
+                    )
+                event = canonicalise(
+                    raw,
+                    received_at_us=received_at_us,
                     settings=item.settings_json,
                     supported_types=self._supported_types,
                 )
@@ -195,8 +197,8 @@ class Ingestor:
                 for position, write, sequence, account in zip(
                     positions, writes, sequences, accounts, strict=True
                 ):
-                    results[position] = events_pb2.IngestResult(
-                        outcome=_STORED if sequence is not None else _DUPLICATE,
+                    results[position] = Verdict(
+                        _STORED if sequence is not None else _DUPLICATE,
                         message_id=write.event.message_id,
                         sequence=sequence or 0,
                         account=account,
@@ -209,7 +211,7 @@ class Ingestor:
 
     def _account(
         self,
-        results: Sequence[events_pb2.IngestResult],
+        results: Sequence[Verdict],
         accepted: dict[int, EventWrite],
         senders: dict[int, KeyRecord],
         request_ids: Sequence[str],

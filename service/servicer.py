@@ -12,6 +12,7 @@ from service.config import CoreConfig
 from service.convert import timestamp_micros
 from service.errors import InvalidArgument, InvalidEvent
 from service.feed import Feed
+from service.handoff import batch_response, result_message
 from service.ingest import Ingestor
 from service.logs import split_request_ids
 from service.messages import stored_event
@@ -75,7 +76,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         )
         if result.outcome == events_pb2.OUTCOME_REJECTED:
             await abort(context, result.code, result.message, result.reason)
-        return result
+        return result_message(result)
 
     @rpc
     async def IngestBatch(
@@ -90,7 +91,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         results = await self._ingestor.ingest(
             request.items, bearer_key(metadata), request_ids_of(metadata)
         )
-        return events_pb2.IngestBatchResponse(results=results)
+        return batch_response(results)
 
     @rpc
     async def ListEvents(

@@ -10,6 +10,7 @@ import pytest
 from http_bridge import sdk
 from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from inlet.v1 import events_pb2
+from service.handoff import Verdict
 from tests.stack import basic
 
 OK = sdk.ItemOutcome(200, sdk.STORED, "m")
@@ -123,7 +124,7 @@ def test_encode_event_limits() -> None:
 
 
 def test_outcome_of_core_results() -> None:
-    rejected = events_pb2.IngestResult(
+    rejected = Verdict(
         outcome=events_pb2.OUTCOME_REJECTED,
         code=grpc.StatusCode.UNAVAILABLE.value[0],
         reason="store_unavailable",
@@ -132,7 +133,7 @@ def test_outcome_of_core_results() -> None:
     assert sdk.outcome_of(rejected, "sent-id") == sdk.ItemOutcome(
         503, sdk.REJECTED, "sent-id", "store_unavailable", "m"
     )
-    nonsense = events_pb2.IngestResult(outcome=events_pb2.OUTCOME_UNSPECIFIED)
+    nonsense = Verdict(outcome=events_pb2.OUTCOME_UNSPECIFIED)
     assert sdk.outcome_of(nonsense).status == 500
 
 
