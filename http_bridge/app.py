@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from http_bridge import debugger, handlers, sdk
-from http_bridge.access import FORWARDING
+from http_bridge.access import AccessLog
 from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
@@ -93,13 +93,18 @@ def create_app(
     Its metrics go to `registry` (a new one by default); `inlet serve` passes the one the
     core uses too, so /metrics shows both."""
     recorder = Recorder(config.debugger_size)
-    edge_middleware = edge(recorder if config.debugger_size else None, RECORDED_PATHS)
+    metrics = BridgeMetrics(registry or CollectorRegistry())
+    access_log = AccessLog(
+        metrics, Forwarding(config.trusted_proxies), errors_only=config.access_log == "errors"
+    )
+    edge_middleware = edge(
+        access_log, metrics, recorder if config.debugger_size else None, RECORDED_PATHS
+    )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[edge_middleware])
     app[CONFIG] = config
     app[RECORDER] = recorder
     app[VIEWERS] = {}
-    app[METRICS] = BridgeMetrics(registry or CollectorRegistry())
-    app[FORWARDING] = Forwarding(config.trusted_proxies)
+    app[METRICS] = metrics
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 from http_bridge import access, cors, handlers
 from http_bridge.errors import BridgeError
 from http_bridge.keys import CONFIG
-from http_bridge.metrics import METRICS
+from http_bridge.metrics import BridgeMetrics
 from http_bridge.recorder import Recorder
 from service.logs import REQUEST_ID, sane_request_id
 
@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 _CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def edge(recorder: Recorder | None, recorded_paths: tuple[str, ...]) -> Middleware:
+def edge(
+    access_log: access.AccessLog,
+    metrics: BridgeMetrics,
+    recorder: Recorder | None,
+    recorded_paths: tuple[str, ...],
+) -> Middleware:
     """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off)."""
 
     @web.middleware
@@ -43,7 +48,6 @@ def edge(recorder: Recorder | None, recorded_paths: tuple[str, ...]) -> Middlewa
         started = time.perf_counter()
         request_id = sane_request_id(request.headers.get("X-Request-Id"))
         token = REQUEST_ID.set(request_id)
-        metrics = request.app[METRICS]
         metrics.in_flight += 1
         try:
             try:
@@ -53,7 +57,7 @@ def edge(recorder: Recorder | None, recorded_paths: tuple[str, ...]) -> Middlewa
             cors.allow(request, response)
             if recorder is not None and request.path.startswith(recorded_paths):
                 recorder.add(request, response, started)
-            access.finish(request, response, request_id, started)
+            access_log.finish(request, response, request_id, started)
             return response
         finally:
             metrics.in_flight -= 1

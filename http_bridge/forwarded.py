@@ -13,6 +13,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from aiohttp import web
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -46,6 +48,17 @@ class Forwarding:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._trusted)
+
+    def client_of(self, request: web.BaseRequest) -> Client:
+        """The client of `request` and the scheme it used."""
+        if not self._trusted:  # nothing to believe: no forwarded header to read
+            return Client(request.remote, request.scheme)
+        return self.client(
+            request.remote,
+            request.headers.get("X-Forwarded-For"),
+            request.headers.get("X-Forwarded-Proto"),
+            request.scheme,
+        )
 
     def client(
         self, peer: str | None, forwarded_for: str | None, forwarded_proto: str | None, scheme: str
