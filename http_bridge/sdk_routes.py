@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from http_bridge import sdk
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
-from http_bridge.handlers import body_deadline, core_errors, json_response
+from http_bridge.handlers import CORE_FAILURES, body_deadline, core_unavailable, json_response
 from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
@@ -105,10 +105,12 @@ def sdk_handler(route: str) -> Handler:
             # One request → one group in the batcher → one IngestBatch call and one
             # store transaction (batcher.py), under the same overload caps as the webhook.
             size = sum(len(item.json) for item in items)
-            with core_errors(config):
+            try:
                 results = await request.app[BATCHER].submit_many(
                     items, size, config.request_timeout_s, REQUEST_ID.get() or ""
                 )
+            except CORE_FAILURES as error:
+                raise core_unavailable(error, config) from None
         request[ACCOUNT] = next((r.account for r in results if r.account), "")
         core_verdicts = iter(results)
         outcomes = [
