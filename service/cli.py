@@ -183,10 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(main: object) -> int:
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.run(main)  # type: ignore[arg-type]
-    return uvloop.run(main)  # type: ignore[arg-type]
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platforms without uvloop
+            return asyncio.run(main)  # type: ignore[arg-type]
+        return uvloop.run(main)  # type: ignore[arg-type]
+    finally:
+        # Lines logged in the loop's last moments wait for a timer that will not fire
+        # now (logs.LineBatchingHandler): out with them before anything else is printed.
+        logs.flush()
 
 
 def core_config(args: argparse.Namespace) -> CoreConfig:

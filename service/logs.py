@@ -82,16 +82,20 @@ def call_request_id(ids: tuple[str, ...]) -> str:
     return ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+# The last whole second formatted, and its text: one tuple, read and replaced whole, so
+# a line formatted on another thread at the same moment never pairs one with the other's.
+_second: tuple[int, str] = (-1, "")
 
 
 def _iso(created: float) -> str:
     # Formatting a datetime costs ~1.5 µs, paid per line: format each second once.
+    global _second
     second = int(created)
-    if _second[0] != second:
+    cached = _second
+    if cached[0] != second:
         moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
-        _second[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%S")]
-    return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
+        cached = _second = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
 
 
 class LineFormatter(logging.Formatter):
@@ -179,8 +183,10 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     on a thread running an event loop are queued and written `interval` seconds after
     the first of them (or once `max_pending` are queued). WARNING and above, and lines
     logged where no loop runs (other threads, the CLI), are written at once, after
-    what is pending, so the order is kept. `logging.shutdown()` (at exit) writes
-    whatever is left; a process killed outright loses at most `interval` of lines.
+    what is pending, so the order is kept. `flush()` (the CLI calls it when its loop
+    stops: the timer will not fire then) and `logging.shutdown()` (at exit) write
+    whatever is left; a process killed outright loses what was queued: the lines of the
+    last `interval`, or more if the loop was too busy to run the timer on time.
     """
 
     #: Past this many queued lines, write them without waiting for the timer.
@@ -285,6 +291,12 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
         handler.handleError(logging.makeLogRecord({"msg": message, "fields": fields}))
         return
     handler.add_line(line, level)
+
+
+def flush() -> None:
+    """Write every line the root logger's handlers still hold (see LineBatchingHandler)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | None = None) -> None:

@@ -1,7 +1,12 @@
-"""The embedded SQLite store (the default): WAL, group commit, one writer thread.
+"""The embedded SQLite store (the default): WAL, group commit, one writer connection.
 
-All database work runs on one dedicated thread with one connection, so the event
-loop never blocks on disk and SQLite never contends with itself inside a process.
+One connection writes, its use ordered by an asyncio lock, so SQLite never contends
+with itself inside a process. Event groups insert on the event loop (short statements;
+sqlite3 drops the GIL around each, and a hop to a thread per statement cost more than
+it saved); what may wait or take long runs on the one writer thread, so the loop never
+blocks on disk or on another process's lock: COMMIT (the fsync), a BEGIN that must
+wait, `delete` events, and the other writes (keys, accounts, migrations). Reads run
+on a pool of reader threads, each with its own connection.
 Other processes (the `inlet keys` command beside a running server) share the file
 through SQLite's own locking; `busy_timeout` makes them wait briefly, not fail.
 
@@ -46,6 +51,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _MAX_KNOWN_LINKS: Final = 100_000
+#: No deletions.id is ever this: the link cache is checked against the table again.
+_UNKNOWN_DELETION: Final = -1
 
 # Versioned schema. Append, never edit: each entry runs once, in order, and
 # `PRAGMA user_version` records how far a database has come.
@@ -452,6 +459,10 @@ class SqliteStore:
                 except BaseException:  # cancellation included: never leave it open
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    # Events after a delete read the group's own deletion id, now undone
+                    # and free for another process's next deletion. Reading it emptied
+                    # the link cache already; still, never keep an uncommitted id.
+                    self._newest_deletion = _UNKNOWN_DELETION
                     raise
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable() from exc  # as in _transaction
@@ -522,7 +533,7 @@ class SqliteStore:
         projection: Projection,
         new_links: list[tuple[int, str, str]],
     ) -> None:
-        """Apply one stored event's projection, inside its transaction (writer thread)."""
+        """Apply one stored event's projection, inside its transaction."""
         account, event = write.account_id, write.event
         for a, b, kind in projection.links:
             if (account, a, b) not in self._known_links:

@@ -280,10 +280,16 @@ async def test_log_fields_writes_the_line_logger_log_would(formatter: type[Any])
     logger.setLevel(logging.INFO)
     fields = {"method": "POST", "status": 200, "client": None}
     token = REQUEST_ID.set("req-1")
+
+    def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("the direct path makes no LogRecord")
+
     try:
-        log_fields(logger, logging.INFO, "POST /segment 200", fields)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(logger, "makeRecord", no_record)
+            log_fields(logger, logging.INFO, "POST /segment 200", fields)
+            log_fields(logger, logging.DEBUG, "below the level", fields)
         logger.info("%s", "POST /segment 200", extra={"fields": fields})
-        log_fields(logger, logging.DEBUG, "below the level", fields)
     finally:
         REQUEST_ID.reset(token)
     await asyncio.sleep(0)
@@ -308,10 +314,12 @@ async def test_log_fields_goes_through_logging_where_another_handler_listens() -
     other.setFormatter(JsonFormatter())
     logger.addHandler(other)
     log_fields(logger, logging.INFO, "seen twice", {"status": 200})
+    other.addFilter(lambda record: record.levelno > logging.INFO)  # a filter: honoured
+    log_fields(logger, logging.INFO, "filtered out there", {"status": 201})
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert stream.getvalue() == "seen twice\n"  # the first handler's own format
-    assert json.loads(extra.getvalue())["status"] == 200
+    assert stream.getvalue() == "seen twice\nfiltered out there\n"  # its own format
+    assert [json.loads(line)["status"] for line in extra.getvalue().splitlines()] == [200]
 
 
 async def test_a_warning_and_a_line_from_another_thread_are_written_at_once() -> None:
@@ -367,3 +375,23 @@ async def test_a_failing_log_stream_never_raises_into_the_caller_or_the_loop(
         await asyncio.to_thread(logger.info, "from a thread")
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_cli_writes_what_its_loop_logged_last_before_it_returns() -> None:
+    from service import cli
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure("INFO", stream=stream, json=False)
+    try:
+
+        async def last_words() -> int:
+            logging.getLogger("inlet.test.cli").info("stopping now")
+            return 0  # the loop ends before the handler's timer fires
+
+        assert cli._run(last_words()) == 0
+        assert "stopping now" in stream.getvalue()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -159,3 +159,44 @@ async def test_a_cancelled_job_keeps_the_connection_until_the_writer_thread_is_d
     with pytest.raises(asyncio.CancelledError):
         await creating
     assert await sqlite_store.count_events(acme) == 1
+
+
+async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    """A group that fails after its delete is undone whole. The events after the delete
+    read the group's own, uncommitted deletion id, which another process's next
+    deletion may then take: links that process erases must still be written again."""
+    acme = (await sqlite_store.ensure_account("acme")).id
+    linking = {"type": "identify", "userId": "u", "anonymousId": "a", "traits": {}}
+    await sqlite_store.write_events([write(acme, {**linking, "messageId": "link-1"})])
+
+    insert = sqlite_store._insert_events
+
+    def failing_after_the_delete(conn: Any, writes: list[Any], links: list[Any]) -> Any:
+        results = insert(conn, writes, links)
+        if writes and writes[0].event.message_id == "after":
+            raise sqlite3.OperationalError("disk I/O error")
+        return results
+
+    sqlite_store._insert_events = failing_after_the_delete  # type: ignore[method-assign]
+    delete = {"type": "delete", "messageId": "del-x", "userId": "someone-else"}
+    with pytest.raises(StoreUnavailable):
+        await sqlite_store.write_events([write(acme, delete), write(acme, track("after"))])
+    sqlite_store._insert_events = insert  # type: ignore[method-assign]
+    assert await sqlite_store.count_events(acme) == 1  # the whole group was undone
+
+    # Another process erases user u: its deletion takes the id the rollback freed.
+    other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute(
+        "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, erased_ids,"
+        " erased_events) VALUES (?, 'u', 'del-u', 0, 2, 1)",
+        (acme,),
+    )
+    other.execute("DELETE FROM identity_links WHERE account_id = ?", (acme,))
+    other.execute("COMMIT")
+    other.close()
+
+    await sqlite_store.write_events([write(acme, {**linking, "messageId": "link-2"})])
+    assert set(await sqlite_store.linked_ids(acme, "u")) == {"u", "a"}
