@@ -228,16 +228,19 @@ class Ingestor:
         metrics = self._metrics
         log_rejected = event_log.isEnabledFor(logging.INFO)
         log_accepted = event_log.isEnabledFor(logging.DEBUG)
+        # Counted per call, then added: one counter update per series, not per event.
+        stored: Counter[str] = Counter()
+        duplicates: Counter[str] = Counter()
         for position, result in enumerate(results):
             write = accepted.get(position)
             event_type = write.event.type if write is not None else UNKNOWN_TYPE
             outcome = result.outcome
             if outcome == _STORED:
-                metrics.stored(event_type).inc()
+                stored[event_type] += 1
                 if not log_accepted:
                     continue
             elif outcome == _DUPLICATE:
-                metrics.duplicate(event_type).inc()
+                duplicates[event_type] += 1
                 if not log_accepted:
                     continue
             else:
@@ -261,6 +264,10 @@ class Ingestor:
                 event_log.info("event rejected", extra={"fields": fields})
             else:
                 event_log.debug("event %s", fields["outcome"], extra={"fields": fields})
+        for event_type, count in stored.items():
+            metrics.stored(event_type).inc(count)
+        for event_type, count in duplicates.items():
+            metrics.duplicate(event_type).inc(count)
 
 
 def _traits(event: CanonicalEvent) -> Any:
