@@ -205,6 +205,18 @@ def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def wait_until_idle(pid: int, timeout: float = 30) -> float:
+    """Seconds until the processes under `pid` use under 5 % of a CPU over 0.2 s."""
+    started = time.monotonic()
+    pids = process_tree(pid)
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pids)
+        time.sleep(0.2)
+        if cpu_seconds(pids) - before < 0.01:
+            break
+    return round(time.monotonic() - started, 2)
+
+
 def overload(
     pid: int, url: str, key: str, args: argparse.Namespace, work: Path, loadgen: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -213,8 +225,12 @@ def overload(
     run = drive(url, key, args.overload_seconds, args.overload_connections, loadgen,
                 f"o{time.time_ns()}", work)  # fmt: skip
     statuses = run["statuses"]
+    # The load generator has quit, but Inlet still answers what it had queued (up to
+    # INLET_MAX_QUEUE_DELAY_S of it): the next phase starts once that is done.
+    drained_in = wait_until_idle(pid)
     return {
         "connections": args.overload_connections,
+        "drained_after_s": drained_in,
         "answers_per_s": run["requests"] / run["seconds"],
         "stored_per_s": statuses.get(200, 0) / run["seconds"],
         "statuses": statuses,
@@ -313,7 +329,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
             if not args.skip_grpc:
                 grpc_out = subprocess.run(
                     [*pinned(LOAD_CPUS), sys.executable, str(HERE / "grpc_load.py"), f"127.0.0.1:{grpc_port}", key,
-                     str(args.grpc_seconds), "500", "4"],
+                     str(args.grpc_seconds), "500", "4", str(args.warmup)],
                     capture_output=True, text=True, check=True,
                 ).stdout  # fmt: skip
                 out["grpc_ingest_batch"] = json.loads(grpc_out.strip().splitlines()[-1])
@@ -329,7 +345,8 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
     if args.postgres:
         name = urllib.parse.urlsplit(database).path.lstrip("/")
         postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
-    http_rows = rows - out.get("grpc_ingest_batch", {}).get("stored", 0)
+    grpc = out.get("grpc_ingest_batch", {})
+    http_rows = rows - grpc.get("stored", 0) - grpc.get("warmup_stored", 0)
     out["integrity"] = {
         "acknowledged_new_events": acknowledged,
         "stored_http_events": http_rows,
