@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from http_bridge.segment import key_id_of
 
@@ -63,37 +64,36 @@ class Exchange:
 
 
 # What the ring holds per exchange: plain values in a tuple, referenced as they came
-# (the parser's raw header pairs, the body read), so that recording costs about one
+# (the body read, the parsed headers copied once), so that recording costs about one
 # tuple per request; decoding and slicing happen only when someone looks.
-_Entry = tuple[int, float, str, str, tuple[tuple[bytes, bytes], ...], bytes, int, bytes, float, str]
+_Entry = tuple[int, float, str, str, CIMultiDict[str], bytes, int, bytes, float, str]
 
 
-def _redacted_authorization(value: bytes) -> bytes:
-    key_id = key_id_of(value.decode("utf-8", "surrogateescape"))
-    return f"<redacted: key {key_id}>".encode() if key_id else b"<redacted>"
+def _redacted_authorization(value: str) -> str:
+    key_id = key_id_of(value)
+    return f"<redacted: key {key_id}>" if key_id else "<redacted>"
 
 
-def _without_secrets(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    """The raw header pairs with the Authorization value replaced: it never enters the ring."""
-    for index, (name, value) in enumerate(raw):
-        if len(name) == 13 and name.lower() == b"authorization":
-            redacted = (name, _redacted_authorization(value))
-            return (*raw[:index], redacted, *_without_secrets(raw[index + 1 :]))
-    return raw
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")  # as aiohttp decodes header values
+def _without_secrets(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A copy of the headers whose Authorization value (all of them, if it came more than
+    once) is replaced by the key's id: it never enters the ring. A copy of the parsed
+    headers costs a tenth of rebuilding the raw header pairs (bench/instructions.py:
+    ~25k instructions a request for that)."""
+    copy = headers.copy()
+    value = copy.get(hdrs.AUTHORIZATION)
+    if value is not None:
+        copy[hdrs.AUTHORIZATION] = _redacted_authorization(value)  # replaces every one
+    return copy
 
 
 def _exchange(entry: _Entry) -> Exchange:
-    id, at, method, path, raw, body, status, answer, duration_ms, account = entry
+    id, at, method, path, headers, body, status, answer, duration_ms, account = entry
     return Exchange(
         id=id,
         at=at,
         method=method,
         path=path,
-        headers=tuple((_text(name), _text(value)) for name, value in raw),
+        headers=tuple(headers.items()),
         body=body[:MAX_BODY],
         body_truncated=len(body) > MAX_BODY,
         status=status,
@@ -118,7 +118,7 @@ class Recorder:
                 time.time(),
                 request.method,
                 request.path,
-                _without_secrets(request.raw_headers),
+                _without_secrets(request.headers),
                 # A body past the cap is cut now: the ring must not hold megabytes.
                 body if len(body) <= MAX_BODY else body[: MAX_BODY + 1],
                 response.status,

@@ -128,3 +128,20 @@ async def test_write_keys_in_sdk_bodies_never_reach_the_debugger(stack: Stack) -
     assert status == 200
     text = orjson.dumps(detail).decode()
     assert key.split("_")[2] not in text and "<redacted>" in text
+
+
+def test_every_authorization_header_is_redacted_and_the_rest_kept_in_order() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from http_bridge.recorder import _without_secrets
+
+    secret = "inlet_0123456789abcdef_topsecret"
+    sent = CIMultiDict(
+        [("Host", "x"), ("authorization", basic(secret)), ("X-Segment-Settings", "e30="),
+         ("AUTHORIZATION", "Bearer another-secret")]
+    )  # fmt: skip
+    kept = _without_secrets(CIMultiDictProxy(sent))
+    assert "topsecret" not in str(kept) and "another-secret" not in str(kept)
+    assert kept.getall("Authorization") == ["<redacted: key 0123456789abcdef>"]
+    assert [name.lower() for name in kept] == ["host", "authorization", "x-segment-settings"]
+    assert sent.getall("Authorization")[1] == "Bearer another-secret"  # a copy: unchanged
