@@ -78,7 +78,7 @@ class BridgeConfig:
 
     access_log: str = "all"
     """Which requests get an INFO access line: `all`, or `errors` (answers of 400 and
-    up; the others at DEBUG). A line costs ~11 % of a webhook request's CPU (bench/
+    up; the others at DEBUG). A line costs ~8 % of a webhook request's CPU (bench/
     instructions.py) and ~300 bytes: at thousands of events a second, `errors` keeps
     what an operator acts on; metrics count the rest and the debugger shows them."""
 
