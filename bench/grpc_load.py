@@ -56,8 +56,9 @@ async def main(
 
         async def worker() -> None:
             while time.monotonic() < deadline:
+                measured = counting  # sent after the warm-up (not only answered after it)
                 reply = await stub.IngestBatch(request(), metadata=metadata, timeout=30)
-                if not counting:  # answered during the warm-up: stored, not measured
+                if not measured:  # sent during the warm-up: stored, not measured
                     totals["warmup_stored"] += sum(
                         r.outcome == events_pb2.OUTCOME_STORED for r in reply.results
                     )

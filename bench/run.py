@@ -206,14 +206,16 @@ def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_until_idle(pid: int, timeout: float = 30) -> float:
-    """Seconds until the processes under `pid` use under 5 % of a CPU over 0.2 s."""
+    """Seconds until the processes under `pid` use at most one clock tick of CPU (~5 %)
+    in 0.2 s; says so on stderr if they never do within `timeout`."""
     started = time.monotonic()
     pids = process_tree(pid)
     while time.monotonic() - started < timeout:
         before = cpu_seconds(pids)
         time.sleep(0.2)
-        if cpu_seconds(pids) - before < 0.01:
-            break
+        if (cpu_seconds(pids) - before) * CLOCK_TICKS < 1.5:  # whole ticks: 0 or 1
+            return round(time.monotonic() - started, 2)
+    print(f"bench: process {pid} still busy after {timeout:g} s", file=sys.stderr)
     return round(time.monotonic() - started, 2)
 
 
@@ -318,8 +320,9 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
             wait_until_up(f"http://127.0.0.1:{port}/readyz")
             url = f"http://127.0.0.1:{port}"
             out["inlet"], runs = measure(server.pid, url, key, args, work, loadgen)
-            # The ceiling again, right after (Inlet idle): the machine drifts by ±30 %
-            # within minutes, so the ratio is taken to the mean of both measurements.
+            # The ceiling again, right after (once Inlet is idle: they share the CPU): the
+            # machine drifts within minutes, so the ratio is to the mean of both.
+            wait_until_idle(server.pid)
             after, _ = measure(ceiling.pid, ceiling_url, key, args, work, loadgen)
             out["ceiling"] = bracketed(before, after)
             if args.overload_connections:

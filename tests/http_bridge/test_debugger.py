@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 
@@ -130,18 +132,50 @@ async def test_write_keys_in_sdk_bodies_never_reach_the_debugger(stack: Stack) -
     assert key.split("_")[2] not in text and "<redacted>" in text
 
 
-def test_every_authorization_header_is_redacted_and_the_rest_kept_in_order() -> None:
+def test_every_credential_header_is_redacted_and_the_rest_kept_in_order() -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from http_bridge.recorder import _without_secrets
 
     secret = "inlet_0123456789abcdef_topsecret"
-    sent = CIMultiDict(
-        [("Host", "x"), ("authorization", basic(secret)), ("X-Segment-Settings", "e30="),
-         ("AUTHORIZATION", "Bearer another-secret")]
+    one = CIMultiDict([("Host", "x"), ("authorization", basic(secret)), ("Accept", "*/*")])
+    kept = _without_secrets(CIMultiDictProxy(one))
+    assert list(kept.items()) == [
+        ("Host", "x"), ("Authorization", "<redacted: key 0123456789abcdef>"), ("Accept", "*/*")
+    ]  # fmt: skip
+    assert one["Authorization"] == basic(secret)  # a copy: the request's own are untouched
+
+    many = CIMultiDict(
+        [("Host", "x"), ("authorization", basic(secret)), ("Cookie", "session=s3cr3t"),
+         ("AUTHORIZATION", "Bearer another-secret"), ("Proxy-Authorization", "Basic cHJveHk=")]
     )  # fmt: skip
-    kept = _without_secrets(CIMultiDictProxy(sent))
-    assert "topsecret" not in str(kept) and "another-secret" not in str(kept)
-    assert kept.getall("Authorization") == ["<redacted: key 0123456789abcdef>"]
-    assert [name.lower() for name in kept] == ["host", "authorization", "x-segment-settings"]
-    assert sent.getall("Authorization")[1] == "Bearer another-secret"  # a copy: unchanged
+    kept = _without_secrets(CIMultiDictProxy(many))
+    assert list(kept.items()) == [
+        ("Host", "x"),
+        ("authorization", "<redacted: key 0123456789abcdef>"),  # each one, as it came
+        ("Cookie", "<redacted>"),
+        ("AUTHORIZATION", "<redacted>"),  # not an Inlet key: no id to show
+        ("Proxy-Authorization", "<redacted>"),
+    ]
+
+
+async def test_undecodable_header_bytes_still_reach_the_debugger_as_json(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.bridge.port)
+    body = orjson.dumps({**TRACK, "messageId": "dbg-latin1"})
+    writer.write(
+        b"POST /segment HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"Authorization: " + basic(stack.keys["ingest"]).encode() + b"\r\n"
+        + b"X-Note: caf\xe9\r\n"  # Latin-1, not UTF-8
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+    await writer.drain()
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    async with aiohttp.ClientSession() as http:
+        status, listed = await get(http, stack, "/debugger/api/exchanges", stack.keys["admin"])
+        (exchange,) = listed["exchanges"]  # type: ignore[misc]
+        status, detail = await get(
+            http, stack, f"/debugger/api/exchanges/{exchange['id']}", stack.keys["admin"]
+        )
+    assert status == 200
+    assert dict(detail["request"]["headers"])["X-Note"] == "caf\\xe9"  # type: ignore[index]

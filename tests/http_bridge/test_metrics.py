@@ -170,3 +170,24 @@ async def test_the_core_metrics_port_takes_the_same_token(tmp_path: Path) -> Non
                 assert "inlet_core_events_in_flight" in await reply.text()
     finally:
         await core.stop(grace=0)
+
+
+async def test_events_of_one_call_are_all_counted(shared: Stack) -> None:
+    """An SDK batch is one call to the core: each of its events counts once."""
+    auth = {"Authorization": basic(shared.keys["ingest"])}
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "u1", "event": "E", "messageId": f"b-{n}"}
+            for n in (1, 2, 3, 1)  # the last a redelivery of the first
+        ]
+        + [{"type": "identify", "userId": "u1", "messageId": "b-i", "traits": {}}]
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(shared.url + "/v1/batch", json=batch, headers=auth) as reply:
+            assert reply.status == 200
+        _, samples = await scrape(session, shared.url + "/metrics")
+    events = "inlet_events_total"
+    assert value(samples, events, type="track", outcome="stored", reason="") == 3
+    assert value(samples, events, type="track", outcome="duplicate", reason="") == 1
+    assert value(samples, events, type="identify", outcome="stored", reason="") == 1
+    assert value(samples, "inlet_core_call_duration_seconds_count", result="ok") == 1

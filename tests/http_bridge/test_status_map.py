@@ -5,6 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from http_bridge.batcher import QueueFull
+from http_bridge.config import BridgeConfig
+from http_bridge.handlers import CORE_FAILURES, core_unavailable
 from http_bridge.status_map import GRPC_TO_HTTP, RETRY_LATER, http_status_for
 from service.errors import (
     InvalidEvent,
@@ -108,3 +111,17 @@ def test_core_errors_reach_the_http_status_of_the_webhook_contract(
     error: Exception, status: int
 ) -> None:
     assert http_status_for(error.grpc_code) == status  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (QueueFull(), "overloaded"),
+        (TimeoutError(), "core_timeout"),
+        (ConnectionError("the batch call was cancelled"), "shutting_down"),
+    ],
+)
+def test_every_way_a_hand_over_fails_is_a_503_to_retry(failure: Exception, code: str) -> None:
+    assert isinstance(failure, CORE_FAILURES)
+    answer = core_unavailable(failure, BridgeConfig(retry_after_s=7))
+    assert (answer.status, answer.code, answer.headers) == (503, code, {"Retry-After": "7"})
