@@ -130,7 +130,9 @@ class EventSource:
             return self._random.choice(self._recent)
         self._count += 1
         template = self._templates[self._count % len(self._templates)]
-        body = template.replace(PLACEHOLDER.encode(), f"{self._prefix}-{self._count}".encode())
+        # Random, as Segment's UUIDs are: inserts land all over the messageId index.
+        message_id = f"{self._prefix}-{self._random.getrandbits(96):024x}-{self._count}"
+        body = template.replace(PLACEHOLDER.encode(), message_id.encode())
         if len(self._recent) < 1000:
             self._recent.append(body)
         else:

@@ -34,16 +34,14 @@ async def main(
     target: str, key: str, seconds: float, batch: int, inflight: int, warmup: float = 1.0
 ) -> None:
     prefix = uuid.uuid4().hex[:8]
-    counter = 0
     totals = {"sent": 0, "stored": 0, "duplicate": 0, "rejected": 0, "warmup_stored": 0}
     metadata = [("authorization", f"Bearer {key}")]
 
     def request() -> events_pb2.IngestBatchRequest:
-        nonlocal counter
         items = []
         for _ in range(batch):
-            counter += 1
-            body = TRACK.replace(b"__MID__", f"{prefix}-{counter}".encode())
+            # Random, as Segment's UUIDs are: inserts land all over the messageId index.
+            body = TRACK.replace(b"__MID__", f"{prefix}-{uuid.uuid4().hex}".encode())
             items.append(events_pb2.IngestItem(json=body))
         return events_pb2.IngestBatchRequest(items=items)
 

@@ -319,6 +319,14 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         try:
             wait_until_up(f"http://127.0.0.1:{port}/readyz")
             url = f"http://127.0.0.1:{port}"
+            if args.prefill:  # a database in service for a while, not an empty one
+                filled = subprocess.run(
+                    [*pinned(LOAD_CPUS), sys.executable, str(HERE / "prefill.py"),
+                     f"127.0.0.1:{grpc_port}", key, str(args.prefill)],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                out["prefill"] = json.loads(filled.strip().splitlines()[-1])
+                wait_until_idle(server.pid)
             out["inlet"], runs = measure(server.pid, url, key, args, work, loadgen)
             # The ceiling again, right after (once Inlet is idle: they share the CPU): the
             # machine drifts within minutes, so the ratio is to the mean of both.
@@ -349,7 +357,12 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
         name = urllib.parse.urlsplit(database).path.lstrip("/")
         postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
     grpc = out.get("grpc_ingest_batch", {})
-    http_rows = rows - grpc.get("stored", 0) - grpc.get("warmup_stored", 0)
+    http_rows = (
+        rows
+        - grpc.get("stored", 0)
+        - grpc.get("warmup_stored", 0)
+        - out.get("prefill", {}).get("stored", 0)
+    )
     out["integrity"] = {
         "acknowledged_new_events": acknowledged,
         "stored_http_events": http_rows,
@@ -419,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         help="let servers and load generator share every CPU (default: servers on the last)",
     )  # fmt: skip
     parser.add_argument("--skip-grpc", action="store_true")
+    parser.add_argument(
+        "--prefill", type=int, default=0,
+        help="store this many events (over gRPC) before measuring: a database in service",
+    )  # fmt: skip
     parser.add_argument(
         "--postgres", help="run Inlet on PostgreSQL: a DSN; each round gets a new database"
     )
