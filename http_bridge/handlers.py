@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 import orjson
 from aiohttp import web
@@ -23,8 +22,10 @@ from http_bridge.status_map import RETRY_LATER, http_status_for
 from inlet.v1 import events_pb2
 from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID
+from service.timestamps import now_us
 
 JSON = "application/json"
+T = TypeVar("T")
 
 
 def json_response(
@@ -65,16 +66,29 @@ def result_response(result: Verdict, retry_after_s: int) -> web.Response:
     return error_response(status, result.message, result.reason, headers)
 
 
-def body_deadline(
-    request: web.Request, seconds: float
-) -> contextlib.AbstractAsyncContextManager[object]:
-    """The deadline for reading the body, which keeps a trickling (slow-loris) client from
-    holding a connection and a handler. None when the body has all arrived already, as
-    most do with their headers: arming and cancelling a timer cost ~4 % of a request's
-    CPU (bench/instructions.py)."""
-    if request.content.is_eof():
-        return contextlib.nullcontext()
-    return asyncio.timeout(seconds)
+async def read_body(request: web.Request, config: BridgeConfig, reading: Awaitable[T]) -> T:
+    """`reading` (of `request`'s body) within `body_timeout_s`, which keeps a trickling
+    (slow-loris) client from holding a connection and a handler. No timer when the body
+    has all arrived already, as most do with their headers: arming and cancelling one
+    cost ~4 % of a request's CPU (bench/instructions.py).
+
+    Raises:
+        RequestTimeout: the body took longer (408; senders retry).
+        BadRequest: broken chunked framing or Content-Encoding (400).
+    """
+    try:
+        if request.content.is_eof():
+            return await reading
+        async with asyncio.timeout(config.body_timeout_s):
+            return await reading
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout_s:g} s", "request_timeout"
+        ) from None
+    except (HttpProcessingError, RequestPayloadError):  # the client's framing or encoding
+        raise BadRequest(
+            "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
+        ) from None
 
 
 #: What the batcher raises when an event could not be handed over (core_unavailable).
@@ -109,23 +123,10 @@ async def segment_event(request: web.Request) -> web.Response:
     api_key = api_key_from_authorization(request.headers.get("Authorization"))
     check_media_type(request.headers.get("Content-Type"))
     settings = decode_settings(request.headers.get("X-Segment-Settings"))
-    try:
-        # client_max_size: 413 as soon as the limit is passed.
-        if request.content.is_eof():  # it came with the headers: no deadline to arm
-            body = await request.read()
-        else:
-            async with asyncio.timeout(config.body_timeout_s):
-                body = await request.read()
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {config.body_timeout_s:g} s", "request_timeout"
-        ) from None
-    except (HttpProcessingError, RequestPayloadError):  # the client's framing or encoding
-        raise BadRequest(
-            "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
-        ) from None
+    # client_max_size: 413 as soon as the limit is passed.
+    body = await read_body(request, config, request.read())
     request[BODY] = body
-    item = Submission(body, api_key, settings, time.time_ns() // 1000)
+    item = Submission(body, api_key, settings, now_us())
     try:
         result = await request.app[BATCHER].submit(
             item, len(body), config.request_timeout_s, REQUEST_ID.get() or ""

@@ -7,22 +7,20 @@ the body within its limits, forwards the events and answers.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from http_bridge import sdk
 from http_bridge.config import BridgeConfig
-from http_bridge.errors import CHALLENGE, BadRequest, PayloadTooLarge, RequestTimeout
-from http_bridge.handlers import CORE_FAILURES, body_deadline, core_unavailable, json_response
+from http_bridge.errors import CHALLENGE, PayloadTooLarge
+from http_bridge.handlers import CORE_FAILURES, core_unavailable, json_response, read_body
 from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
 from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID
+from service.timestamps import now_us
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +53,18 @@ async def read_capped(request: web.Request, config: BridgeConfig) -> bytes:
         and "Content-Encoding" not in request.headers
     ):
         raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with body_deadline(request, config.body_timeout_s):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {config.body_timeout_s:g} s", "request_timeout"
-        ) from None
-    except (HttpProcessingError, RequestPayloadError):
-        raise BadRequest(
-            "the body could not be read: bad chunked framing or Content-Encoding", "invalid_body"
-        ) from None
-    return b"".join(chunks)
+
+    async def capped() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return await read_body(request, config, capped())
 
 
 def sdk_handler(route: str) -> Handler:
@@ -94,7 +86,7 @@ def sdk_handler(route: str) -> Handler:
             )
             for event in events
         ]
-        received_at_us = time.time_ns() // 1000
+        received_at_us = now_us()
         items = [
             Submission(raw, api_key, received_at_us=received_at_us)
             for raw in encoded

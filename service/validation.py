@@ -38,6 +38,8 @@ _SPEC_FIELDS: Final = (
     "originalTimestamp", "context", "integrations", "event", "properties", "traits",
     "name", "category", "groupId", "previousId", "version", "channel", "action",
 )  # fmt: skip
+
+
 def normalise_name(name: str) -> str:
     """The form two names are compared in: lower case without `_`, `-` or spaces."""
     # Three replaces: ~5x faster than str.translate with a deletion table.
