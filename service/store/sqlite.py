@@ -44,6 +44,7 @@ from service.store.base import (
     newest_traits,
     rotated_expiry,
 )
+from service.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
 from service.store.group_commit import AsyncGroupCommitter
 from service.timestamps import now_us
 
@@ -268,6 +269,8 @@ class SqliteStore:
         # The writer connection is used by one piece of work at a time: a job on the
         # writer thread, or an event group (which runs partly on the event loop).
         self._write_lock: asyncio.Lock | None = None
+        # Commits only append to the write-ahead log; this copies it into the file.
+        self.checkpointer = WalCheckpointer(self._checkpoint_connection)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -283,6 +286,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._events.wait_idle()
+        self.checkpointer.stop()
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -303,7 +307,15 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys = ON")
         if migrate:
             self._migrate(conn)
+        # Checkpoints run on their own thread (checkpointer.py); this is the backstop.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         self._conn = conn
+        self.checkpointer.start()
+
+    def _checkpoint_connection(self) -> sqlite3.Connection:
+        # SQLite's default `synchronous` fsyncs the log before copying it and the
+        # file after: a checkpoint never leaves a committed page only in the OS cache.
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch a new file to WAL. Two processes opening one new file at once (cores
@@ -405,6 +417,7 @@ class SqliteStore:
             try:
                 result = work(conn)
                 conn.execute("COMMIT")
+                self.checkpointer.committed()
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -456,6 +469,7 @@ class SqliteStore:
                             start = index + 1
                     results += self._insert_events(conn, writes[start:], new_links)
                     await self._on_writer_thread(conn.execute, "COMMIT")
+                    self.checkpointer.committed()
                 except BaseException:  # cancellation included: never leave it open
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
