@@ -10,10 +10,16 @@ once and kept in a small dict (bounded by types x reasons).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.store.checkpointer import WalCheckpointer
 
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
 # busy timeout (2 s).
@@ -100,7 +106,39 @@ class CoreMetrics:
             child = self._rejected[key] = self._events.labels(event_type, "rejected", reason)
         return child
 
+    def watch_checkpoints(self, checkpointer: WalCheckpointer) -> None:
+        """Export a SQLite store's checkpoint thread (read when scraped)."""
+        self.registry.register(CheckpointCollector(checkpointer))
+
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """Per call, not per event: labelling on the fly is cheap enough here."""
         self._rpcs.labels(method, code).inc()
         self._rpc_latency.labels(method).observe(seconds)
+
+
+class CheckpointCollector(Collector):
+    """What the SQLite checkpoint thread has done: a log that keeps growing means
+    checkpoints fall behind or a long read pins it (service/store/checkpointer.py)."""
+
+    def __init__(self, checkpointer: WalCheckpointer) -> None:
+        self._checkpointer = checkpointer
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._checkpointer
+        yield CounterMetricFamily(
+            "inlet_sqlite_checkpoints",
+            "Checkpoints of the SQLite write-ahead log run by the checkpoint thread.",
+            value=c.runs,
+        )
+        yield CounterMetricFamily(
+            "inlet_sqlite_checkpoint_failures",
+            "Checkpoints that failed (retried after the next commit; nothing is lost).",
+            value=c.failures,
+        )
+        last = c.last
+        yield GaugeMetricFamily(
+            "inlet_sqlite_wal_pages",
+            "Pages in the write-ahead log at the latest checkpoint (it restarts from "
+            "zero once all are copied and no reader needs them).",
+            value=max(last.log_pages, 0) if last is not None else 0,
+        )

@@ -35,7 +35,7 @@ from service.metrics_http import start_metrics_server
 from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
 from service.servicer import EventServicer
-from service.store import Store
+from service.store import SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ async def start_core(
     metrics = CoreMetrics(registry or CollectorRegistry())
     store = store or open_configured_store(config)
     await store.open()
+    if isinstance(store, SqliteStore):
+        metrics.watch_checkpoints(store.checkpointer)
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
     limiter = RateLimiter(config.rate_limit_per_key) if config.rate_limit_per_key else None
     maintenance = MaintenanceMode(store, config.switch_refresh_s)

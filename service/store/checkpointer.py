@@ -59,9 +59,10 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_at = -_WARN_EVERY_S
-        #: The latest checkpoint's answer, and how many have run: for tests and status.
+        #: The latest checkpoint's answer, how many ran and failed: for metrics and tests.
         self.last: Checkpoint | None = None
         self.runs = 0
+        self.failures = 0
 
     def start(self) -> None:
         self._stop.clear()
@@ -96,6 +97,7 @@ class WalCheckpointer:
                     self.last = checkpoint(conn)
                     self.runs += 1
                 except sqlite3.Error as exc:
+                    self.failures += 1
                     self._warn(f"the WAL checkpoint failed ({exc}); retrying after the next commit")
                 else:
                     if self.last.log_pages > BACKSTOP_PAGES:
