@@ -286,7 +286,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._events.wait_idle()
-        self.checkpointer.stop()
+        # Waits for a running checkpoint (a long one copies ~40 MB): off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self.checkpointer.stop)
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
