@@ -10,7 +10,10 @@ network hop.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol
@@ -24,6 +27,8 @@ from http_bridge.status_map import http_status_for
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service.handoff import Submission, Verdict, item_message, verdict_of
 from service.logs import REQUEST_ID
+
+log = logging.getLogger(__name__)
 
 EVENT_SERVICE: Final = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 
@@ -44,9 +49,15 @@ def request_id_metadata(request_ids: Sequence[str]) -> tuple[tuple[str, str], ..
 
 def channel_credentials(config: BridgeConfig) -> grpc.ChannelCredentials | None:
     """TLS to the core when `--core-tls-ca` is set; a client certificate for mTLS when
-    `--core-tls-cert/--core-tls-key` are set too."""
+    `--core-tls-cert/--core-tls-key` are set too. Raises OSError or ssl.SSLError when
+    the files are unreadable, not PEM, or the key does not match the certificate
+    (gRPC itself would only find out at the next handshake)."""
     if config.core_tls_ca is None:
         return None
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    check.load_verify_locations(cafile=config.core_tls_ca)
+    if config.core_tls_cert is not None:
+        check.load_cert_chain(config.core_tls_cert, config.core_tls_key)
     return grpc.ssl_channel_credentials(
         root_certificates=Path(config.core_tls_ca).read_bytes(),
         private_key=Path(config.core_tls_key).read_bytes() if config.core_tls_key else None,
@@ -115,7 +126,11 @@ class GrpcCore:
 
     def __init__(self, config: BridgeConfig) -> None:
         self._config = config
-        credentials = channel_credentials(config)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._open(channel_credentials(config))
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        config = self._config
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(
                 config.core_target, options=channel_options(config)
@@ -128,8 +143,32 @@ class GrpcCore:
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    def reload_tls(self) -> bool:
+        """Re-read the `--core-tls-*` files (on SIGHUP, after a renewal): calls from now
+        on go over a new channel that uses them; calls in flight finish on the old one,
+        which then closes. False when not using TLS, or when the files are bad (the
+        current channel stays)."""
+        if self._config.core_tls_ca is None:
+            log.info("no TLS files to reload: the bridge reaches the core in plain text")
+            return False
+        try:
+            credentials = channel_credentials(self._config)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("core TLS files not reloaded, the current ones stay in use: %s", exc)
+            return False
+        old = self._channel
+        self._open(credentials)
+        retiring = asyncio.get_running_loop().create_task(
+            old.close(grace=self._config.core_timeout_s)
+        )
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        log.info("core TLS files reloaded from %s", self._config.core_tls_ca)
+        return True
+
     async def close(self) -> None:
         await self._channel.close()
+        await asyncio.gather(*self._retiring)
 
     async def ingest_batch(
         self, items: list[Submission], request_ids: Sequence[str] = ()

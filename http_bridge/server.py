@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from http_bridge.app import CoreFactory, create_app
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
+from http_bridge.keys import CORE
 from http_bridge.tls import reload_certificate, server_context
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ class BridgeServer:
             log.info("no TLS certificate to reload: the bridge serves plain HTTP")
             return False
         return reload_certificate(self.tls, self.config.tls_cert, self.config.tls_key)
+
+    def reload_core_tls(self) -> bool:
+        """Re-read the `--core-tls-*` files (on SIGHUP) a `serve bridge` reaches its core
+        with: calls from now on use them (GrpcCore.reload_tls). False when the core is
+        in this process or reached without TLS, or the files are bad."""
+        core = self.runner.app.get(CORE)  # set once the app has started
+        return isinstance(core, GrpcCore) and core.reload_tls()
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, flush the batcher, close the channel."""

@@ -212,11 +212,16 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
 
 def reload_tls_on_sighup(bridge: BridgeServer | None, core: CoreServer | None) -> None:
     """SIGHUP re-reads the certificate files (after a renewal), like nginx: the bridge's
-    HTTPS one and the core's gRPC one, whichever this process serves."""
+    HTTPS one, the files a bridge reaches its core with, and the core's gRPC one,
+    whichever this process uses."""
 
     def reload() -> None:
         if bridge is not None:
-            bridge.reload_tls()
+            reaches_core_over_tls = bridge.config.core_tls_ca is not None
+            if bridge.tls is not None or not reaches_core_over_tls:
+                bridge.reload_tls()  # logs that there is nothing to reload, when plain
+            if reaches_core_over_tls:
+                bridge.reload_core_tls()
         if core is not None and (core.tls is not None or bridge is None):
             core.reload_tls()  # logs that there is nothing to reload, when serving plain
 

@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from http_bridge.config import BridgeConfig
 from service.cli import reload_tls_on_sighup
 from service.config import CoreConfig
+from service.server import start_core
+from service.store import SqliteStore
 from tests.stack import Stack, basic, start_stack
 
 EVENT = {"type": "track", "userId": "u1", "event": "Over mTLS"}
@@ -203,4 +205,49 @@ async def test_sighup_reloads_the_core_certificate(tmp_path: Path, pki: dict[str
                 await asyncio.sleep(0.01)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+        await stack.stop()
+
+
+async def test_a_bridge_rereads_its_core_tls_files_on_sighup(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    """The core comes back with a certificate from a new CA: the bridge's calls fail
+    until its CA file names the new CA and it reloads (SIGHUP, as `serve bridge`
+    handles it); bad files leave the current channel in use."""
+    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
+                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"], core_timeout_s=1.0)
+    stack = await start_stack(tmp_path, core, bridge)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await post(stack) == 200
+        port = stack.core.port
+        await stack.core.stop(grace=0)
+        new_ca, new_cert, new_key = renewal(tmp_path / "new")
+        moved = CoreConfig(listen=f"127.0.0.1:{port}", grpc_tls_cert=new_cert,
+                           grpc_tls_key=new_key)  # fmt: skip
+        stack.core = await start_core(moved, SqliteStore(tmp_path / "inlet.db"))
+        assert await post(stack) == 503  # not trusted: Segment retries, nothing is lost
+
+        Path(pki["ca"]).write_bytes(b"not a certificate")  # a half-written renewal
+        assert stack.bridge.reload_core_tls() is False
+        assert await post(stack) == 503
+
+        Path(pki["ca"]).write_bytes(Path(new_ca).read_bytes())
+        reload_tls_on_sighup(stack.bridge, None)  # `inlet serve bridge`
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(10):  # the handler runs on the loop's next turns
+            while await post(stack) != 200:
+                await asyncio.sleep(0.05)
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await stack.stop()
+
+
+async def test_a_bridge_without_core_tls_has_nothing_to_reload(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        assert stack.bridge.reload_core_tls() is False
+        assert await post(stack) == 200
+    finally:
         await stack.stop()
