@@ -117,8 +117,8 @@ class CoreMetrics:
 
 
 class CheckpointCollector(Collector):
-    """What the SQLite checkpoint thread has done: a log that keeps growing means
-    checkpoints fall behind or a long read pins it (service/store/checkpointer.py)."""
+    """What SQLite's checkpoints have done (service/store/checkpointer.py): a log that
+    keeps growing means they fall behind or a long read pins it."""
 
     def __init__(self, checkpointer: WalCheckpointer) -> None:
         self._checkpointer = checkpointer
@@ -131,9 +131,20 @@ class CheckpointCollector(Collector):
             value=c.runs,
         )
         yield CounterMetricFamily(
+            "inlet_sqlite_checkpoint_catch_ups",
+            "Short checkpoints run by the writer after a commit, so that the log restarts.",
+            value=c.catch_ups,
+        )
+        yield CounterMetricFamily(
             "inlet_sqlite_checkpoint_failures",
-            "Checkpoints that failed (retried after the next commit; nothing is lost).",
+            "Checkpoints of the thread that failed (retried after the next commit; "
+            "nothing is lost).",
             value=c.failures,
+        )
+        yield GaugeMetricFamily(
+            "inlet_sqlite_checkpoint_thread_up",
+            "1 while the checkpoint thread runs.",
+            value=1 if c.alive else 0,
         )
         last = c.last
         yield GaugeMetricFamily(

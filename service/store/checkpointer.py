@@ -1,21 +1,24 @@
-"""Checkpoints of SQLite's write-ahead log, on a thread of their own.
+"""Checkpoints of SQLite's write-ahead log, mostly on a thread of their own.
 
 In WAL mode a commit appends the pages it changed to the `-wal` file and fsyncs it;
 a *checkpoint* later copies those pages into the database file and fsyncs that. Left
 to itself, SQLite runs the checkpoint inside the COMMIT that takes the log past 1,000
-pages, so every few groups one commit also pays for the copy and a second fsync while
-it holds the write lock, and every event waiting for the next group waits with it.
-Events carry random messageIds (Segment's are UUIDs), so on a file in service each
-insert dirties its own page of the messageId index: a group of 500 writes ~500 pages,
-and with checkpoints inside commits a 1M-event file took 19-24k events/s over gRPC.
+pages, so every few groups one commit also pays for the whole copy and a second fsync
+while it holds the write lock, and every event waiting for the next group waits too.
 
-`WalCheckpointer` runs PASSIVE checkpoints (they never wait for, nor block, writers or
-readers) on its own connection and thread, at most every `interval_s` and only after
-commits. The writer connection keeps SQLite's own checkpoint as a backstop at
-`BACKSTOP_PAGES`: reached only when this thread falls behind (a slow disk), or when
-the log cannot restart because every checkpoint ends with newer commits in it. A
-checkpoint failing loses nothing (the pages stay in the log, and are still read from
-there): it is logged and tried again after the next commit.
+`WalCheckpointer` does the bulk of that copying on its own connection and thread, with
+PASSIVE checkpoints (they never wait for, nor block, writers or readers), at most every
+`interval_s` and only after commits. A PASSIVE checkpoint under load always ends with
+newer commits in the log, though, and SQLite restarts the log (writes it from its
+start again) only when a write transaction begins with every page copied. So once the
+thread has copied a long log up to its end, it asks the writer for a *catch-up*: right
+after its next COMMIT, still holding the store's write lock, the writer checkpoints the
+few pages committed since (`catch_up_due`, `caught_up`), and the transaction after it
+restarts the log. The writer connection keeps SQLite's own checkpoint as a backstop at
+`backstop_pages`, reached only when the thread falls behind or readers pin the log.
+
+A checkpoint failing loses nothing (the pages stay in the log, and are read from there):
+it is logged, and tried again after the next commit on a new connection.
 """
 
 from __future__ import annotations
@@ -25,46 +28,72 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 log = logging.getLogger(__name__)
 
-#: The writer connection's own checkpoint threshold (`PRAGMA wal_autocheckpoint`),
-#: in pages: ~40 MB of log at SQLite's default 4 KiB pages, i.e. about two seconds
-#: of the fastest ingest measured here.
-BACKSTOP_PAGES: Final = 10_000
-#: Failures are logged at most this often (a full disk fails every try).
+#: Each kind of warning is logged at most this often (a full disk fails every try).
 _WARN_EVERY_S: Final = 60.0
 
 
-class Checkpoint(NamedTuple):
-    """`PRAGMA wal_checkpoint`'s answer: pages in the log, and how many of them are
-    now in the database file (-1, -1 when the file is not in WAL mode)."""
+@dataclass(frozen=True)
+class CheckpointSettings:
+    #: Least time between two checkpoints of the thread: a busy file gets a few large
+    #: copies rather than one per commit (each ends in an fsync of the database file).
+    interval_s: float = 0.2
+    #: A log at least this long, once copied to its end, is restarted by a catch-up in
+    #: the writer: ~8 MB at SQLite's default 4 KiB pages.
+    catch_up_pages: int = 2_000
+    #: The writer connection's own threshold (`PRAGMA wal_autocheckpoint`), ~40 MB.
+    backstop_pages: int = 10_000
 
-    busy: bool  # another connection was checkpointing: this one did nothing
+
+class Checkpoint(NamedTuple):
+    """`PRAGMA wal_checkpoint`'s answer: whether another connection was checkpointing
+    (then the counts are -1: this one did nothing), the pages in the log and how many
+    of them are in the database file (-1 and -1 too when the file is not in WAL mode)."""
+
+    busy: bool
     log_pages: int
     checkpointed_pages: int
 
 
+def checkpoint(conn: sqlite3.Connection) -> Checkpoint:
+    """One PASSIVE checkpoint on `conn`: copy what no reader still needs, wait for nobody."""
+    busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return Checkpoint(bool(busy), log_pages, done)
+
+
 class WalCheckpointer:
-    """Checkpoints a SQLite file from a thread of its own. `start()`, call `committed()`
-    after each commit, `stop()` before closing the writer connection."""
+    """Checkpoints a SQLite file from a thread of its own. `start()`; after each commit
+    call `committed()`, and while `catch_up_due` run `checkpoint()` on the writer
+    connection before anyone writes again and pass it to `caught_up()`; `stop()` before
+    closing the writer connection."""
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], *, interval_s: float = 0.2
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        settings: CheckpointSettings | None = None,
     ) -> None:
         self._connect = connect
-        self.interval_s = interval_s
+        self.settings = settings or CheckpointSettings()
         self._pending = threading.Event()  # a commit since the last checkpoint began
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned_at = -_WARN_EVERY_S
-        #: The latest checkpoint's answer, how many ran and failed: for metrics and tests.
+        self._warned_at: dict[str, float] = {}
+        #: Set by the thread, read and cleared by the writer (a plain attribute: a
+        #: stale read only moves the catch-up to the next commit).
+        self.catch_up_due = False
+        #: The latest answer that was not `busy`, and counts: for metrics and tests.
         self.last: Checkpoint | None = None
         self.runs = 0
         self.failures = 0
+        self.catch_ups = 0
 
     def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the checkpoint thread is already running")
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="inlet-checkpoint", daemon=True)
         self._thread.start()
@@ -72,6 +101,17 @@ class WalCheckpointer:
     def committed(self) -> None:
         """Pages were committed: checkpoint them soon. Cheap; never blocks."""
         self._pending.set()
+
+    def caught_up(self, result: Checkpoint) -> None:
+        """The writer ran the catch-up checkpoint: `result` is its answer."""
+        self.catch_up_due = False
+        self.catch_ups += 1
+        if not result.busy:
+            self.last = result
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Let a running checkpoint finish and end the thread. Closing the last
@@ -94,34 +134,35 @@ class WalCheckpointer:
                 try:
                     if conn is None:
                         conn = self._connect()
-                    self.last = checkpoint(conn)
-                    self.runs += 1
-                except sqlite3.Error as exc:
+                    self._record(checkpoint(conn))
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                     self.failures += 1
-                    self._warn(f"the WAL checkpoint failed ({exc}); retrying after the next commit")
-                else:
-                    if self.last.log_pages > BACKSTOP_PAGES:
-                        # Commits then run SQLite's checkpoint themselves, slower; a
-                        # reader holding an old snapshot can keep the log from restarting.
-                        self._warn(
-                            f"the write-ahead log holds {self.last.log_pages} pages: "
-                            "checkpoints are not keeping up, or a long read is pinning it"
-                        )
-                # Pace: at most one checkpoint per interval, so a busy file gets a few
-                # large copies rather than one per commit (each ends in an fsync).
-                self._stop.wait(self.interval_s - (time.monotonic() - started))
+                    self._warn("failed", f"the WAL checkpoint failed ({exc}); retrying "
+                               "after the next commit")  # fmt: skip
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                self._stop.wait(self.settings.interval_s - (time.monotonic() - started))
         finally:
             if conn is not None:
                 conn.close()
 
-    def _warn(self, message: str) -> None:
+    def _record(self, result: Checkpoint) -> None:
+        if result.busy:  # the backstop, a catch-up or another process was copying
+            return
+        self.last = result
+        self.runs += 1
+        pages, copied = result.log_pages, result.checkpointed_pages
+        if pages >= self.settings.catch_up_pages and copied == pages:
+            self.catch_up_due = True
+        if pages > self.settings.backstop_pages:
+            # Commits then run SQLite's checkpoint themselves, the slow way; a reader
+            # holding an old snapshot keeps pages from being copied or the log restarted.
+            self._warn("long", f"the write-ahead log holds {pages} pages ({copied} copied): "
+                       "checkpoints are falling behind, or a long read is pinning it")  # fmt: skip
+
+    def _warn(self, kind: str, message: str) -> None:
         now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY_S:
-            self._warned_at = now
+        if now - self._warned_at.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned_at[kind] = now
             log.warning(message)
-
-
-def checkpoint(conn: sqlite3.Connection) -> Checkpoint:
-    """One PASSIVE checkpoint on `conn`: copy what no reader still needs, wait for nobody."""
-    busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return Checkpoint(bool(busy), log_pages, done)

@@ -44,7 +44,7 @@ from service.store.base import (
     newest_traits,
     rotated_expiry,
 )
-from service.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
+from service.store.checkpointer import CheckpointSettings, WalCheckpointer, checkpoint
 from service.store.group_commit import AsyncGroupCommitter
 from service.timestamps import now_us
 
@@ -245,7 +245,14 @@ def _account(row: tuple[Any, ...]) -> Account:
 class SqliteStore:
     """Store on one SQLite file. Create it, `await open()`, use it, `await close()`."""
 
-    def __init__(self, path: Path, *, durable: bool = True, busy_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        busy_timeout_ms: int = 2000,
+        checkpoints: CheckpointSettings | None = None,
+    ) -> None:
         self.path = path
         self._durable = durable
         self._busy_timeout_ms = busy_timeout_ms
@@ -270,7 +277,7 @@ class SqliteStore:
         # writer thread, or an event group (which runs partly on the event loop).
         self._write_lock: asyncio.Lock | None = None
         # Commits only append to the write-ahead log; this copies it into the file.
-        self.checkpointer = WalCheckpointer(self._checkpoint_connection)
+        self.checkpointer = WalCheckpointer(self._checkpoint_connection, checkpoints)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -309,14 +316,30 @@ class SqliteStore:
         if migrate:
             self._migrate(conn)
         # Checkpoints run on their own thread (checkpointer.py); this is the backstop.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self.checkpointer.settings.backstop_pages}")
         self._conn = conn
         self.checkpointer.start()
 
     def _checkpoint_connection(self) -> sqlite3.Connection:
-        # SQLite's default `synchronous` fsyncs the log before copying it and the
-        # file after: a checkpoint never leaves a committed page only in the OS cache.
-        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Reading the schema can meet a lock for a moment (another process recovering
+        # the log); FULL fsyncs the log before copying it and the file after (as NORMAL
+        # does in WAL mode: said outright rather than left to the build's default).
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT, then, when the checkpoint thread asks, the catch-up checkpoint
+        (checkpointer.py): the few pages committed since its last copy, while no one
+        else writes, so that the next transaction restarts the log."""
+        conn.execute("COMMIT")
+        self.checkpointer.committed()
+        if self.checkpointer.catch_up_due:
+            try:
+                self.checkpointer.caught_up(checkpoint(conn))
+            except sqlite3.Error as exc:  # committed all the same: never fail the writes
+                log.warning("the catch-up WAL checkpoint failed (%s); the thread goes on", exc)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch a new file to WAL. Two processes opening one new file at once (cores
@@ -417,8 +440,7 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
-                conn.execute("COMMIT")
-                self.checkpointer.committed()
+                self._commit(conn)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -469,8 +491,7 @@ class SqliteStore:
                             )
                             start = index + 1
                     results += self._insert_events(conn, writes[start:], new_links)
-                    await self._on_writer_thread(conn.execute, "COMMIT")
-                    self.checkpointer.committed()
+                    await self._on_writer_thread(self._commit, conn)
                 except BaseException:  # cancellation included: never leave it open
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")

@@ -86,21 +86,25 @@ async def test_requests_events_latencies_and_batches_are_counted(shared: Stack) 
 
 
 async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
-    """Operators watch the write-ahead log: checkpoints run after commits, none failed."""
+    """Operators watch the write-ahead log: a commit is followed by a checkpoint."""
     auth = {"Authorization": basic(shared.keys["ingest"])}
     track = {"type": "track", "userId": "u1", "event": "Paid", "messageId": "m-ckpt"}
+    checkpoints = "inlet_sqlite_checkpoints_total"
     async with aiohttp.ClientSession() as session:
+        _, samples = await scrape(session, shared.url + "/metrics")
+        before = value(samples, checkpoints)
         async with session.post(shared.url + "/segment", json=track, headers=auth) as reply:
             assert reply.status == 200
         deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            _, samples = await scrape(session, shared.url + "/metrics")
-            if value(samples, "inlet_sqlite_checkpoints_total") >= 1:
-                break
+        while value(samples, checkpoints) <= before:
             assert asyncio.get_running_loop().time() < deadline, "no checkpoint ran"
             await asyncio.sleep(0.02)
+            _, samples = await scrape(session, shared.url + "/metrics")
+    for name in ("inlet_sqlite_checkpoint_failures_total", "inlet_sqlite_checkpoint_catch_ups_total",
+                 "inlet_sqlite_wal_pages"):  # fmt: skip
+        assert (name, ()) in samples
     assert value(samples, "inlet_sqlite_checkpoint_failures_total") == 0
-    assert value(samples, "inlet_sqlite_wal_pages") >= 0
+    assert value(samples, "inlet_sqlite_checkpoint_thread_up") == 1
 
 
 async def test_route_labels_stay_bounded_under_a_scan_of_random_paths(shared: Stack) -> None:
