@@ -13,8 +13,10 @@ newer commits in the log, though, and SQLite restarts the log (writes it from it
 start again) only when a write transaction begins with every page copied. So once the
 thread has copied a long log up to its end, it asks the writer for a *catch-up*: right
 after its next COMMIT, still holding the store's write lock, the writer checkpoints the
-few pages committed since (`catch_up_due`, `caught_up`), and the transaction after it
-restarts the log. The writer connection keeps SQLite's own checkpoint as a backstop at
+pages committed since (`catch_up_due`, `caught_up`): what was committed while the
+thread's copy ran, usually a few groups, but copied and fsynced while ingest waits. The
+transaction after it then starts the log over, unless a read that began before the
+catch-up still holds its snapshot (the thread asks again after its next checkpoint). The writer connection keeps SQLite's own checkpoint as a backstop at
 `backstop_pages`, reached only when the thread falls behind or readers pin the log.
 
 A checkpoint failing loses nothing (the pages stay in the log, and are read from there):
@@ -85,7 +87,8 @@ class WalCheckpointer:
         #: Set by the thread, read and cleared by the writer (a plain attribute: a
         #: stale read only moves the catch-up to the next commit).
         self.catch_up_due = False
-        #: The latest answer that was not `busy`, and counts: for metrics and tests.
+        #: The latest answer that was not `busy`, and counts (`failures`: the thread's
+        #: and the catch-ups'): for metrics and tests.
         self.last: Checkpoint | None = None
         self.runs = 0
         self.failures = 0
@@ -103,11 +106,20 @@ class WalCheckpointer:
         self._pending.set()
 
     def caught_up(self, result: Checkpoint) -> None:
-        """The writer ran the catch-up checkpoint: `result` is its answer."""
+        """The writer ran the catch-up checkpoint: `result` is its answer. A busy one
+        (the thread was copying) did nothing: the next commit tries again."""
+        if result.busy:
+            return
         self.catch_up_due = False
         self.catch_ups += 1
-        if not result.busy:
-            self.last = result
+        self.last = result
+
+    def catch_up_failed(self, error: BaseException) -> None:
+        """The writer's catch-up failed: counted, warned about now and then, and left
+        to the thread to ask for again (rather than retried after every commit)."""
+        self.catch_up_due = False
+        self.failures += 1
+        self._warn("catch-up", f"the catch-up WAL checkpoint failed ({error})")
 
     @property
     def alive(self) -> bool:

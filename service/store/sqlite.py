@@ -331,15 +331,15 @@ class SqliteStore:
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         """COMMIT, then, when the checkpoint thread asks, the catch-up checkpoint
-        (checkpointer.py): the few pages committed since its last copy, while no one
-        else writes, so that the next transaction restarts the log."""
+        (checkpointer.py): the pages committed since its last copy, while no one else
+        writes, so that the next transaction can start the log over."""
         conn.execute("COMMIT")
         self.checkpointer.committed()
         if self.checkpointer.catch_up_due:
             try:
                 self.checkpointer.caught_up(checkpoint(conn))
-            except sqlite3.Error as exc:  # committed all the same: never fail the writes
-                log.warning("the catch-up WAL checkpoint failed (%s); the thread goes on", exc)
+            except Exception as exc:  # noqa: BLE001 - committed all the same: never fail it
+                self.checkpointer.catch_up_failed(exc)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch a new file to WAL. Two processes opening one new file at once (cores
