@@ -18,6 +18,7 @@ import time
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from http_bridge.forwarded import Forwarding
 from http_bridge.metrics import BridgeMetrics, RouteMetrics
@@ -25,6 +26,8 @@ from http_bridge.recorder import ACCOUNT
 from service.logs import log_fields
 
 log = logging.getLogger("inlet.access")
+#: Where aiohttp logs requests it could not parse.
+AIOHTTP_SERVER_LOG: Final = "aiohttp.server"
 
 MESSAGE_ID: Final = web.ResponseKey("message_id", str)
 ERROR_CODE: Final = web.ResponseKey("error_code", str)
@@ -93,3 +96,28 @@ class AccessLog:
         if code:
             fields["code"] = code
         log_fields(log, level, f"{request.method} {route.name} {status}", fields)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (bad header bytes, chunking or request
+    line: scanners, broken proxies; never Segment) with its own plain-text 400 and closes
+    the connection, and logs it as an ERROR with a traceback that quotes the offending
+    line, which may be an Authorization header. It is the client's mistake, not
+    Inlet's trouble: one WARNING line with the kind of error, and no quoted bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and record.levelno > logging.WARNING:
+            kind = str(error.message).split("\n", 1)[0].rstrip(": ")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "malformed HTTP request from %s, answered 400: %s"
+            record.args = (*(record.args or ("an unknown client",)), kind)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install `MalformedRequests` on aiohttp's server logger, once per process."""
+    logger = logging.getLogger(AIOHTTP_SERVER_LOG)
+    if not any(isinstance(f, MalformedRequests) for f in logger.filters):
+        logger.addFilter(MalformedRequests())

@@ -10,6 +10,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from http_bridge.access import quiet_malformed_requests
 from http_bridge.app import CoreFactory, create_app
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
@@ -62,6 +63,7 @@ async def start_bridge(
     registry: CollectorRegistry | None = None,
 ) -> BridgeServer:
     context = tls_context(config)
+    quiet_malformed_requests()
     runner = web.AppRunner(
         create_app(config, core, registry),
         access_log=None,

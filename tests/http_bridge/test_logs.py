@@ -115,6 +115,33 @@ async def test_keys_authorization_and_trait_values_are_never_logged(
     assert "peter@example.com" not in logs.text
 
 
+async def test_an_unparseable_request_is_one_warning_that_quotes_nothing(
+    stack: Stack, logs: Captured
+) -> None:
+    """Scanners and broken proxies send requests aiohttp cannot parse: it answers 400
+    and closes; the log gets a WARNING naming the kind of error (not an ERROR with a
+    traceback quoting the bad line, which may be an Authorization header)."""
+    key = stack.keys["ingest"]
+    port = int(stack.url.rsplit(":", 1)[1])
+    garbled = (  # a NUL in the Authorization value
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(key)}\x00\r\n"
+        "Content-Length: 2\r\n\r\n{}"
+    ).encode()
+    bad_chunk = b"POST /segment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    for request in (garbled, bad_chunk):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        answer = await reader.read()  # aiohttp closes the connection after it
+        writer.close()
+        assert answer.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 "))
+    lines = [line for line in logs.lines() if line.get("logger") == "aiohttp.server"]
+    assert [line["level"] for line in lines] == ["WARNING", "WARNING"], lines
+    assert "malformed HTTP request from 127.0.0.1, answered 400" in lines[0]["message"]
+    assert all("error" not in line and "Traceback" not in json.dumps(line) for line in lines)
+    for secret in (key, key.split("_")[2], basic(key)):
+        assert secret not in logs.text
+
+
 async def test_trait_values_are_logged_only_when_asked(tmp_path: Path, logs: Captured) -> None:
     stack = await start_stack(tmp_path, CoreConfig(listen="127.0.0.1:0", log_traits=True))
     try:
