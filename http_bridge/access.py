@@ -32,6 +32,10 @@ AIOHTTP_SERVER_LOG: Final = "aiohttp.server"
 MESSAGE_ID: Final = web.ResponseKey("message_id", str)
 ERROR_CODE: Final = web.ResponseKey("error_code", str)
 
+#: The `Server` header: aiohttp's default names the Python and aiohttp versions, which
+#: security scanners report as a finding and which tell an attacker what to try.
+SERVER: Final = "inlet"
+
 # Probes and scrapes arrive every few seconds: logged at DEBUG, not INFO.
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -52,7 +56,9 @@ class AccessLog:
         self, request: web.Request, response: web.StreamResponse, request_id: str, started: float
     ) -> None:
         """Stamp the request id on `response`, count and time it, log its line."""
-        response.headers["X-Request-Id"] = request_id
+        headers = response.headers
+        headers["X-Request-Id"] = request_id
+        headers["Server"] = SERVER
         elapsed = time.perf_counter() - started
         route = self._route(request)
         route.count(response.status)

@@ -239,6 +239,29 @@ async def test_aiohttp_own_errors_are_json(stack: Stack) -> None:
             assert reply.status == 404 and (await reply.json())["code"] == "not_found"
 
 
+
+async def test_no_answer_names_the_software_versions(stack: Stack) -> None:
+    """Scanners report a `Server: Python/3.x aiohttp/3.y` header; every answer says
+    only `inlet`, stored, rejected, refused, unknown path or probe alike."""
+    track = {"type": "track", "userId": "u1", "event": "Seen", "messageId": "srv-1"}
+    auth = {"Authorization": basic(stack.keys["ingest"])}
+    async with aiohttp.ClientSession() as session:
+        answers = [
+            session.post(stack.url + "/segment", json=track, headers=auth),
+            session.post(stack.url + "/segment", json={"type": "track"}, headers=auth),
+            session.post(stack.url + "/segment", json=track),
+            session.get(stack.url + "/segment"),
+            session.get(stack.url + "/nowhere"),
+            session.get(stack.url + "/healthz"),
+        ]
+        statuses = []
+        for answer in answers:
+            async with answer as reply:
+                statuses.append(reply.status)
+                assert reply.headers.getall("Server") == ["inlet"]
+    assert statuses == [200, 400, 401, 405, 404, 200]
+
+
 # -- 501 -----------------------------------------------------------------------------
 
 
