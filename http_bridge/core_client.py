@@ -153,7 +153,7 @@ class GrpcCore:
             return False
         try:
             credentials = channel_credentials(self._config)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             log.error("core TLS files not reloaded, the current ones stay in use: %s", exc)
             return False
         old = self._channel

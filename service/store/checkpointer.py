@@ -13,11 +13,12 @@ newer commits in the log, though, and SQLite restarts the log (writes it from it
 start again) only when a write transaction begins with every page copied. So once the
 thread has copied a long log up to its end, it asks the writer for a *catch-up*: right
 after its next COMMIT, still holding the store's write lock, the writer checkpoints the
-pages committed since (`catch_up_due`, `caught_up`): what was committed while the
-thread's copy ran, usually a few groups, but copied and fsynced while ingest waits. The
-transaction after it then starts the log over, unless a read that began before the
-catch-up still holds its snapshot (the thread asks again after its next checkpoint). The writer connection keeps SQLite's own checkpoint as a backstop at
-`backstop_pages`, reached only when the thread falls behind or readers pin the log.
+pages committed since (`after_commit`): what was committed while the thread's copy
+ran, usually a few groups, but copied and fsynced while ingest waits. The transaction
+after it then starts the log over, unless a read that began before the catch-up still
+holds its snapshot (the thread asks again after its next checkpoint). The writer
+connection keeps SQLite's own checkpoint as a backstop at `backstop_pages`, reached
+only when the thread falls behind or readers pin the log.
 
 A checkpoint failing loses nothing (the pages stay in the log, and are read from there):
 it is logged, and tried again after the next commit on a new connection.
@@ -69,8 +70,7 @@ def checkpoint(conn: sqlite3.Connection) -> Checkpoint:
 
 class WalCheckpointer:
     """Checkpoints a SQLite file from a thread of its own. `start()`; after each commit
-    call `committed()`, and while `catch_up_due` run `checkpoint()` on the writer
-    connection before anyone writes again and pass it to `caught_up()`; `stop()` before
+    call `after_commit(writer connection)` before anyone writes again; `stop()` before
     closing the writer connection."""
 
     def __init__(
@@ -101,25 +101,27 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._loop, name="inlet-checkpoint", daemon=True)
         self._thread.start()
 
-    def committed(self) -> None:
-        """Pages were committed: checkpoint them soon. Cheap; never blocks."""
+    def after_commit(self, writer: sqlite3.Connection) -> None:
+        """Pages were committed on `writer`, which no one else uses until this returns:
+        wake the thread (cheap; never blocks) and, when it asks, run the catch-up.
+
+        A busy catch-up (the thread was copying) did nothing: the next commit tries
+        again. A failed one is counted, warned about now and then and left to the
+        thread to ask for again; it never fails the commit, which has happened."""
         self._pending.set()
-
-    def caught_up(self, result: Checkpoint) -> None:
-        """The writer ran the catch-up checkpoint: `result` is its answer. A busy one
-        (the thread was copying) did nothing: the next commit tries again."""
-        if result.busy:
+        if not self.catch_up_due:
             return
-        self.catch_up_due = False
-        self.catch_ups += 1
-        self.last = result
-
-    def catch_up_failed(self, error: BaseException) -> None:
-        """The writer's catch-up failed: counted, warned about now and then, and left
-        to the thread to ask for again (rather than retried after every commit)."""
-        self.catch_up_due = False
-        self.failures += 1
-        self._warn("catch-up", f"the catch-up WAL checkpoint failed ({error})")
+        try:
+            result = checkpoint(writer)
+        except Exception as exc:  # noqa: BLE001 - committed all the same: never fail it
+            self.catch_up_due = False
+            self.failures += 1
+            self._warn("catch-up", f"the catch-up WAL checkpoint failed ({exc})")
+            return
+        if not result.busy:
+            self.catch_up_due = False
+            self.catch_ups += 1
+            self.last = result
 
     @property
     def alive(self) -> bool:

@@ -44,7 +44,7 @@ from service.store.base import (
     newest_traits,
     rotated_expiry,
 )
-from service.store.checkpointer import CheckpointSettings, WalCheckpointer, checkpoint
+from service.store.checkpointer import CheckpointSettings, WalCheckpointer
 from service.store.group_commit import AsyncGroupCommitter
 from service.timestamps import now_us
 
@@ -334,12 +334,7 @@ class SqliteStore:
         (checkpointer.py): the pages committed since its last copy, while no one else
         writes, so that the next transaction can start the log over."""
         conn.execute("COMMIT")
-        self.checkpointer.committed()
-        if self.checkpointer.catch_up_due:
-            try:
-                self.checkpointer.caught_up(checkpoint(conn))
-            except Exception as exc:  # noqa: BLE001 - committed all the same: never fail it
-                self.checkpointer.catch_up_failed(exc)
+        self.checkpointer.after_commit(conn)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch a new file to WAL. Two processes opening one new file at once (cores

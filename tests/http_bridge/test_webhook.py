@@ -239,7 +239,6 @@ async def test_aiohttp_own_errors_are_json(stack: Stack) -> None:
             assert reply.status == 404 and (await reply.json())["code"] == "not_found"
 
 
-
 async def test_no_answer_names_the_software_versions(stack: Stack) -> None:
     """Scanners report a `Server: Python/3.x aiohttp/3.y` header; every answer says
     only `inlet`, stored, rejected, refused, unknown path or probe alike."""

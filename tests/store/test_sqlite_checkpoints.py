@@ -12,6 +12,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ async def until(predicate: object, what: str) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """The same, for tests without an event loop (the checkpoint thread runs alone)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def _events_in_file_alone(database: Path, copy: Path) -> int:
@@ -89,13 +98,10 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
     checkpointer = WalCheckpointer(connect, CheckpointSettings(interval_s=0.0))
     caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
     checkpointer.start()
-    deadline = time.monotonic() + DEADLINE_S
     try:
         for attempt in (1, 2):  # a SQLite error, then any other: the thread lives on
-            checkpointer.committed()
-            while checkpointer.failures < attempt:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            checkpointer.after_commit(conn)
+            wait_until(lambda n=attempt: checkpointer.failures >= n, f"failure {attempt}")
             assert checkpointer.alive
         assert "disk I/O error" in caplog.records[0].getMessage()
         # Nothing was copied, and nothing is lost: the row is in the log.
@@ -103,10 +109,8 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
         assert _events_in_file_alone(database, tmp_path / "copy.db") == 0
         assert conn.execute("SELECT x FROM events").fetchall() == [(1,)]
 
-        checkpointer.committed()  # the next commit: tried again, and it works
-        while checkpointer.runs == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        checkpointer.after_commit(conn)  # the next commit: tried again, and it works
+        wait_until(lambda: checkpointer.runs > 0, "a checkpoint")
         assert checkpointer.last is not None and not checkpointer.last.busy
         assert checkpointer.last.checkpointed_pages == checkpointer.last.log_pages > 0
         assert _events_in_file_alone(database, tmp_path / "copy.db") == 1
@@ -146,19 +150,18 @@ async def test_the_log_restarts_under_back_to_back_commits(tmp_path: Path) -> No
 
 def test_stop_does_not_wait_out_the_pause_between_checkpoints(tmp_path: Path) -> None:
     database = tmp_path / "inlet.db"
-    sqlite3.connect(database).execute("PRAGMA journal_mode = WAL").close()
+    writer = sqlite3.connect(database)
+    writer.execute("PRAGMA journal_mode = WAL")
     checkpointer = WalCheckpointer(
         lambda: sqlite3.connect(database, check_same_thread=False),
         CheckpointSettings(interval_s=3600),
     )
     checkpointer.start()
-    checkpointer.committed()
-    deadline = time.monotonic() + DEADLINE_S
-    while checkpointer.runs == 0:  # now pausing for an hour before the next one
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    checkpointer.after_commit(writer)
+    wait_until(lambda: checkpointer.runs > 0, "a checkpoint")  # then an hour's pause
     started = time.monotonic()
     checkpointer.stop()
+    writer.close()
     assert time.monotonic() - started < DEADLINE_S
 
 
@@ -171,12 +174,15 @@ def test_the_checkpoint_answer_is_read_as_sqlite_gives_it(tmp_path: Path) -> Non
 async def test_a_failing_catch_up_never_fails_the_committed_group(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(conn: sqlite3.Connection) -> Checkpoint:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr("service.store.sqlite.checkpoint", broken)
-    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
     store = SqliteStore(tmp_path / "inlet.db")
+
+    def broken(conn: sqlite3.Connection) -> Checkpoint:
+        if conn is store._db():  # the writer's catch-up; the thread's own still work
+            raise sqlite3.OperationalError("disk I/O error")
+        return checkpoint(conn)
+
+    monkeypatch.setattr("service.store.checkpointer.checkpoint", broken)
+    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
     await store.open()
     try:
         acme = (await store.ensure_account("acme")).id
