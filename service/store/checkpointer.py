@@ -50,6 +50,12 @@ class CheckpointSettings:
     catch_up_pages: int = 2_000
     #: The writer connection's own threshold (`PRAGMA wal_autocheckpoint`), ~40 MB.
     backstop_pages: int = 10_000
+    #: `PRAGMA journal_size_limit` of the writer: when the log starts over, the `-wal`
+    #: file is cut back to this. SQLite otherwise reuses the file and never shrinks it
+    #: until the store closes, so one long read that pinned the log (an export, a
+    #: stalled checkpoint) would leave gigabytes on disk for the life of the process.
+    #: Well above the 8-16 MB a busy log reaches, so it is not cut and regrown each time.
+    wal_size_limit_bytes: int = 64 * 1024 * 1024
 
 
 class Checkpoint(NamedTuple):

@@ -316,7 +316,10 @@ class SqliteStore:
         if migrate:
             self._migrate(conn)
         # Checkpoints run on their own thread (checkpointer.py); this is the backstop.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {self.checkpointer.settings.backstop_pages}")
+        settings = self.checkpointer.settings
+        conn.execute(f"PRAGMA wal_autocheckpoint = {settings.backstop_pages}")
+        # The writer is the connection that starts the log over, and so cuts it back.
+        conn.execute(f"PRAGMA journal_size_limit = {settings.wal_size_limit_bytes}")
         self._conn = conn
         self.checkpointer.start()
 

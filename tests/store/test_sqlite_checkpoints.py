@@ -198,3 +198,43 @@ async def test_a_failing_catch_up_never_fails_the_committed_group(
         assert "disk I/O error" in warnings[0].getMessage()
     finally:
         await store.close()
+
+
+async def test_the_log_file_shrinks_back_once_a_pinning_read_ends(tmp_path: Path) -> None:
+    """A read that holds its snapshot (a long export) stops the log from starting over,
+    so the -wal file grows with every commit; once the read ends and the log starts
+    over, the file is cut back to `wal_size_limit_bytes` instead of keeping its
+    high-water size on disk until the store closes."""
+    limit = 256 * 1024
+    settings = CheckpointSettings(interval_s=0.01, catch_up_pages=10, wal_size_limit_bytes=limit)
+    store = SqliteStore(tmp_path / "inlet.db", checkpoints=settings)
+    await store.open()
+    wal = tmp_path / "inlet.db-wal"
+    reader = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
+    try:
+        assert store._db().execute("PRAGMA journal_size_limit").fetchone()[0] == limit
+        acme = (await store.ensure_account("acme")).id
+        counter = iter(range(10**9))
+
+        async def commit_some(groups: int) -> None:
+            for _ in range(groups):
+                await store.write_events(
+                    [write(acme, track(f"p-{next(counter)}", user=f"u{i}")) for i in range(25)]
+                )
+
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()  # the snapshot is held
+        await commit_some(120)
+        grown = wal.stat().st_size
+        assert grown > 4 * limit, f"the pinned log grew to {grown} bytes only"
+
+        reader.execute("COMMIT")  # the read ends; commits go on
+        deadline = time.monotonic() + DEADLINE_S
+        while wal.stat().st_size > limit:
+            assert time.monotonic() < deadline, f"the log file stayed at {wal.stat().st_size}"
+            await commit_some(1)
+            await asyncio.sleep(0.01)
+        assert await store.count_events(acme) == next(counter)
+    finally:
+        reader.close()
+        await store.close()
