@@ -70,6 +70,7 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
             max_pending=config.max_pending,
             max_pending_bytes=config.max_pending_bytes,
             max_queue_delay=config.max_queue_delay_s,
+            max_gather_delay=config.max_gather_delay_s,
         )
         app[METRICS].pending.set_function(lambda: batcher.pending)
         try:

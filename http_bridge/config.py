@@ -54,6 +54,10 @@ class BridgeConfig:
     max_inflight_batches: int = 1
     """IngestBatch calls in flight at once. One keeps batches large under load (DESIGN.md)."""
 
+    max_gather_delay_s: float = 0.002
+    """Longest the call after a returned one waits for that call's senders to come back
+    (at most a quarter of its duration; 0: never): see batcher.py."""
+
     max_pending: int = 10_000
     max_pending_bytes: int = 64 * 1024 * 1024
     """Requests (and their bytes) queued for the core beyond which new ones get 503 at
@@ -129,6 +133,10 @@ class BridgeConfig:
         parse_networks(self.trusted_proxies)  # ValueError names a bad range
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0 or self.max_queue_delay_s <= 0:
             raise ValueError("timeouts must be positive")
+        if not 0 <= self.max_gather_delay_s < self.request_timeout_s:
+            raise ValueError(
+                "max_gather_delay_s must be >= 0 (0: off) and below the request timeout"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> BridgeConfig:
@@ -152,6 +160,7 @@ class BridgeConfig:
             "INLET_MAX_QUEUE_DELAY_S": ("max_queue_delay_s", float),
             "INLET_HEADER_TIMEOUT_S": ("header_timeout_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
+            "INLET_MAX_GATHER_DELAY_S": ("max_gather_delay_s", float),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),
             "INLET_SDK_MAX_EVENT_BYTES": ("sdk_max_event_bytes", int),
             "INLET_SDK_MAX_BATCH_BYTES": ("sdk_max_batch_bytes", int),

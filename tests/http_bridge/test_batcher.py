@@ -7,6 +7,7 @@ below is forced by the test, never by timing.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -469,3 +470,104 @@ async def test_a_group_is_never_split_and_goes_alone_when_over_the_caps(send: Ga
             await send.next_call()
     await asyncio.gather(first, before, big, after)
     assert send.calls == [["a"], ["b"], ["c", "d", "e"], ["f"]]
+
+
+class Ticks:
+    """A clock that moves one second each time it is read: every call lasts seconds,
+    so the wait for its senders is `max_gather_delay` (not a share of microseconds)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+async def test_the_call_after_a_returned_one_waits_for_its_senders_to_come_back(
+    send: GatedSend,
+) -> None:
+    """A request that arrives just before a call returns does not go alone: calls would
+    then alternate between all the senders and one (one commit for one event)."""
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=Ticks())
+
+    async def sender(name: str) -> list[str]:  # a connection: answered, it sends again
+        return [
+            await batcher.submit(f"{name}1", 1, LONG),
+            await batcher.submit(f"{name}2", 1, LONG),
+        ]
+
+    lone = submit(batcher, "x")
+    assert await send.next_call() == ["x"]
+    senders = [asyncio.create_task(sender(name)) for name in "abc"]
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["a1", "b1", "c1"]
+    late = submit(batcher, "y")  # arrives while a1-c1 are being stored
+    await settle()
+    send.release(1)
+    # Not ["y"] alone, then ["a2", "b2", "c2"]: one call for all four.
+    assert await send.next_call() == ["y", "a2", "b2", "c2"]
+    send.release(2)
+    assert await lone == "done:x" and await late == "done:y"
+    assert [await task for task in senders] == [[f"done:{n}1", f"done:{n}2"] for n in "abc"]
+    assert len(send.calls) == 3
+
+
+async def test_a_request_waiting_for_senders_that_do_not_come_back_goes_within_the_bound(
+    send: GatedSend,
+) -> None:
+    gather = 0.3
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=gather, clock=Ticks())
+    first = [submit(batcher, item) for item in ("a", "b")]
+    assert await send.next_call() == ["a"]
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["b"]
+    late = submit(batcher, "y")
+    await settle()
+    send.release(1)  # a call of one: nobody to wait for
+    assert await send.next_call() == ["y"]
+
+    more = [submit(batcher, item) for item in ("c", "d")]
+    await settle()
+    send.release(2)
+    assert await send.next_call() == ["c", "d"]
+    lone = submit(batcher, "z")
+    await settle()
+    send.release(3)  # c and d's senders never return: z waits, then goes alone
+    await settle()
+    assert send.no_new_call()
+    started = time.monotonic()
+    assert await send.next_call() == ["z"]
+    assert time.monotonic() - started < gather + 1.0
+    send.release(4)
+    assert [await t for t in (*first, late, *more, lone)] == [
+        "done:a",
+        "done:b",
+        "done:y",
+        "done:c",
+        "done:d",
+        "done:z",
+    ]
+
+
+async def test_drain_waits_for_a_call_that_waits_for_its_senders(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=0.3, clock=Ticks())
+    first = [submit(batcher, item) for item in ("a", "b", "c")]
+    assert await send.next_call() == ["a"]
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["b", "c"]
+    late = submit(batcher, "y")
+    await settle()
+    send.release(1)
+    await settle()
+    assert send.no_new_call()  # y waits for b and c's senders
+    drained = asyncio.create_task(batcher.drain())
+    assert await send.next_call() == ["y"]
+    await settle()
+    assert not drained.done()
+    send.release(2)
+    await asyncio.wait_for(drained, LONG)
+    assert [await t for t in (*first, late)] == ["done:a", "done:b", "done:c", "done:y"]
