@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from service.config import CoreConfig, open_configured_store, split_list
 from service.in_process import InProcessCore
 from service.server import CoreServer, start_core, wait_for_signal
 from service.store import Store, StoreError
-from service.timestamps import format_micros, parse_timestamp
+from service.timestamps import format_micros, parse_duration_s, parse_timestamp
 
 log = logging.getLogger("inlet")
 
@@ -94,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--core-tls-cert", help="bridge: PEM client certificate for the core "
                        "(env INLET_CORE_TLS_CERT)")  # fmt: skip
     serve.add_argument("--core-tls-key", help="bridge: its PEM key (env INLET_CORE_TLS_KEY)")
+    serve.add_argument("--retention", help="core: delete events received longer ago than "
+                       "this, at least 1d: 30d, 90d (env INLET_RETENTION; default: keep all)")  # fmt: skip
     serve.add_argument("--log-traits", action="store_true", default=None,
                        help="log trait values with each event (env INLET_LOG_TRAITS=1)")  # fmt: skip
 
@@ -207,6 +208,7 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
         log_traits=args.log_traits,
+        retention_s=parse_duration_s(args.retention) if args.retention else None,
     )
 
 
@@ -347,10 +349,10 @@ async def _migrate(args: argparse.Namespace) -> int:
 def parse_expiry(text: str, now_us: int | None = None) -> int:
     """`30d`, `12h`, `15m` from now, or an ISO date/time → µs since the epoch."""
     now_us = time.time_ns() // 1000 if now_us is None else now_us
-    match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text)
-    if match:
-        unit = {"d": 86_400, "h": 3_600, "m": 60}[match[2]]
-        return now_us + int(match[1]) * unit * 1_000_000
+    try:
+        return now_us + parse_duration_s(text) * 1_000_000
+    except ValueError:
+        pass  # a date, then
     micros = parse_timestamp(text)
     if micros is None:
         raise ValueError(f"--expires: not a date or duration: {text!r}")
@@ -372,6 +374,8 @@ async def _keys(args: argparse.Namespace) -> int:
             return await cli_admin.accounts(store, args)
         if args.command == "maintenance":
             return await cli_admin.maintenance(store, args)
+        if args.command == "prune":
+            return await cli_admin.prune(store, args)
         if args.action == "rotate":
             return await cli_admin.rotate(store, args)
         if args.action == "create":

@@ -10,8 +10,9 @@ import sys
 from service import keys
 from service.admin import ACCOUNT_NAME
 from service.maintenance import MaintenanceMode
+from service.retention import Retention
 from service.store import Store, StoreError
-from service.timestamps import format_micros, now_us
+from service.timestamps import format_micros, now_us, parse_duration_s
 
 
 def register(
@@ -44,13 +45,13 @@ def register(
     maintenance.add_argument("state", choices=("on", "off", "status"))
     maintenance.add_argument("--message", default="", help="shown to senders in the 503")
 
-
-def _duration_us(text: str) -> int:
-    text = text.strip()
-    units = {"d": 86_400, "h": 3_600, "m": 60}
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
-        raise ValueError(f"--overlap: expected a duration such as 24h, 30d, 15m; got {text!r}")
-    return int(text[:-1]) * units[text[-1]] * 1_000_000
+    prune = commands.add_parser(
+        "prune",
+        parents=[database],
+        help="delete events received longer ago than a window, now (what --retention does "
+        "every minute); profiles stay",
+    )
+    prune.add_argument("--older-than", required=True, help="at least 1d: 30d, 72h, ...")
 
 
 async def accounts(store: Store, args: argparse.Namespace) -> int:
@@ -78,7 +79,10 @@ async def rotate(store: Store, args: argparse.Namespace) -> int:
     if old is None:
         raise StoreError(f"no key with id {args.key_id!r}")
     new = keys.generate_key()
-    until = now_us() + _duration_us(args.overlap)
+    try:
+        until = now_us() + parse_duration_s(args.overlap) * 1_000_000
+    except ValueError as exc:
+        raise ValueError(f"--overlap: {exc}") from None
     record = await store.rotate_key(old.key_id, old.account_id, new.key_id, new.secret_hash, until)
     if record is None:
         raise StoreError(f"key {args.key_id!r} is revoked or expired: create a new one instead")
@@ -103,4 +107,14 @@ async def maintenance(store: Store, args: argparse.Namespace) -> int:
               + (f"; message: {state.message}" if state.message else ""))  # fmt: skip
     else:
         print(f"maintenance mode is off{when}")
+    return 0
+
+
+async def prune(store: Store, args: argparse.Namespace) -> int:
+    try:
+        window_s = parse_duration_s(args.older_than)
+    except ValueError as exc:
+        raise ValueError(f"--older-than: {exc}") from None
+    deleted = await Retention(store, window_s).prune()
+    print(f"deleted {deleted} events received more than {args.older_than} ago")
     return 0

@@ -6,7 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from service.retention import MIN_RETENTION_S
 from service.store import Store, open_store
+from service.timestamps import parse_duration_s
 from service.validation import EVENT_TYPES
 
 DEFAULT_DATABASE: Final = "inlet-data/inlet.db"
@@ -95,6 +97,13 @@ class CoreConfig:
     log_traits: bool = False
     """Put trait values in the per-event log lines. Customer data: off by default."""
 
+    retention_s: float | None = None
+    """Delete events received longer ago than this (at least a day); None: keep them all
+    (service/retention.py)."""
+
+    prune_interval_s: float = 60.0
+    """How often a core with a retention deletes what has aged out."""
+
     def __post_init__(self) -> None:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             raise ValueError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
@@ -111,6 +120,10 @@ class CoreConfig:
             raise ValueError("pg_pool_size must be >= 1, pg_timeout_s > 0")
         if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
             raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
+        if self.retention_s is not None and self.retention_s < MIN_RETENTION_S:
+            raise ValueError("--retention must be at least 1d (Segment retries for 4 hours)")
+        if self.prune_interval_s <= 0:
+            raise ValueError("prune_interval_s must be > 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> CoreConfig:
@@ -132,6 +145,8 @@ class CoreConfig:
             "INLET_METRICS_PORT": ("metrics_port", int),
             "INLET_METRICS_TOKEN": ("metrics_token", str),
             "INLET_LOG_TRAITS": ("log_traits", env_bool),
+            "INLET_RETENTION": ("retention_s", parse_duration_s),
+            "INLET_PRUNE_INTERVAL_S": ("prune_interval_s", float),
         }
         values = {
             name: read(environ[variable])

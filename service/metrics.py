@@ -74,6 +74,12 @@ class CoreMetrics:
             buckets=RPC_BUCKETS,
             registry=registry,
         )
+        self.events_pruned = Counter(
+            "inlet_events_pruned",
+            "Events deleted because they were received longer ago than the retention "
+            "(INLET_RETENTION).",
+            registry=registry,
+        )
         self.subscribe_streams = Gauge(
             "inlet_subscribe_streams",
             "Subscribe streams open now.",

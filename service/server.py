@@ -34,6 +34,7 @@ from service.metrics import CoreMetrics
 from service.metrics_http import start_metrics_server
 from service.profiles import ProfileServicer
 from service.ratelimit import RateLimiter
+from service.retention import Retention
 from service.servicer import EventServicer
 from service.store import SqliteStore, Store
 
@@ -188,6 +189,10 @@ async def start_core(
     if metrics_port is not None:
         log.info("core metrics on http://%s:%d/metrics", host, metrics_port)
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
+    if config.retention_s is not None:
+        retention = Retention(store, config.retention_s, interval_s=config.prune_interval_s,
+                              pruned=metrics.events_pruned)  # fmt: skip
+        background.append(asyncio.create_task(retention.follow(), name="inlet-retention"))
     return CoreServer(
         server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
         background, metrics, metrics_server, metrics_port, credentials,

@@ -128,3 +128,15 @@ def format_micros(micros: int) -> str:
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
         f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
     )
+
+
+_DURATION: Final = re.compile(r"\s*(\d+)\s*([dhms])\s*")
+_DURATION_UNITS: Final = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_duration_s(text: str) -> int:
+    """`30d`, `12h`, `15m`, `90s` → seconds; ValueError for anything else."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected a duration such as 30d, 12h, 15m; got {text!r}")
+    return int(match[1]) * _DURATION_UNITS[match[2]]

@@ -174,6 +174,16 @@ class Store(Protocol):
         """
         ...
 
+    async def prune_events(self, received_before_us: int, limit: int) -> int:
+        """Delete, among the `limit` oldest stored events (by sequence), those received
+        before `received_before_us`, in one transaction; return how many. Profiles
+        (traits, links, memberships) and deletion records stay.
+
+        Raises:
+            StoreUnavailable: nothing was deleted; try again later.
+        """
+        ...
+
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
     async def ensure_account(self, name: str) -> Account: ...

@@ -512,6 +512,18 @@ class PostgresStore:
         async with self._connection() as conn:
             return int(await conn.fetchval("SELECT last_seq FROM event_counter"))
 
+    async def prune_events(self, received_before_us: int, limit: int) -> int:
+        # As on SQLite: the oldest rows by sequence (its primary key), whatever their
+        # receive time, so a run with nothing to delete reads `limit` rows, not the table.
+        # Cores pruning at once wait on each other's row locks and delete each row once.
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq "
+                "LIMIT $1) AND received_at_us < $2",
+                limit, received_before_us,
+            )  # fmt: skip
+        return int(status.split()[-1])  # "DELETE n"
+
     async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
         async with self._connection() as conn:
             return tuple(row[0] for row in await conn.fetch(_LINKED_IDS, account_id, _text(id)))

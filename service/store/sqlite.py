@@ -194,6 +194,13 @@ _LINKED_IDS: Final = """
     )
     SELECT DISTINCT id FROM linked ORDER BY id
 """
+_LATEST_SEQ: Final = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+# The oldest rows by sequence (the table's own order: no index on the receive time is
+# needed, and a run with nothing to delete reads `limit` rows, not the table).
+_PRUNE_EVENTS: Final = """
+    DELETE FROM events
+    WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) AND received_at_us < ?
+"""
 _IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
 # Events of a profile (`subject` in a JSON array of its linked ids).
 _OF_IDS: Final = f"subject {_IN_IDS}"
@@ -655,9 +662,16 @@ class SqliteStore:
         return await self._read(read)
 
     async def latest_sequence(self) -> int:
-        return await self._read(
-            lambda conn: int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-        )
+        # AUTOINCREMENT's record of the highest number given, not max(seq): erasing or
+        # pruning events, even all of them, does not move "now" back.
+        return await self._read(lambda conn: int(conn.execute(_LATEST_SEQ).fetchone()[0]))
+
+    async def prune_events(self, received_before_us: int, limit: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute(_PRUNE_EVENTS, (limit, received_before_us)).rowcount
+
+        # On the writer thread, between ingest groups (the write lock orders them).
+        return await self._run(self._transaction, work)
 
     async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
         return await self._read(lambda conn: _linked(conn, account_id, id))

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from service.store import SqliteStore
-from service.store.sqlite import _ERASE_EVENTS, _LINKED_IDS, _OF_IDS, _PROFILE_COUNTS
+from service.store.sqlite import (
+    _ERASE_EVENTS,
+    _LINKED_IDS,
+    _OF_IDS,
+    _PROFILE_COUNTS,
+    _PRUNE_EVENTS,
+)
 
 
 @pytest.fixture
@@ -47,3 +53,11 @@ def test_per_user_statements_search_indexes(
 ) -> None:
     steps = plan(conn, sql, args)
     assert not [s for s in steps if TABLE_SCAN.match(s)], steps
+
+
+def test_pruning_reads_the_oldest_rows_in_table_order_and_stops(conn: sqlite3.Connection) -> None:
+    """Its SCAN is the table in sequence order, ended by LIMIT: a run with nothing to
+    delete reads a chunk of rows, never the whole table (no sort of it either)."""
+    steps = plan(conn, _PRUNE_EVENTS, (500, 0))
+    assert not [s for s in steps if "TEMP B-TREE" in s], steps
+    assert "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)" in steps, steps

@@ -334,3 +334,45 @@ def _lock_sqlite(path: str) -> Any:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN EXCLUSIVE")
     return conn
+
+
+async def test_pruning_deletes_the_oldest_events_received_before_the_cutoff(
+    store: Store,
+) -> None:
+    acme = await account(store)
+    day = 86_400_000_000
+
+    def received(message_id: str, days_ago: int, body: dict[str, Any] | None = None) -> EventWrite:
+        raw = orjson.dumps(body or track(message_id))
+        return EventWrite(acme, "k1", canonicalise(raw, received_at_us=NOW_US - days_ago * day))
+
+    old = [received(f"old-{n}", 40 - n) for n in range(3)]
+    profile = received("id-1", 39, identify("id-1", "2026-01-01T00:00:00Z", "u1", plan="pro"))
+    new = [received(f"new-{n}", 2) for n in range(2)]
+    for w in (*old, profile, *new):  # one group each: stored in this order
+        await store.write_events([w])
+    latest = await store.latest_sequence()
+    cutoff = NOW_US - 30 * day
+
+    # Among the 2 oldest, both are old; then old-2 and id-1 (old); then new-0 stops it.
+    assert await store.prune_events(cutoff, 2) == 2
+    assert await store.prune_events(cutoff, 2) == 2
+    assert await store.prune_events(cutoff, 2) == 0
+    stored = await store.list_events(EventQuery(acme, limit=10))
+    assert [r.message_id for r in stored] == ["new-0", "new-1"]
+    assert await store.latest_sequence() == latest  # "now" does not move back
+    # The profile is state, not history: its traits stay.
+    found = await store.get_profile(acme, "u1")
+    assert found is not None and orjson.loads(found.traits["plan"].value) == "pro"
+    # Documented: a redelivery of a pruned event is a new event (hence retention >= 1 day).
+    assert (await store.write_events([received("old-0", 40)]))[0] is not None
+
+
+async def test_pruning_everything_keeps_the_sequence_going(store: Store) -> None:
+    acme = await account(store)
+    seqs = await store.write_events([write(acme, track(f"p-{n}")) for n in range(3)])
+    assert await store.prune_events(NOW_US + 1, 10) == 3
+    assert await store.count_events(acme) == 0
+    assert await store.latest_sequence() == seqs[-1]
+    (after,) = await store.write_events([write(acme, track("p-next"))])
+    assert after is not None and seqs[-1] is not None and after > seqs[-1]
