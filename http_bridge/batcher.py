@@ -7,15 +7,21 @@ the bridge at a few thousand events/s; batches cost ~8 µs per event (DESIGN.md,
 queued meanwhile. Idle, an event goes alone at once; busy, batches grow with load.
 
 Left at that, a steady load settles into calls that alternate between nearly every
-request and a single one: a call returns with n results just after one more request
-arrived, so that one goes alone at once, and the n senders, answered a moment later,
-queue behind it. Every other call then carries one event, and under `inlet serve` that
-is one SQLite commit (fsync) for one event (in the benchmark, half of all calls). So
-after a call of n items returns with fewer than n queued, the next call waits for the
-n senders to come back: until n items are queued again, at most a quarter of that call's
-duration and never more than `max_gather_delay` (2 ms in the bridge). Calls then carry
-all the senders (31.6 events a call at 32 connections, instead of 16), and the ratio to
-the benchmark's ceiling rose 0.285 -> 0.323 (README "Performance").
+request and a single one: a call returns with n requests' results just after one more
+request arrived, so that one goes alone at once, and the n senders, answered a moment
+later, queue behind it. Every other call then carries one event, and under `inlet
+serve` that is one SQLite commit (fsync) for one event (in the benchmark, half of all
+calls). So when a call of n requests returns with fewer than n queued, the next call
+waits for those n senders to send again (counted in requests: an SDK batch is one):
+until n more requests are queued, a call's caps are reached, or as long as the
+returned call took has passed (so a request never waits longer than the lone call it
+would have cost), and never longer than `max_gather_delay` (10 ms in the bridge). A
+call of one request never makes the next wait: a lone sender is never held. The
+senders come back through this same event loop, which on a saturated core takes a few
+milliseconds for 31 of them: a quarter of the call's duration and 2 ms at most worked
+on a fast machine and not on a slower one. Calls then carry all the senders (31.6
+events a call at 32 connections, instead of 16), and the ratio to the benchmark's
+ceiling rose 0.289 -> 0.334 (README "Performance").
 
 Each request awaits its own result. A request that gives up (its deadline passed)
 is dropped from the queue if it was not sent yet; if it was sent, the core may
@@ -50,7 +56,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 #: The share of a returned call's duration the next call may wait for its senders.
-GATHER_SHARE: Final = 0.25
+GATHER_SHARE: Final = 1.0
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -85,8 +91,8 @@ class Batcher(Generic[Item, Result]):
     ) -> None:
         """`max_queue_delay`: once the oldest queued request has waited this long (s), new
         ones are refused (QueueFull) until the queue moves again; `clock` (the running
-        loop's by default) measures it, and calls' durations. `max_gather_delay`: the longest (s) the call
-        after a returned one waits for that call's senders (see above; 0: never)."""
+        loop's by default) measures it, and calls' durations. `max_gather_delay`: the
+        longest (s) the call after a returned one waits for its senders (0: never)."""
         self._send = send
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -103,11 +109,10 @@ class Batcher(Generic[Item, Result]):
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._queued_items = 0  # in the queue, including abandoned ones not yet dropped
-        # While a call waits for the senders of the previous one: the task, how many
-        # items it waits for, and the event that says they are queued.
-        self._gatherer: asyncio.Task[None] | None = None
+        # While the next call waits for the senders of the previous one: the callback or
+        # timer that ends the wait (see _next_call), and the queue length that ends it sooner.
+        self._gather_timer: asyncio.Handle | None = None
         self._gather_target = 0
-        self._gathered = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -145,10 +150,10 @@ class Batcher(Generic[Item, Result]):
         self._queue.append((items, size, future, tag, now))
         self._pending_bytes += size
         self._queued_items += len(items)
-        if self._gatherer is None:
+        if self._gather_timer is None:
             self._dispatch()
-        elif self._queued_items >= self._gather_target or self._pending_bytes >= self._max_bytes:
-            self._gathered.set()
+        elif len(self._queue) >= self._gather_target or self._full():
+            self._end_gather()
         # A timer on the future itself: cheaper than asyncio.wait_for on the hot path.
         # Once expired the future is done, so a still-queued item is skipped.
         expiry = loop.call_later(timeout, _expire, future)
@@ -161,9 +166,11 @@ class Batcher(Generic[Item, Result]):
     async def drain(self) -> None:
         """Wait until every batch in flight, or waiting for its senders, has been answered
         (for shutdown)."""
-        while self._inflight or self._gatherer is not None:
-            waiting = [*self._inflight, *([self._gatherer] if self._gatherer else [])]
-            await asyncio.gather(*waiting, return_exceptions=True)
+        while self._inflight or self._gather_timer is not None:
+            if self._gather_timer is not None:
+                self._end_gather()  # shutting down: nobody is coming back
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
 
     def _pop(self) -> tuple[list[Item], int, asyncio.Future[list[Result]], str, float]:
         entry = self._queue.popleft()
@@ -227,25 +234,43 @@ class Batcher(Generic[Item, Result]):
             task = asyncio.current_task()
             if task is not None:
                 self._inflight.discard(task)
-            self._next_call(len(sent), clock() - started)
+            self._next_call(len(batch), clock() - started)
 
     def _next_call(self, returned: int, took: float) -> None:
-        """A call of `returned` items that took `took` s has been answered: send the next
-        batch now, or once the senders of this one are back (see above)."""
+        """A call of `returned` requests that took `took` s has been answered: send the
+        next batch now, or once this one's senders are back (see above)."""
         wait = min(self._max_gather_delay, GATHER_SHARE * took)
-        if returned < 2 or wait <= 0 or self._queued_items >= returned or self._gatherer:
+        if (
+            returned < 2
+            or wait <= 0
+            or self._gather_timer is not None
+            or len(self._queue) >= returned  # the next call is as large already
+            or self._full()
+        ):
             self._dispatch()
             return
-        self._gather_target = returned
-        self._gathered.clear()
-        self._gatherer = asyncio.create_task(self._gather(wait), name="inlet-gather-batch")
+        self._gather_target = len(self._queue) + returned
+        # The bound is for the senders' round trip, not for this loop's own work, which
+        # on a saturated core takes longer than the bound itself: the clock starts once
+        # the answers are written (the callback runs after the waiting handlers, woken
+        # before it), and when it runs out, the wait ends behind the handlers of the
+        # requests read meanwhile (the same way), so those still join the call.
+        loop = asyncio.get_running_loop()
+        self._gather_timer = loop.call_soon(self._arm_gather, wait)
 
-    async def _gather(self, wait: float) -> None:
-        try:
-            async with asyncio.timeout(wait):
-                await self._gathered.wait()
-        except TimeoutError:
-            pass  # the senders that are back go now; the rest join a later call
-        finally:
-            self._gatherer = None
-            self._dispatch()
+    def _arm_gather(self, wait: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._gather_timer = loop.call_later(wait, self._gather_ran_out)
+
+    def _gather_ran_out(self) -> None:
+        self._gather_timer = asyncio.get_running_loop().call_soon(self._end_gather)
+
+    def _full(self) -> bool:
+        """The queue holds a whole call's worth: no point waiting for more."""
+        return self._queued_items >= self._max_items or self._pending_bytes >= self._max_bytes
+
+    def _end_gather(self) -> None:
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
+        self._dispatch()

@@ -54,9 +54,9 @@ class BridgeConfig:
     max_inflight_batches: int = 1
     """IngestBatch calls in flight at once. One keeps batches large under load (DESIGN.md)."""
 
-    max_gather_delay_s: float = 0.002
+    max_gather_delay_s: float = 0.010
     """Longest the call after a returned one waits for that call's senders to come back
-    (at most a quarter of its duration; 0: never): see batcher.py."""
+    (at most as long as that call took; 0: never): see batcher.py."""
 
     max_pending: int = 10_000
     max_pending_bytes: int = 64 * 1024 * 1024

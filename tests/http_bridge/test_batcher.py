@@ -473,15 +473,33 @@ async def test_a_group_is_never_split_and_goes_alone_when_over_the_caps(send: Ga
 
 
 class Ticks:
-    """A clock that moves one second each time it is read: every call lasts seconds,
-    so the wait for its senders is `max_gather_delay` (not a share of microseconds)."""
+    """A clock that moves `step` seconds each time it is read: every call lasts that
+    long at least, so the wait for its senders is bounded by `max_gather_delay`, never
+    by a call of microseconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 1.0) -> None:
         self.now = 0.0
+        self.step = step
 
     def __call__(self) -> float:
-        self.now += 1.0
+        self.now += self.step
         return self.now
+
+
+async def senders_then_late(batcher: Batcher[str, str], send: GatedSend) -> asyncio.Task[str]:
+    """x goes alone; a and b go together; y arrives while they are stored. Returns y's
+    task once the a-b call (index 1) is answered."""
+    lone = submit(batcher, "x")
+    assert await send.next_call() == ["x"]
+    pair = [submit(batcher, item) for item in ("a", "b")]
+    await settle()
+    send.release(0)
+    assert await send.next_call() == ["a", "b"]
+    late = submit(batcher, "y")
+    await settle()
+    send.release(1)
+    assert [await lone, *[await t for t in pair]] == ["done:x", "done:a", "done:b"]
+    return late
 
 
 async def test_the_call_after_a_returned_one_waits_for_its_senders_to_come_back(
@@ -517,57 +535,71 @@ async def test_the_call_after_a_returned_one_waits_for_its_senders_to_come_back(
 async def test_a_request_waiting_for_senders_that_do_not_come_back_goes_within_the_bound(
     send: GatedSend,
 ) -> None:
-    gather = 0.3
+    gather = 0.5
     batcher: Batcher[str, str] = Batcher(send, max_gather_delay=gather, clock=Ticks())
-    first = [submit(batcher, item) for item in ("a", "b")]
-    assert await send.next_call() == ["a"]
-    await settle()
-    send.release(0)
-    assert await send.next_call() == ["b"]
-    late = submit(batcher, "y")
-    await settle()
-    send.release(1)  # a call of one: nobody to wait for
-    assert await send.next_call() == ["y"]
-
-    more = [submit(batcher, item) for item in ("c", "d")]
-    await settle()
-    send.release(2)
-    assert await send.next_call() == ["c", "d"]
-    lone = submit(batcher, "z")
-    await settle()
-    send.release(3)  # c and d's senders never return: z waits, then goes alone
-    await settle()
-    assert send.no_new_call()
     started = time.monotonic()
-    assert await send.next_call() == ["z"]
+    late = await senders_then_late(batcher, send)
+    await settle()
+    assert send.no_new_call()  # y waits for a's and b's senders, who never send again
+    assert await send.next_call() == ["y"]
     assert time.monotonic() - started < gather + 1.0
-    send.release(4)
-    assert [await t for t in (*first, late, *more, lone)] == [
-        "done:a",
-        "done:b",
-        "done:y",
-        "done:c",
-        "done:d",
-        "done:z",
-    ]
+    send.release(2)
+    assert await late == "done:y"
 
 
-async def test_drain_waits_for_a_call_that_waits_for_its_senders(send: GatedSend) -> None:
-    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=0.3, clock=Ticks())
-    first = [submit(batcher, item) for item in ("a", "b", "c")]
-    assert await send.next_call() == ["a"]
+async def test_after_a_short_call_the_next_does_not_wait(send: GatedSend) -> None:
+    """The wait is at most as long as the returned call took: a call answered
+    at once (an idle store) makes nobody wait."""
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=lambda: 7.0)
+    late = await senders_then_late(batcher, send)
+    await settle()
+    assert send.calls[-1] == ["y"]  # sent without waiting
+    send.release(2)
+    assert await late == "done:y"
+
+
+async def test_a_lone_client_sending_groups_one_at_a_time_never_waits(send: GatedSend) -> None:
+    """Senders are counted in requests: an SDK batch of 3 events is one sender."""
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=Ticks())
+    first = asyncio.create_task(batcher.submit_many(["g1", "g2", "g3"], 3, LONG))
+    assert await send.next_call() == ["g1", "g2", "g3"]
+    send.release(0)
+    assert await first == ["done:g1", "done:g2", "done:g3"]
+    second = asyncio.create_task(batcher.submit_many(["h1", "h2"], 2, LONG))
+    await settle()
+    assert send.calls[-1] == ["h1", "h2"]  # sent without waiting
+    send.release(1)
+    assert await second == ["done:h1", "done:h2"]
+
+
+async def test_a_queue_holding_a_whole_call_does_not_wait(send: GatedSend) -> None:
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=Ticks(), max_bytes=10)
+    lone = submit(batcher, "x")
+    assert await send.next_call() == ["x"]
+    pair = [submit(batcher, item) for item in ("a", "b")]
     await settle()
     send.release(0)
-    assert await send.next_call() == ["b", "c"]
-    late = submit(batcher, "y")
+    assert await send.next_call() == ["a", "b"]
+    big = submit(batcher, "y", size=10)  # the byte cap of one call
     await settle()
     send.release(1)
     await settle()
-    assert send.no_new_call()  # y waits for b and c's senders
+    assert send.calls[-1] == ["y"]  # sent without waiting
+    send.release(2)
+    assert [await t for t in (lone, *pair, big)] == ["done:x", "done:a", "done:b", "done:y"]
+
+
+async def test_drain_sends_a_call_that_waits_for_its_senders_at_once(send: GatedSend) -> None:
+    # Calls last 100 s by this clock: left to itself, y would wait LONG.
+    batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=Ticks(100.0))
+    late = await senders_then_late(batcher, send)
+    await settle()
+    assert send.no_new_call()  # y waits for a's and b's senders
     drained = asyncio.create_task(batcher.drain())
-    assert await send.next_call() == ["y"]
+    # Shutting down, nobody is coming back: y goes at once.
+    assert await asyncio.wait_for(send.next_call(), LONG / 2) == ["y"]
     await settle()
     assert not drained.done()
     send.release(2)
     await asyncio.wait_for(drained, LONG)
-    assert [await t for t in (*first, late)] == ["done:a", "done:b", "done:c", "done:y"]
+    assert await late == "done:y"
