@@ -486,16 +486,18 @@ class Ticks:
         return self.now
 
 
-async def senders_then_late(batcher: Batcher[str, str], send: GatedSend) -> asyncio.Task[str]:
-    """x goes alone; a and b go together; y arrives while they are stored. Returns y's
-    task once the a-b call (index 1) is answered."""
+async def senders_then_late(
+    batcher: Batcher[str, str], send: GatedSend, late_size: int = 1
+) -> asyncio.Task[str]:
+    """x goes alone; a and b go together; y (of `late_size` bytes) arrives while they
+    are stored. Returns y's task once the a-b call (index 1) is answered."""
     lone = submit(batcher, "x")
     assert await send.next_call() == ["x"]
     pair = [submit(batcher, item) for item in ("a", "b")]
     await settle()
     send.release(0)
     assert await send.next_call() == ["a", "b"]
-    late = submit(batcher, "y")
+    late = submit(batcher, "y", size=late_size)
     await settle()
     send.release(1)
     assert [await lone, *[await t for t in pair]] == ["done:x", "done:a", "done:b"]
@@ -574,19 +576,11 @@ async def test_a_lone_client_sending_groups_one_at_a_time_never_waits(send: Gate
 
 async def test_a_queue_holding_a_whole_call_does_not_wait(send: GatedSend) -> None:
     batcher: Batcher[str, str] = Batcher(send, max_gather_delay=LONG, clock=Ticks(), max_bytes=10)
-    lone = submit(batcher, "x")
-    assert await send.next_call() == ["x"]
-    pair = [submit(batcher, item) for item in ("a", "b")]
-    await settle()
-    send.release(0)
-    assert await send.next_call() == ["a", "b"]
-    big = submit(batcher, "y", size=10)  # the byte cap of one call
-    await settle()
-    send.release(1)
+    big = await senders_then_late(batcher, send, late_size=10)  # the byte cap of one call
     await settle()
     assert send.calls[-1] == ["y"]  # sent without waiting
     send.release(2)
-    assert [await t for t in (lone, *pair, big)] == ["done:x", "done:a", "done:b", "done:y"]
+    assert await big == "done:y"
 
 
 async def test_drain_sends_a_call_that_waits_for_its_senders_at_once(send: GatedSend) -> None:
