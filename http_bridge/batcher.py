@@ -55,9 +55,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
-#: The share of a returned call's duration the next call may wait for its senders.
-GATHER_SHARE: Final = 1.0
-
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -239,7 +236,7 @@ class Batcher(Generic[Item, Result]):
     def _next_call(self, returned: int, took: float) -> None:
         """A call of `returned` requests that took `took` s has been answered: send the
         next batch now, or once this one's senders are back (see above)."""
-        wait = min(self._max_gather_delay, GATHER_SHARE * took)
+        wait = min(self._max_gather_delay, took)  # never longer than the call it saves
         if (
             returned < 2
             or wait <= 0
