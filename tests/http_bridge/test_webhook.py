@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
 from http_bridge.config import BridgeConfig
 from http_bridge.server import start_bridge
@@ -304,6 +305,31 @@ async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) ->
         assert time.monotonic() - started < 3  # within the deadline, no hang
         async with aiohttp.ClientSession() as session, session.get(url + "/readyz") as reply:
             assert reply.status == 503 and "Retry-After" in reply.headers
+    finally:
+        await bridge.stop()
+
+
+async def test_an_unreachable_core_logs_one_warning_and_counts_every_refusal(
+    unused_tcp_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    config = BridgeConfig(host="127.0.0.1", port=0, core_target=f"127.0.0.1:{unused_tcp_port}",
+                          core_timeout_s=1.0, request_timeout_s=2.0)  # fmt: skip
+    bridge = await start_bridge(config, registry=registry)
+    try:
+        caplog.clear()  # from here on
+        url, headers = f"http://127.0.0.1:{bridge.port}/segment", {"Authorization": basic("k")}
+        replies = await asyncio.gather(*(post(url, TRACK, headers=headers) for _ in range(100)))
+        assert {(status, body["code"]) for status, body, _ in replies} == {
+            (503, "core_unavailable")
+        }
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "core_unavailable" in warnings[0].getMessage()
+        assert (
+            registry.get_sample_value("inlet_http_errors_total", {"code": "core_unavailable"})
+            == 100
+        )
     finally:
         await bridge.stop()
 
