@@ -197,6 +197,7 @@ async def test_a_stalled_core_gets_503_within_the_deadline_then_recovers(tmp_pat
                 started = time.monotonic()
                 async with session.post(url, json=event, headers=headers) as reply:
                     assert reply.status == 503 and "Retry-After" in reply.headers
+                    assert (await reply.json())["code"] == "core_timeout"  # reached, too slow
                 assert time.monotonic() - started < 3
             finally:
                 core.send_signal(signal.SIGCONT)
