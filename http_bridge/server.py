@@ -67,7 +67,7 @@ async def start_bridge(
     runner = web.AppRunner(
         create_app(config, core, registry),
         access_log=None,
-        shutdown_timeout=config.shutdown_timeout_s,
+        shutdown_timeout=config.shutdown_grace_s,
         # aiohttp's default 8190-byte header limit would answer a large (but valid)
         # X-Segment-Settings with a 400 that Segment drops; allow 64 KiB per header.
         max_field_size=MAX_HEADER_BYTES,
