@@ -9,8 +9,9 @@ cors.py, recorder.py); this file only orders them:
 1. the handler runs with the request id in `REQUEST_ID` (every log line names it);
 2. whatever it raised becomes a JSON `{"message", "code"}` answer (`answer_for`);
 3. CORS headers on /v1/* answers, errors included (cors.py);
-4. the exchange is recorded for the debugger as the client gets it (recorder.py);
-5. the request id header, metrics and the access line (access.py).
+4. while the bridge drains (drain.py), the answer closes its connection;
+5. the exchange is recorded for the debugger as the client gets it (recorder.py);
+6. the request id header, metrics and the access line (access.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from http_bridge import access, cors, handlers
+from http_bridge.drain import Drain
 from http_bridge.errors import BridgeError
 from http_bridge.keys import CONFIG
 from http_bridge.metrics import BridgeMetrics
@@ -40,6 +42,7 @@ def edge(
     metrics: BridgeMetrics,
     recorder: Recorder | None,
     recorded_paths: tuple[str, ...],
+    drain: Drain,
 ) -> Middleware:
     """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off)."""
     # An unreachable core fails every request: one warning per code a minute, not one each.
@@ -57,6 +60,8 @@ def edge(
             except Exception as exc:  # noqa: BLE001 - answer_for re-raises what it cannot answer
                 response = answer_for(exc, request, warnings)
             cors.allow(request, response)
+            if drain.active:
+                response.force_close()  # aiohttp then sends `Connection: close` and closes
             if recorder is not None and request.path.startswith(recorded_paths):
                 recorder.add(request, response, started)
             access_log.finish(request, response, request_id, started)
