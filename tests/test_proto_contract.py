@@ -5,6 +5,7 @@ It runs the README's example, examples/read_api.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,6 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
         "linkedIds": ["u1"],
         "traits": {"email": "e@x.io", "logins": 5, "accountId": 9007199254740993123},
     }
-    assert '"logins": 5,' in lines[0]  # not 5.0
+    assert re.search(r'"logins": 5[,}]', lines[0])  # not 5.0
     assert [line.split()[2:] for line in lines[1:3]] == [["identify", "m-1"], ["track", "m-2"]]
     assert lines[-1].split()[2:] == ["track", "Live", "One"]
