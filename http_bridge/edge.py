@@ -40,8 +40,10 @@ def edge(
     metrics: BridgeMetrics,
     recorder: Recorder | None,
     recorded_paths: tuple[str, ...],
+    unrecorded_paths: frozenset[str],
 ) -> Middleware:
-    """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off)."""
+    """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off),
+    except CORS preflights and those on `unrecorded_paths`."""
 
     @web.middleware
     async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -55,7 +57,12 @@ def edge(
             except Exception as exc:  # noqa: BLE001 - answer_for re-raises what it cannot answer
                 response = answer_for(exc, request)
             cors.allow(request, response)
-            if recorder is not None and request.path.startswith(recorded_paths):
+            if (
+                recorder is not None
+                and request.path.startswith(recorded_paths)
+                and request.method != "OPTIONS"
+                and request.path not in unrecorded_paths
+            ):
                 recorder.add(request, response, started)
             access_log.finish(request, response, request_id, started)
             return response
