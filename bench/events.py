@@ -1,7 +1,13 @@
-"""Realistic Segment events for load: all seven types, ~30 % track with product arrays.
+"""Realistic Segment events for load, in two mixes (MIXES):
 
-Each template has the placeholder `__MID__` where the messageId goes, so load
-generators (the wrk Lua script, the Python client) only splice in a string.
+* `bench`: all seven types, ~30 % track with product arrays, ~1,000 fixed users;
+* `profiles`: the shape of real traffic that builds profiles: per 20 requests 12 track,
+  2 page, 3 identify, 1 alias, 1 group and 1 delete, each for one of `users` users
+  (500 by default) picked at random per request.
+
+Each template has the placeholder `__MID__` where the messageId goes and, in the
+`profiles` mix, `__USER__` where the user's number goes, so load generators (the wrk
+Lua script, the Python client) only splice in strings.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 PLACEHOLDER: Final = "__MID__"
+USER_PLACEHOLDER: Final = "__USER__"
 
 #: What Segment sends in `X-Segment-Settings` with every event: the destination's settings
 #: as base64 JSON (this is the partner docs' example).
@@ -68,22 +75,25 @@ def _products(n: int) -> list[dict[str, Any]]:
     ]
 
 
+def _track(n: int) -> dict[str, Any]:
+    event = _common("track", n)
+    event.update(
+        event="Order Completed",
+        properties={
+            "order_id": f"50314b8e9bcf00000000000{n}",
+            "total": 27.5,
+            "revenue": 25.0,
+            "currency": "USD",
+            "products": _products(n),
+        },
+    )
+    return event
+
+
 def templates() -> list[bytes]:
     """20 event bodies in the mix the benchmark sends (6 of them track)."""
     out: list[dict[str, Any]] = []
-    for n in range(6):
-        event = _common("track", n)
-        event.update(
-            event="Order Completed",
-            properties={
-                "order_id": f"50314b8e9bcf00000000000{n}",
-                "total": 27.5,
-                "revenue": 25.0,
-                "currency": "USD",
-                "products": _products(n),
-            },
-        )
-        out.append(event)
+    out.extend(_track(n) for n in range(6))
     for n in range(4):
         event = _common("identify", n)
         event["traits"] = {"email": f"user{n}@example.com", "firstName": "Peter", "plan": "pro"}
@@ -114,11 +124,46 @@ def templates() -> list[bytes]:
     return [orjson.dumps(event) for event in out]
 
 
+def profile_templates() -> list[bytes]:
+    """The `profiles` mix: 20 bodies, per 20 requests 12 track, 2 page, 3 identify, 1 alias,
+    1 group, 1 delete, spread out; the user's number is `__USER__`."""
+    user = USER_PLACEHOLDER
+
+    def of(kind: str, n: int, **fields: Any) -> dict[str, Any]:
+        event = _common(kind, n)
+        event.update(userId=f"user-{user}", anonymousId=f"anon-{user}", **fields)
+        return event
+
+    identify = {"email": f"user{user}@example.com", "firstName": "Peter", "plan": "pro"}
+    slots = {
+        1: of("identify", 1, traits=identify),
+        3: of("page", 3, name="Checkout", properties={"path": "/checkout"}),
+        6: of("identify", 6, traits={**identify, "plan": "enterprise"}),
+        8: of("alias", 8, previousId=f"anon-{user}"),
+        11: of("group", 11, groupId=f"group-{user}", traits={"name": "Initech", "employees": 329}),
+        13: of("page", 13, name="Cart", properties={"path": "/cart"}),
+        15: of("identify", 15, traits={"lastName": "Gibbons", "age": 41}),
+        18: {"type": "delete", "messageId": PLACEHOLDER, "userId": f"user-{user}",
+             "context": None, "integrations": None},
+    }  # fmt: skip
+    ids = {"userId": f"user-{user}", "anonymousId": f"anon-{user}"}
+    return [orjson.dumps(slots.get(n) or {**_track(n), **ids}) for n in range(20)]
+
+
+#: name -> (its 20 templates, how many users `__USER__` ranges over; 0: no placeholder).
+MIXES: Final = {"bench": (templates, 0), "profiles": (profile_templates, 500)}
+
+
 class EventSource:
     """Bodies with unique messageIds, plus `redeliver` of them re-sent (Segment retries)."""
 
-    def __init__(self, prefix: str, redeliver: float = 0.03, seed: int = 1) -> None:
-        self._templates = templates()
+    def __init__(
+        self, prefix: str, redeliver: float = 0.03, seed: int = 1, mix: str = "bench",
+        users: int | None = None,
+    ) -> None:  # fmt: skip
+        make, default_users = MIXES[mix]
+        self._templates = make()
+        self._users = default_users if users is None else users
         self._prefix = prefix
         self._redeliver = redeliver
         self._random = random.Random(seed)
@@ -133,6 +178,9 @@ class EventSource:
         # Random, as Segment's UUIDs are: inserts land all over the messageId index.
         message_id = f"{self._prefix}-{self._random.getrandbits(96):024x}-{self._count}"
         body = template.replace(PLACEHOLDER.encode(), message_id.encode())
+        if self._users:
+            user = str(self._random.randrange(self._users)).encode()
+            body = body.replace(USER_PLACEHOLDER.encode(), user)
         if len(self._recent) < 1000:
             self._recent.append(body)
         else:

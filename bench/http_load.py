@@ -1,6 +1,8 @@
 """Built-in HTTP load generator (used where wrk is not installed): N connections, closed loop.
 
-    python bench/http_load.py URL KEY CONNECTIONS SECONDS PREFIX
+    python bench/http_load.py URL KEY CONNECTIONS SECONDS PREFIX [MIX]
+
+MIX is one of events.MIXES (default `bench`).
 
 Prints one JSON line: requests, statuses, duplicates, seconds, latency percentiles (ms).
 """
@@ -21,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from events import SETTINGS_HEADER, EventSource
 
 
-async def main(url: str, key: str, connections: int, seconds: float, prefix: str) -> None:
-    source = EventSource(prefix)
+async def main(
+    url: str, key: str, connections: int, seconds: float, prefix: str, mix: str = "bench"
+) -> None:
+    source = EventSource(prefix, mix=mix)
     headers = {
         "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
         "X-Segment-Settings": SETTINGS_HEADER,
@@ -64,4 +68,5 @@ async def main(url: str, key: str, connections: int, seconds: float, prefix: str
 
 if __name__ == "__main__":
     url, key, connections, seconds, prefix = sys.argv[1:6]
-    asyncio.run(main(url, key, int(connections), float(seconds), prefix))
+    mix = sys.argv[6] if len(sys.argv) > 6 else "bench"
+    asyncio.run(main(url, key, int(connections), float(seconds), prefix, mix))

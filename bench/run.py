@@ -36,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from events import SETTINGS_HEADER, templates
+from events import MIXES, SETTINGS_HEADER
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -132,12 +132,14 @@ def pinned(cpus: set[int] | None) -> list[str]:
 # -- load generation -----------------------------------------------------------------------
 
 
-def lua_script(key: str, prefix: str, out: Path) -> Path:
+def lua_script(key: str, prefix: str, out: Path, mix: str = "bench") -> Path:
     def long_string(body: bytes) -> str:
         return "[==[" + body.decode() + "]==]"
 
+    make, users = MIXES[mix]
     text = (HERE / "wrk.lua.tmpl").read_text()
-    text = text.replace("__TEMPLATES__", ",\n".join(long_string(t) for t in templates()))
+    text = text.replace("__TEMPLATES__", ",\n".join(long_string(t) for t in make()))
+    text = text.replace("__USERS__", str(users))
     text = text.replace("__AUTH__", "Basic " + base64.b64encode(f"{key}:".encode()).decode())
     text = text.replace("__PREFIX__", prefix).replace("__REDELIVER__", "0.03")
     text = text.replace("__SETTINGS__", SETTINGS_HEADER)
@@ -146,16 +148,18 @@ def lua_script(key: str, prefix: str, out: Path) -> Path:
 
 
 def drive(
-    url: str, key: str, seconds: float, connections: int, loadgen: str, prefix: str, work: Path
-) -> dict[str, Any]:
-    """Run the load generator against url/segment; return its JSON summary."""
+    url: str, key: str, seconds: float, connections: int, loadgen: str, prefix: str, work: Path,
+    mix: str = "bench",
+) -> dict[str, Any]:  # fmt: skip
+    """Run the load generator against url/segment (events of `mix`, events.MIXES); return
+    its JSON summary."""
     if loadgen == "wrk":
-        script = lua_script(key, prefix, work / f"{prefix}.lua")
+        script = lua_script(key, prefix, work / f"{prefix}.lua", mix)
         command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                    "-s", str(script), url + "/segment"]  # fmt: skip
     else:
         command = [sys.executable, str(HERE / "http_load.py"), url + "/segment", key,
-                   str(connections), str(seconds), prefix]  # fmt: skip
+                   str(connections), str(seconds), prefix, mix]  # fmt: skip
     output = subprocess.run(
         [*pinned(LOAD_CPUS), *command], capture_output=True, text=True, check=True
     ).stdout

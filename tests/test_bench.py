@@ -31,3 +31,32 @@ def test_benchmark_script_runs_and_checks_integrity(tmp_path: Path) -> None:
     assert overload["connections"] == 64 and sum(overload["statuses"].values()) > 0
     # only stored (200) or shed (503): never an error for the client's side
     assert set(overload["statuses"]) <= {"200", "503"}
+
+
+def test_profiles_mix_has_the_issue_shape() -> None:
+    """Per 20 requests: 12 track, 2 page, 3 identify, 1 alias, 1 group, 1 delete, each
+    for a user picked per request."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from events import EventSource, profile_templates
+
+    bodies = [json.loads(t.replace(b"__MID__", b"m")) for t in profile_templates()]
+    types = sorted(body["type"] for body in bodies)
+    assert types == sorted(
+        ["track"] * 12 + ["page"] * 2 + ["identify"] * 3 + ["alias", "group", "delete"]
+    )
+    source = EventSource("p", redeliver=0.0, mix="profiles", users=500)
+    users = {json.loads(source.next())["userId"] for _ in range(400)}
+    assert len(users) > 100 and all(u.startswith("user-") and int(u[5:]) < 500 for u in users)
+
+
+def test_mix_script_runs(tmp_path: Path) -> None:
+    out = tmp_path / "mix.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "mix.py"), "--duration", "1", "--warmup", "1",
+         "--rounds", "1", "--connections", "4", "--loadgen", "python", "--out", str(out)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    (phase,) = report["phases"]
+    assert phase["store"] == "sqlite" and phase["requests_per_s"] > 0
+    assert set(phase["statuses"]) == {"200"}
