@@ -14,6 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inlet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     profiles_pb2,
@@ -172,6 +174,49 @@ async def test_sdk_routes_list_suppressed_events_among_the_results(stack: Stack)
     assert [(r["outcome"], r["messageId"]) for r in body["results"]] == [
         ("suppressed", "t-old"), ("stored", "t-new")
     ]  # fmt: skip
+
+
+async def test_an_account_can_suppress_every_later_event_of_a_deleted_user(
+    stack: Stack,
+) -> None:
+    """Segment's "Suppress with Delete": an account setting, off by default."""
+    operator = await stack.add_key("op", account="ops", scopes=("operator",))
+    async with grpc.aio.insecure_channel(stack.core_target) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+        async def suppress(on: bool) -> admin_pb2.Account:
+            return await admin.SetAccountSuppressDeletedUsers(
+                admin_pb2.SetAccountSuppressDeletedUsersRequest(
+                    name="acme", suppress_deleted_users=on
+                ),
+                metadata=bearer(operator),
+            )
+
+        listed = await admin.ListAccounts(
+            admin_pb2.ListAccountsRequest(), metadata=bearer(operator)
+        )
+        assert not next(a for a in listed.accounts if a.name == "acme").suppress_deleted_users
+        assert (await suppress(True)).suppress_deleted_users
+        async with aiohttp.ClientSession() as session:
+            assert (await post(session, stack, DELETE))[0] == 200
+            later = identify("i-4", AFTER, plan="back")
+            assert (await post(session, stack, later))[1].get("suppressed") is True
+            # Another user of the account is not touched.
+            other = {**identify("i-5", AFTER), "userId": "u2", "anonymousId": "anon-2"}
+            assert (await post(session, stack, other))[1] == {
+                "message": "stored",
+                "messageId": "i-5",
+            }
+            assert not (await suppress(False)).suppress_deleted_users
+            assert (await post(session, stack, later))[1] == {
+                "message": "stored",
+                "messageId": "i-4",
+            }
+        created = await admin.CreateAccount(
+            admin_pb2.CreateAccountRequest(name="strict", suppress_deleted_users=True),
+            metadata=bearer(operator),
+        )
+        assert created.account.suppress_deleted_users
 
 
 async def test_a_user_filter_lists_the_users_delete_event(stack: Stack) -> None:
