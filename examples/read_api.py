@@ -16,7 +16,6 @@ import asyncio
 import json
 
 import grpc
-from google.protobuf import json_format
 
 from inlet.v1 import events_pb2, events_pb2_grpc, profiles_pb2, profiles_pb2_grpc
 
@@ -32,7 +31,10 @@ async def main(core: str, key: str, user: str, follow: int) -> None:
             profile = await profiles.GetProfile(
                 profiles_pb2.GetProfileRequest(id=user), metadata=metadata
             )
-            print("profile", json.dumps(json_format.MessageToDict(profile)))
+            # Each trait's value is the JSON the customer sent (`value_json`); Python's json
+            # keeps every digit of a 19-digit id, which a double (the old `value`) would not.
+            traits = {key: json.loads(trait.value_json) for key, trait in profile.traits.items()}
+            print("profile", json.dumps({"linkedIds": list(profile.linked_ids), "traits": traits}))
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise

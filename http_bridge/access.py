@@ -63,6 +63,9 @@ class AccessLog:
         route = self._route(request)
         route.count(response.status)
         route.latency.observe(elapsed)
+        code = response.get(ERROR_CODE)
+        if code:
+            self._metrics.error(code)
         self._log(request, response, route, elapsed)
 
     def _route(self, request: web.Request) -> RouteMetrics:

@@ -16,9 +16,10 @@ from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
 from http_bridge.cors import preflight
+from http_bridge.drain import Drain
 from http_bridge.edge import edge
 from http_bridge.forwarded import Forwarding
-from http_bridge.keys import BATCHER, CONFIG, CORE, RECORDER, VIEWERS
+from http_bridge.keys import BATCHER, CONFIG, CORE, DRAIN, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder
 from http_bridge.sdk_routes import sdk_handler
@@ -76,8 +77,8 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
         try:
             yield
         finally:
-            # Runs after in-flight requests finished (or timed out): answer what is
-            # still in flight, then close the connection.
+            # Runs after in-flight requests finished (or were cut off past the grace):
+            # answer what is still in flight, then close the connection.
             await app[BATCHER].drain()
             await core.close()
 
@@ -98,14 +99,16 @@ def create_app(
     access_log = AccessLog(
         metrics, Forwarding(config.trusted_proxies), errors_only=config.access_log == "errors"
     )
+    drain = Drain()
     edge_middleware = edge(
-        access_log, metrics, recorder if config.debugger_size else None, RECORDED_PATHS
+        access_log, metrics, recorder if config.debugger_size else None, RECORDED_PATHS, drain
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[edge_middleware])
     app[CONFIG] = config
     app[RECORDER] = recorder
     app[VIEWERS] = {}
     app[METRICS] = metrics
+    app[DRAIN] = drain
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.

@@ -93,8 +93,9 @@ class BridgeConfig:
     retry_after_s: int = 5
     """Retry-After sent with 503 and 429."""
 
-    shutdown_timeout_s: float = 10.0
-    """On SIGTERM: how long in-flight requests may take to finish."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM: how long in-flight requests (their bodies included) may take to finish
+    before they are cut off (drain.py)."""
 
     # Segment's Tracking API limits (segment-docs http-api, tracking-api-limit.md), which
     # the SDKs already respect on their side (analytics-python: 32 << 10 per message,
@@ -131,6 +132,8 @@ class BridgeConfig:
         if self.core_tls_cert is not None and self.core_tls_ca is None:
             raise ValueError("--core-tls-cert needs --core-tls-ca (the core's CA)")
         parse_networks(self.trusted_proxies)  # ValueError names a bad range
+        if self.shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must be >= 0")
         if self.request_timeout_s <= 0 or self.core_timeout_s <= 0 or self.max_queue_delay_s <= 0:
             raise ValueError("timeouts must be positive")
         if not 0 <= self.max_gather_delay_s < self.request_timeout_s:
@@ -159,6 +162,7 @@ class BridgeConfig:
             "INLET_BODY_TIMEOUT_S": ("body_timeout_s", float),
             "INLET_MAX_QUEUE_DELAY_S": ("max_queue_delay_s", float),
             "INLET_HEADER_TIMEOUT_S": ("header_timeout_s", float),
+            "INLET_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
             "INLET_MAX_INFLIGHT_BATCHES": ("max_inflight_batches", int),
             "INLET_MAX_GATHER_DELAY_S": ("max_gather_delay_s", float),
             "INLET_MAX_BATCH_ITEMS": ("max_batch_items", int),

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from http_bridge.config import BridgeConfig
-from http_bridge.errors import Forbidden, Internal, Unauthorized, Unavailable
+from http_bridge.errors import BridgeError, Forbidden, Internal, Unauthorized, Unavailable
 from http_bridge.status_map import http_status_for
 from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
 from service.handoff import Submission, Verdict, item_message, verdict_of
@@ -45,6 +45,27 @@ def request_id_metadata(request_ids: Sequence[str]) -> tuple[tuple[str, str], ..
         return (("x-request-id", joined),)
     current = REQUEST_ID.get()
     return (("x-request-id", current),) if current else ()
+
+
+def call_failed(code: grpc.StatusCode, config: BridgeConfig) -> BridgeError:
+    """The answer for a call to the core that failed with `code` (not 401/403).
+
+    DEADLINE_EXCEEDED is the bridge's own deadline (`core_timeout_s`) running out: the
+    core was reached, or is being reached, but did not answer in time (stalled, or
+    slower than the deadline): `core_timeout`. The other transient codes mean it could
+    not be reached or refused the call (not listening, connection lost, draining):
+    `core_unavailable`. Both are 503 + Retry-After; anything else is a bug."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(
+            f"the core did not answer within {config.core_timeout_s:g} s, retry later",
+            "core_timeout",
+            config.retry_after_s,
+        )
+    if http_status_for(code) == 503:
+        return Unavailable(
+            "the core is unavailable, retry later", "core_unavailable", config.retry_after_s
+        )
+    return Internal("internal error", "internal")
 
 
 def channel_credentials(config: BridgeConfig) -> grpc.ChannelCredentials | None:
@@ -181,13 +202,7 @@ class GrpcCore:
                 metadata=request_id_metadata(request_ids),
             )
         except grpc.aio.AioRpcError as exc:
-            if http_status_for(exc.code()) == 503:
-                raise Unavailable(
-                    "the event store is temporarily unavailable, retry later",
-                    "core_unavailable",
-                    self._config.retry_after_s,
-                ) from exc
-            raise Internal("internal error", "internal") from exc
+            raise call_failed(exc.code(), self._config) from exc
         return [verdict_of(result) for result in response.results]
 
     async def whoami(self, api_key: str) -> admin_pb2.ApiKey:
@@ -203,12 +218,7 @@ class GrpcCore:
                 raise Unauthorized("the API key is not valid", "invalid_api_key") from None
             if status == 403:
                 raise Forbidden(exc.details() or "forbidden", "forbidden") from None
-            if status == 503:
-                raise Unavailable(
-                    "the core is unavailable, retry later", "core_unavailable",
-                    self._config.retry_after_s,
-                ) from exc  # fmt: skip
-            raise Internal("internal error", "internal") from exc
+            raise call_failed(exc.code(), self._config) from exc
 
     async def ready(self) -> bool:
         """True when the core answers its health check with SERVING for EventService."""

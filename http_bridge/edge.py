@@ -9,8 +9,9 @@ cors.py, recorder.py); this file only orders them:
 1. the handler runs with the request id in `REQUEST_ID` (every log line names it);
 2. whatever it raised becomes a JSON `{"message", "code"}` answer (`answer_for`);
 3. CORS headers on /v1/* answers, errors included (cors.py);
-4. the exchange is recorded for the debugger as the client gets it (recorder.py);
-5. the request id header, metrics and the access line (access.py).
+4. while the bridge drains (drain.py), the answer closes its connection;
+5. the exchange is recorded for the debugger as the client gets it (recorder.py);
+6. the request id header, metrics and the access line (access.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from http_bridge import access, cors, handlers
+from http_bridge.drain import Drain
 from http_bridge.errors import BridgeError
 from http_bridge.keys import CONFIG
 from http_bridge.metrics import BridgeMetrics
 from http_bridge.recorder import Recorder
-from service.logs import REQUEST_ID, sane_request_id
+from service.logs import REQUEST_ID, RateLimitedLog, sane_request_id
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,11 @@ def edge(
     metrics: BridgeMetrics,
     recorder: Recorder | None,
     recorded_paths: tuple[str, ...],
+    drain: Drain,
 ) -> Middleware:
     """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off)."""
+    # An unreachable core fails every request: one warning per code a minute, not one each.
+    warnings = RateLimitedLog(log)
 
     @web.middleware
     async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -53,8 +58,10 @@ def edge(
             try:
                 response = await handler(request)
             except Exception as exc:  # noqa: BLE001 - answer_for re-raises what it cannot answer
-                response = answer_for(exc, request)
+                response = answer_for(exc, request, warnings)
             cors.allow(request, response)
+            if drain.active:
+                response.force_close()  # aiohttp then sends `Connection: close` and closes
             if recorder is not None and request.path.startswith(recorded_paths):
                 recorder.add(request, response, started)
             access_log.finish(request, response, request_id, started)
@@ -66,14 +73,20 @@ def edge(
     return edge_middleware
 
 
-def answer_for(exc: Exception, request: web.Request) -> web.StreamResponse:
+def answer_for(
+    exc: Exception, request: web.Request, warnings: RateLimitedLog
+) -> web.StreamResponse:
     """Every error leaves as JSON `{"message", "code"}`: ours, aiohttp's, and bugs.
+    Our own trouble (5xx) is a warning, at most once a minute per code (`warnings`).
 
     Re-raises what is not an error answer (an HTTP redirect; cancellation is not an
     Exception and never gets here)."""
     if isinstance(exc, BridgeError):
         if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.code)
+            warnings.warning(
+                exc.code,
+                f"{request.method} {request.path} -> {exc.status} {exc.code}: {exc.message}",
+            )
         return handlers.error_response(exc.status, exc.message, exc.code, exc.headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:

@@ -95,7 +95,7 @@ async def read_body(request: web.Request, config: BridgeConfig, reading: Awaitab
         ) from None
 
 
-#: What the batcher raises when an event could not be handed over (core_unavailable).
+#: What the batcher raises when an event could not be handed over (503: see core_unavailable).
 CORE_FAILURES: Final = (QueueFull, TimeoutError, ConnectionError)
 
 

@@ -94,8 +94,24 @@ class BridgeMetrics:
             "Requests waiting for a batch call to the core.",
             registry=registry,
         )
+        self._errors = Counter(
+            "inlet_http_errors",
+            "Error answers (4xx, 5xx) by their `code`: which of the bridge's own 503s "
+            "(core_unavailable, core_timeout, overloaded, shutting_down), the core's "
+            "refusals, or the clients' mistakes.",
+            ["code"],
+            registry=registry,
+        )
+        self._by_code: dict[str, Counter] = {}
         self._routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
+
+    def error(self, code: str) -> None:
+        """Count an error answer. Codes are Inlet's own and aiohttp's reasons: bounded."""
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._errors.labels(code)
+        child.inc()
 
     def route(self, template: str) -> RouteMetrics:
         """The bound series of a route template (registered routes only)."""

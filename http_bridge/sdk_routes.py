@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from http_bridge import sdk
+from http_bridge.access import ERROR_CODE
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, PayloadTooLarge
 from http_bridge.handlers import CORE_FAILURES, core_unavailable, json_response, read_body
@@ -127,7 +128,10 @@ def sdk_handler(route: str) -> Handler:
             headers = {"Retry-After": str(config.retry_after_s)}
         elif status == 401:
             headers = dict(CHALLENGE)
-        return json_response(status, answer, headers)
+        response = json_response(status, answer, headers)
+        if "code" in answer:
+            response[ERROR_CODE] = answer["code"]  # for the access log and metrics
+        return response
 
     handle.__name__ = "sdk_" + route.rsplit("/", 1)[-1]
     return handle

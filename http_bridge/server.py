@@ -14,7 +14,8 @@ from http_bridge.access import quiet_malformed_requests
 from http_bridge.app import CoreFactory, create_app
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
-from http_bridge.keys import CORE
+from http_bridge.drain import AFTER_GRACE_S, drain
+from http_bridge.keys import CORE, DRAIN
 from http_bridge.tls import reload_certificate, server_context
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class BridgeServer:
         return isinstance(core, GrpcCore) and core.reload_tls()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, flush the batcher, close the channel."""
+        """Stop accepting, let in-flight requests finish within the grace (drain.py), cut
+        off the rest, flush the batcher, close the channel."""
+        await drain(self.runner, self.runner.app[DRAIN], self.config.shutdown_grace_s)
         await self.runner.cleanup()
 
 
@@ -67,7 +70,9 @@ async def start_bridge(
     runner = web.AppRunner(
         create_app(config, core, registry),
         access_log=None,
-        shutdown_timeout=config.shutdown_timeout_s,
+        # The grace is the drain's (BridgeServer.stop); aiohttp's shutdown only cuts off
+        # what is left after it.
+        shutdown_timeout=AFTER_GRACE_S,
         # aiohttp's default 8190-byte header limit would answer a large (but valid)
         # X-Segment-Settings with a 400 that Segment drops; allow 64 KiB per header.
         max_field_size=MAX_HEADER_BYTES,

@@ -172,12 +172,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc
     async def SetAccountSuppressDeletedUsers(
         self, request: admin_pb2.SetAccountSuppressDeletedUsersRequest, context: Context
-    ) -> admin_pb2.Account:
+    ) -> admin_pb2.SetAccountSuppressDeletedUsersResponse:
         await caller(self._auth, context, "operator")
         on = request.suppress_deleted_users
-        return await self._changed(
+        account = await self._changed(
             request.name, self._store.set_account_suppress_deleted_users(request.name, on)
         )
+        return admin_pb2.SetAccountSuppressDeletedUsersResponse(account=account)
 
     async def _changed(self, name: str, change: Awaitable[Account]) -> admin_pb2.Account:
         """The account once `change` is made; NOT_FOUND when there is no such account."""

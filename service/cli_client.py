@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 import orjson
@@ -120,9 +120,21 @@ async def _profile(
     found = await stub.GetProfile(
         profiles_pb2.GetProfileRequest(id=args.id), metadata=metadata, timeout=30
     )
-    out.write(orjson.dumps(json_format.MessageToDict(found), option=orjson.OPT_INDENT_2).decode())
+    out.write(orjson.dumps(profile_json(found), option=orjson.OPT_INDENT_2).decode())
     out.write("\n")
     return 0
+
+
+def profile_json(found: profiles_pb2.Profile) -> dict[str, Any]:
+    """A profile in protobuf's JSON mapping, except that each trait's `value` is the JSON
+    the customer sent (`value_json`: `5`, a 19-digit id), not the lossy Value (`5.0`)."""
+    shown = json_format.MessageToDict(found)
+    groups = shown.get("groups", [])
+    for traits in [shown.get("traits", {}), *(group.get("traits", {}) for group in groups)]:
+        for trait in traits.values():
+            if text := trait.pop("valueJson", None):  # absent from a core older than it
+                trait["value"] = orjson.Fragment(text)
+    return shown
 
 
 async def _list(

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from inlet.v1 import events_pb2
 from service.auth import Authenticator
 from service.convert import event_to_spec, timestamp_micros
-from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable
+from service.errors import InletError, Overloaded, RateLimited, StoreUnavailable, Unavailable
 from service.handoff import Submission, Verdict
-from service.logs import REQUEST_ID
+from service.logs import REQUEST_ID, RateLimitedLog
 from service.maintenance import MaintenanceMode
 from service.metrics import UNKNOWN_TYPE, CoreMetrics
 from service.ratelimit import RateLimiter
@@ -40,6 +40,8 @@ _REJECTED = events_pb2.OUTCOME_REJECTED
 _SUPPRESSED = events_pb2.OUTCOME_SUPPRESSED
 #: IngestResult.message of a suppressed event (the webhook's 200 body says it too).
 SUPPRESSED_MESSAGE = "not stored: the user was deleted"
+#: The code of refusals for Inlet's own trouble (store, overload, maintenance): retried.
+_RETRY_LATER = Unavailable.grpc_code.value[0]
 
 
 def rejected(error: InletError, account: str = "") -> Verdict:
@@ -74,6 +76,8 @@ class Ingestor:
         self._metrics = metrics or CoreMetrics(CollectorRegistry())
         self._metrics.inflight_events.set_function(lambda: self._inflight)
         self._log_traits = log_traits
+        # A full disk fails every commit: a warning each time would bury everything else.
+        self._warnings = RateLimitedLog(log)
 
     @property
     def inflight(self) -> int:
@@ -106,6 +110,12 @@ class Ingestor:
             # fit would make its caller retry forever.
             if self._inflight and self._inflight + len(items) > self._max_inflight:
                 error = Overloaded("the core is overloaded, retry later", "overloaded")
+                self._warnings.warning(
+                    "overloaded",
+                    f"the core is overloaded ({self._inflight} events in flight): "
+                    f"{len(items)} events refused for retry",
+                    len(items),
+                )
                 results = [rejected(error) for _ in items]
                 self._account(results, {}, {}, request_ids)
                 return results
@@ -199,7 +209,13 @@ class Ingestor:
             try:
                 sequences = await self._store.write_events(writes)
             except StoreUnavailable as error:
-                log.warning("store unavailable, %d events refused for retry", len(writes))
+                self._metrics.store_write_failures.inc()
+                cause = f" ({error.__cause__})" if error.__cause__ is not None else ""
+                self._warnings.warning(
+                    "store_unavailable",
+                    f"store unavailable{cause}: {len(writes)} events refused for retry",
+                    len(writes),
+                )
                 for position, account in zip(positions, accounts, strict=True):
                     results[position] = rejected(error, account)
             else:
@@ -237,13 +253,16 @@ class Ingestor:
         `log_traits`).
 
         Rejections and suppressed events are logged at INFO (whose events, why); stored
-        and duplicate events at DEBUG: the bridge's INFO line already names each request's messageId, account,
-        status and duration, and a second line per event costs ~12 µs of CPU, close to
-        what validating and storing the event costs (bench/).
+        and duplicate events at DEBUG: the bridge's INFO line already names each request's
+        messageId, account, status and duration, and a second line per event costs ~12 µs of CPU, close to
+        what validating and storing the event costs (bench/). Refusals for Inlet's own
+        trouble (store unavailable, overload, maintenance) say nothing about the event:
+        DEBUG too, summed up by a warning at most once a minute (a full disk would
+        otherwise log a line per event for as long as it lasts).
         """
         metrics = self._metrics
-        log_rejected = event_log.isEnabledFor(logging.INFO)
-        log_accepted = event_log.isEnabledFor(logging.DEBUG)
+        log_info = event_log.isEnabledFor(logging.INFO)
+        log_debug = event_log.isEnabledFor(logging.DEBUG)
         # Counted per call, then added: one counter update per series, not per event.
         stored: Counter[str] = Counter()
         duplicates: Counter[str] = Counter()
@@ -253,19 +272,19 @@ class Ingestor:
             outcome = result.outcome
             if outcome == _STORED:
                 stored[event_type] += 1
-                if not log_accepted:
+                if not log_debug:
                     continue
             elif outcome == _DUPLICATE:
                 duplicates[event_type] += 1
-                if not log_accepted:
+                if not log_debug:
                     continue
             elif outcome == _SUPPRESSED:
                 metrics.suppressed(event_type).inc()
-                if not log_rejected:
+                if not log_info:
                     continue
             else:
                 metrics.rejected(event_type, result.reason).inc()
-                if not log_rejected:
+                if not (log_debug if result.code == _RETRY_LATER else log_info):
                     continue
             if request_ids:
                 REQUEST_ID.set(request_ids[position])
@@ -281,7 +300,8 @@ class Ingestor:
                     fields["traits"] = _traits(write.event)
             if outcome in (_REJECTED, _SUPPRESSED):
                 fields["reason"] = result.reason
-                event_log.info("event %s", fields["outcome"], extra={"fields": fields})
+                level = logging.DEBUG if result.code == _RETRY_LATER else logging.INFO
+                event_log.log(level, "event %s", fields["outcome"], extra={"fields": fields})
             else:
                 event_log.debug("event %s", fields["outcome"], extra={"fields": fields})
         for event_type, count in stored.items():

@@ -20,7 +20,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 import orjson
@@ -291,6 +293,55 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
         handler.handleError(logging.makeLogRecord({"msg": message, "fields": fields}))
         return
     handler.add_line(line, level)
+
+
+class RateLimitedLog:
+    """Logs each kind of line at most once every `interval_s` (60 s): for faults that
+    repeat with every request or commit (a full disk, an unreachable core), where a line
+    each time would bury everything else. The first line of a kind is logged at once;
+    the next ones within the interval are only counted, and the first one logged after
+    it says how many were held back (`suppressed` in its fields). Held-back lines are
+    not written when the fault stops before the interval ends: the metrics count every
+    occurrence. Safe to call from any thread.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self.interval_s = interval_s
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, count: int = 1) -> bool:
+        return self.log(logging.WARNING, kind, message, count)
+
+    def log(self, level: int, kind: str, message: str, count: int = 1) -> bool:
+        """Log `message` unless a line of `kind` was logged less than `interval_s` ago;
+        then add `count` (the occurrences it stands for: events, requests) to the
+        number held back. True when logged."""
+        now = self._clock()
+        with self._lock:
+            last = self._logged_at.get(kind)
+            if last is not None and now - last < self.interval_s:
+                self._held[kind] = self._held.get(kind, 0) + count
+                return False
+            self._logged_at[kind] = now
+            held = self._held.pop(kind, 0)
+        fields: dict[str, Any] = {}
+        if held and last is not None:
+            message = (
+                f"{message}; and {held} more in the {now - last:.0f} s since the previous "
+                "line of this kind"
+            )
+            fields["suppressed"] = held
+        self._logger.log(level, "%s", message, extra={"fields": fields})
+        return True
 
 
 def flush() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 import orjson
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from inlet.v1 import admin_pb2, events_pb2, profiles_pb2
 from service.store.base import Account, KeyRecord, ProfileRecord, StoredRecord, TraitRecord
@@ -56,13 +58,37 @@ def stored_event(record: StoredRecord) -> events_pb2.StoredEvent:
     )
 
 
+#: JSON nesting a TraitValue.value may have: each level costs up to three message levels
+#: (Struct, map entry, Value) and protobuf decoders stop at 100, a Profile's own
+#: (Profile, GroupMembership, map entry, TraitValue, Value) included.
+MAX_VALUE_DEPTH: Final = 30
+
+
 def _trait(record: TraitRecord) -> profiles_pb2.TraitValue:
-    value = struct_pb2.Value()
-    # Stored values came from JSON (orjson), so they always convert back.
-    json_format.ParseDict(orjson.loads(record.value), value)
-    return profiles_pb2.TraitValue(
-        value=value, timestamp=timestamp(record.timestamp_us), message_id=record.message_id
+    trait = profiles_pb2.TraitValue(
+        value_json=record.value.decode(),
+        timestamp=timestamp(record.timestamp_us),
+        message_id=record.message_id,
     )
+    # Stored values are JSON that orjson parsed on the way in, so they parse again.
+    parsed = orjson.loads(record.value)
+    if _depth(parsed) <= MAX_VALUE_DEPTH:
+        json_format.ParseDict(parsed, trait.value)  # the deprecated, lossy form
+    return trait
+
+
+def _depth(value: Any) -> int:
+    """How many containers deep `value` nests (a scalar: 0)."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:  # not recursive: a trait may nest 1,000 levels
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            pending.extend(
+                (child, depth) for child in (value.values() if isinstance(value, dict) else value)
+            )
+    return deepest
 
 
 def profile_message(id: str, record: ProfileRecord) -> profiles_pb2.Profile:

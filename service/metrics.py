@@ -57,6 +57,12 @@ class CoreMetrics:
             buckets=STORE_BUCKETS,
             registry=registry,
         )
+        self.store_write_failures = Counter(
+            "inlet_store_write_failures",
+            "Ingest commits that failed (store locked, full or unreachable): their events "
+            'were refused for retry (inlet_events_total{reason="store_unavailable"}).',
+            registry=registry,
+        )
         self.inflight_events = Gauge(
             "inlet_core_events_in_flight",
             "Events being validated and committed now.",

@@ -20,9 +20,11 @@ that is. The rules (Segment Spec, and DESIGN.md "The core"):
   history, counted in no profile), and the store records each erased id so that
   late redeliveries of what it covered stay out (suppression.py).
 
-Traits are kept as a whole value per top-level key (`address` is one value).
-Reserved traits are stored under their Spec name whatever casing they came in,
-so `first_name` and `firstName` are one trait; custom traits keep the key as sent.
+Traits are kept as a whole value per top-level key (`address` is one value), as the
+JSON the customer sent: `5` stays `5` (never `5.0`), `1.50` stays `1.50`, and an id of
+19 or 30 digits keeps every one. Reserved traits are stored under their Spec name
+whatever casing they came in, so `first_name` and `firstName` are one trait; custom
+traits keep the key as sent.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from service.validation import CanonicalEvent, normalise_name
+from service.json_text import object_members
+from service.validation import CanonicalEvent, normalise_name, spec_fields
 
 #: Segment Spec reserved traits: identify (spec-identify.md) and group (spec-group.md).
 RESERVED_TRAITS: Final = (
@@ -53,6 +56,9 @@ USER_OF_DEVICE: Final = "user"
 #: Subject kinds in the traits table.
 USER: Final = "user"
 GROUP: Final = "group"
+
+#: Nesting orjson writes back with room to spare (it stops at 254 levels).
+_WRITABLE_DEPTH: Final = 200
 
 
 def trait_key(key: str) -> str:
@@ -104,23 +110,55 @@ def project(event: CanonicalEvent) -> Projection:
             )
     subject = event.user_id if event.user_id is not None else event.anonymous_id
     if event.type == "identify" and subject is not None:
-        return Projection(links=tuple(links), traits=_traits(USER, subject, event.traits))
+        return Projection(links=tuple(links), traits=_traits(USER, subject, event))
     if event.type == "group" and subject is not None:
         assert event.group_id is not None  # validated
         return Projection(
             links=tuple(links),
-            traits=_traits(GROUP, event.group_id, event.traits),
+            traits=_traits(GROUP, event.group_id, event),
             membership=(subject, event.group_id),
         )
     return Projection(links=tuple(links)) if links else NOTHING
 
 
-def _traits(kind: str, subject: str, traits: dict[str, Any] | None) -> tuple[TraitWrite, ...]:
-    if not traits:
+def _traits(kind: str, subject: str, event: CanonicalEvent) -> tuple[TraitWrite, ...]:
+    if not event.traits:
         return ()
+    texts: list[tuple[str, bytes]]
+    if _written_back_as_sent(event.traits, b"-0" in event.raw):
+        texts = [(key, orjson.dumps(value)) for key, value in event.traits.items()]
+    else:
+        texts = _texts_as_sent(event.raw)
     # Two spellings of one reserved trait in one call (`email`, `Email`): the last wins,
     # as it would in the customer's own JSON object.
-    merged = {trait_key(key): value for key, value in traits.items()}
-    return tuple(
-        TraitWrite(kind, subject, key, orjson.dumps(value)) for key, value in merged.items()
-    )
+    merged = {trait_key(key): text for key, text in texts}
+    return tuple(TraitWrite(kind, subject, key, text) for key, text in merged.items())
+
+
+def _written_back_as_sent(traits: dict[str, Any], negative_zero: bool) -> bool:
+    """Whether orjson writes the parsed traits back with every value as sent: they hold
+    no float (whose text orjson may change: `1.50`, `1E20`, an integer beyond 64 bits),
+    no 0 that may have been `-0`, and no nesting deeper than orjson writes."""
+    pending = [(value, 1) for value in traits.values()]
+    while pending:  # not recursive: traits may nest 1,000 levels
+        value, depth = pending.pop()
+        kind = value.__class__
+        if kind is float or (kind is int and negative_zero and value == 0):
+            return False
+        if kind is dict or kind is list:
+            if depth > _WRITABLE_DEPTH:
+                return False
+            children = value.values() if kind is dict else value
+            pending.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _texts_as_sent(raw: bytes) -> list[tuple[str, bytes]]:
+    """Each trait's key and JSON text, cut out of the event as written.
+
+    The same `traits` validation found: spec_fields on the top-level members picks it, a
+    repeated key counting once with its last value, as in the parsed event."""
+    text = raw.decode()
+    top = {key: (start, end) for key, start, end in object_members(text)}
+    start, _ = spec_fields(top)["traits"]
+    return [(key, text[a:b].encode()) for key, a, b in object_members(text, start)]

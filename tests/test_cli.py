@@ -29,10 +29,11 @@ def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
-def post(url: str, key: str, event: dict[str, object]) -> tuple[int, dict[str, object]]:
+def post(url: str, key: str, event: dict[str, object] | bytes) -> tuple[int, dict[str, object]]:
+    """POST `event` (a dict, or JSON text sent as is) with `key`; the status and reply."""
     request = urllib.request.Request(
         url,
-        data=json.dumps(event).encode(),
+        data=event if isinstance(event, bytes) else json.dumps(event).encode(),
         headers={
             "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
             "Content-Type": "application/json",

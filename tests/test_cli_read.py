@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.test_cli import BRIDGE_READY, inlet, post, start, stop
 
 
@@ -76,6 +77,22 @@ def test_profile_and_events_from_the_shell(served: Served) -> None:
 
     missing = served.client("profile", "get", "nobody", check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_profile_get_prints_trait_values_as_sent(served: Served) -> None:
+    assert post(served.url, served.key, identify_json("x-1", "u1"))[0] == 200
+    assert post(served.url, served.key, group_json("x-2", "u1", "g1"))[0] == 200
+    printed = served.client("profile", "get", "u1").stdout
+    profile = json.loads(printed)
+    for traits in (profile["traits"], profile["groups"][0]["traits"]):
+        assert set(traits) == set(EXACT_TRAITS)
+        for key, text in EXACT_TRAITS.items():
+            assert json.dumps(traits[key]["value"]) == json.dumps(json.loads(text)), key
+            assert set(traits[key]) == {"value", "timestamp", "messageId"}
+    # Numbers exactly as written, not as a double would print them.
+    for text in ('"value": 5,', '"value": 9007199254740993123,', '"value": 1.50,',
+                 '"value": -0,', '"value": 123456789012345678901234567890,'):  # fmt: skip
+        assert text in printed
 
 
 def tail(served: Served, cursor_file: Path) -> subprocess.Popen[str]:

@@ -185,12 +185,13 @@ async def test_an_account_can_suppress_every_later_event_of_a_deleted_user(
         admin = admin_pb2_grpc.AdminServiceStub(channel)
 
         async def suppress(on: bool) -> admin_pb2.Account:
-            return await admin.SetAccountSuppressDeletedUsers(
+            changed = await admin.SetAccountSuppressDeletedUsers(
                 admin_pb2.SetAccountSuppressDeletedUsersRequest(
                     name="acme", suppress_deleted_users=on
                 ),
                 metadata=bearer(operator),
             )
+            return changed.account
 
         listed = await admin.ListAccounts(
             admin_pb2.ListAccountsRequest(), metadata=bearer(operator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -24,9 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
 
 from http_bridge.config import BridgeConfig
 from http_bridge.keys import BATCHER
+from service.store import Store
 from tests.stack import Stack, basic, start_stack
 
 
@@ -193,6 +197,7 @@ async def test_a_stalled_core_gets_503_within_the_deadline_then_recovers(tmp_pat
                 started = time.monotonic()
                 async with session.post(url, json=event, headers=headers) as reply:
                     assert reply.status == 503 and "Retry-After" in reply.headers
+                    assert (await reply.json())["code"] == "core_timeout"  # reached, too slow
                 assert time.monotonic() - started < 3
             finally:
                 core.send_signal(signal.SIGCONT)
@@ -202,17 +207,23 @@ async def test_a_stalled_core_gets_503_within_the_deadline_then_recovers(tmp_pat
                 assert reply.status == 200
 
 
+async def fill_the_disk(store: Store, spare_pages: int) -> None:
+    """Let the SQLite file grow by `spare_pages` pages at most: then every commit fails
+    as it would on a full disk ("database or disk is full")."""
+
+    def cap_the_file() -> None:
+        conn = store._db()  # type: ignore[attr-defined]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
+
+    await store._run(cap_the_file)  # type: ignore[attr-defined]
+
+
 async def test_a_full_disk_is_503_and_nothing_is_half_written(tmp_path: Path) -> None:
     stack: Stack = await start_stack(tmp_path)
     try:
         store = stack.store
-
-        def cap_the_file() -> None:  # the database may not grow by more than a few pages
-            conn = store._db()  # type: ignore[attr-defined]
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count = {pages + 8}")
-
-        await store._run(cap_the_file)  # type: ignore[attr-defined]
+        await fill_the_disk(store, 8)
         headers = {"Authorization": basic(stack.keys["ingest"]), "Content-Type": "application/json"}
         statuses: list[int] = []
         async with aiohttp.ClientSession() as session:
@@ -227,6 +238,62 @@ async def test_a_full_disk_is_503_and_nothing_is_half_written(tmp_path: Path) ->
         assert 200 in statuses and 503 in statuses
         stored = await store.count_events(stack.account_ids["acme"])
         assert stored == statuses.count(200)  # every 200 stored, no 503 half-written
+    finally:
+        await stack.stop()
+
+
+async def test_a_full_disk_logs_one_warning_not_one_per_batch_and_counts_every_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    stack: Stack = await start_stack(tmp_path, registry=registry)
+    try:
+        await fill_the_disk(stack.store, 2)
+        headers = {"Authorization": basic(stack.keys["ingest"]), "Content-Type": "application/json"}
+        statuses: Counter[tuple[int, str]] = Counter()
+        async with aiohttp.ClientSession() as session:
+            senders = asyncio.Semaphore(8)  # batches of a few events: many failed commits
+
+            async def send(event: dict[str, object]) -> None:
+                async with (
+                    senders,
+                    session.post(stack.url + "/segment", json=event, headers=headers) as reply,
+                ):
+                    statuses[reply.status, (await reply.json()).get("code", "")] += 1
+
+            caplog.set_level(logging.INFO)
+            caplog.clear()  # from here on: the start-up lines are not the disk's
+            events: list[dict[str, object]] = [
+                {
+                    "type": "track",
+                    "userId": "u",
+                    "event": "Full",
+                    "messageId": f"full-{n}",
+                    "properties": {"blob": "x" * 2000},
+                }
+                for n in range(300)
+            ]
+            events[7] = {"type": "track", "userId": "u", "messageId": "no-event-name"}  # a 400
+            await asyncio.gather(*(send(event) for event in events))
+        refused_requests = statuses[503, "store_unavailable"]
+        assert statuses[200, ""] < 10 and refused_requests >= 290  # a few fit, then none
+        assert set(statuses) <= {(200, ""), (503, "store_unavailable"), (400, "missing_field")}
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) <= 2, [r.getMessage() for r in warnings]
+        assert any("database or disk is full" in r.getMessage() for r in warnings)
+        # Per request, the access line stays; the client's mistake keeps its event line.
+        access = [r for r in caplog.records if r.name == "inlet.access"]
+        assert len(access) == 300
+        rejected = [r for r in caplog.records if r.name == "inlet.events"]
+        assert [r.fields["reason"] for r in rejected] == ["missing_field"]  # type: ignore[attr-defined]
+        # The metrics count every refused event, and every failed commit.
+        refused = registry.get_sample_value(
+            "inlet_events_total",
+            {"type": "track", "outcome": "rejected", "reason": "store_unavailable"},
+        )
+        assert refused == refused_requests
+        failed_commits = registry.get_sample_value("inlet_store_write_failures_total")
+        assert failed_commits is not None and failed_commits > len(warnings)
     finally:
         await stack.stop()
 

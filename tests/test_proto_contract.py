@@ -5,6 +5,7 @@ It runs the README's example, examples/read_api.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
                 )
 
         server.run(send(
-            {"type": "identify", "userId": "u1", "messageId": "m-1", "traits": {"email": "e@x.io"}},
+            {"type": "identify", "userId": "u1", "messageId": "m-1",
+             "traits": {"email": "e@x.io", "logins": 5, "accountId": 9007199254740993123}},
             {"type": "track", "userId": "u1", "event": "Signed Up", "messageId": "m-2"},
         ))  # fmt: skip
         # The example runs in its own interpreter with only the generated code on its path.
@@ -76,6 +78,11 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
     finally:
         server.close()
 
-    assert lines[0].startswith("profile ") and '"email"' in lines[0]
+    assert lines[0].startswith("profile ")
+    assert orjson.loads(lines[0].removeprefix("profile ")) == {
+        "linkedIds": ["u1"],
+        "traits": {"email": "e@x.io", "logins": 5, "accountId": 9007199254740993123},
+    }
+    assert re.search(r'"logins": 5[,}]', lines[0])  # not 5.0
     assert [line.split()[2:] for line in lines[1:3]] == [["identify", "m-1"], ["track", "m-2"]]
     assert lines[-1].split()[2:] == ["track", "Live", "One"]

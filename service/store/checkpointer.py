@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from service.logs import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 #: Each kind of warning is logged at most this often (a full disk fails every try).
@@ -89,7 +91,7 @@ class WalCheckpointer:
         self._pending = threading.Event()  # a commit since the last checkpoint began
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned_at: dict[str, float] = {}
+        self._warnings = RateLimitedLog(log, _WARN_EVERY_S)
         #: Set by the thread, read and cleared by the writer (a plain attribute: a
         #: stale read only moves the catch-up to the next commit).
         self.catch_up_due = False
@@ -122,7 +124,7 @@ class WalCheckpointer:
         except Exception as exc:  # noqa: BLE001 - committed all the same: never fail it
             self.catch_up_due = False
             self.failures += 1
-            self._warn("catch-up", f"the catch-up WAL checkpoint failed ({exc})")
+            self._warnings.warning("catch-up", f"the catch-up WAL checkpoint failed ({exc})")
             return
         if not result.busy:
             self.catch_up_due = False
@@ -157,8 +159,10 @@ class WalCheckpointer:
                     self._record(checkpoint(conn))
                 except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                     self.failures += 1
-                    self._warn("failed", f"the WAL checkpoint failed ({exc}); retrying "
-                               "after the next commit")  # fmt: skip
+                    self._warnings.warning(
+                        "failed",
+                        f"the WAL checkpoint failed ({exc}); retrying after the next commit",
+                    )
                     if conn is not None:
                         conn.close()
                         conn = None
@@ -178,11 +182,6 @@ class WalCheckpointer:
         if pages > self.settings.backstop_pages:
             # Commits then run SQLite's checkpoint themselves, the slow way; a reader
             # holding an old snapshot keeps pages from being copied or the log restarted.
-            self._warn("long", f"the write-ahead log holds {pages} pages ({copied} copied): "
-                       "checkpoints are falling behind, or a long read is pinning it")  # fmt: skip
-
-    def _warn(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._warned_at.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
-            self._warned_at[kind] = now
-            log.warning(message)
+            self._warnings.warning("long", f"the write-ahead log holds {pages} pages ({copied} "
+                                   "copied): checkpoints are falling behind, or a long read "
+                                   "is pinning it")  # fmt: skip

@@ -17,7 +17,13 @@ import pytest
 from http_bridge.config import BridgeConfig
 from http_bridge.server import start_bridge
 from service.config import CoreConfig
-from service.logs import JsonFormatter, TextFormatter, configure, sane_request_id
+from service.logs import (
+    JsonFormatter,
+    RateLimitedLog,
+    TextFormatter,
+    configure,
+    sane_request_id,
+)
 from tests.stack import Stack, basic, start_stack
 
 
@@ -422,3 +428,24 @@ def test_the_cli_writes_what_its_loop_logged_last_before_it_returns() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_rate_limited_line_is_logged_once_an_interval_and_then_says_what_it_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    warnings = RateLimitedLog(logging.getLogger("inlet.test"), 60.0, clock=lambda: now[0])
+    logged = []
+    with caplog.at_level(logging.WARNING, logger="inlet.test"):
+        for second in range(0, 150, 10):  # a disk full for two and a half minutes
+            now[0] = 100.0 + second
+            logged.append(warnings.warning("full", "3 events refused", count=3))
+            logged.append(warnings.warning("other", "a different kind"))
+    assert logged.count(True) == 6  # each kind: at 0 s, 60 s, 120 s
+    full = [r for r in caplog.records if r.getMessage().startswith("3 events")]
+    assert [r.getMessage() for r in full] == [
+        "3 events refused",
+        "3 events refused; and 15 more in the 60 s since the previous line of this kind",
+        "3 events refused; and 15 more in the 60 s since the previous line of this kind",
+    ]
+    assert [getattr(r, "fields", {}).get("suppressed") for r in full] == [None, 15, 15]

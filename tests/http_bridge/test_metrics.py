@@ -85,6 +85,21 @@ async def test_requests_events_latencies_and_batches_are_counted(shared: Stack) 
     assert value(samples, "inlet_core_events_in_flight") == 0
 
 
+async def test_error_answers_are_counted_by_code_on_every_route(shared: Stack) -> None:
+    auth = {"Authorization": basic(shared.keys["ingest"])}
+    bad = {"type": "track", "userId": "u1"}  # no `event`
+    async with aiohttp.ClientSession() as session:
+        async with session.post(shared.url + "/segment", json=bad, headers=auth) as reply:
+            assert reply.status == 400
+        async with session.post(shared.url + "/v1/track", json=bad, headers=auth) as reply:
+            assert (reply.status, (await reply.json())["code"]) == (400, "missing_field")
+        async with session.post(shared.url + "/segment", json=bad) as reply:
+            assert reply.status == 401
+        _, samples = await scrape(session, shared.url + "/metrics")
+    assert value(samples, "inlet_http_errors_total", code="missing_field") == 2
+    assert value(samples, "inlet_http_errors_total", code="missing_authorization") == 1
+
+
 async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
     """Operators watch the write-ahead log: a commit is followed by a checkpoint."""
     auth = {"Authorization": basic(shared.keys["ingest"])}

@@ -7,6 +7,7 @@ import pytest
 
 from http_bridge.batcher import QueueFull
 from http_bridge.config import BridgeConfig
+from http_bridge.core_client import call_failed
 from http_bridge.handlers import CORE_FAILURES, core_unavailable
 from http_bridge.status_map import GRPC_TO_HTTP, RETRY_LATER, http_status_for
 from service.errors import (
@@ -125,3 +126,22 @@ def test_every_way_a_hand_over_fails_is_a_503_to_retry(failure: Exception, code:
     assert isinstance(failure, CORE_FAILURES)
     answer = core_unavailable(failure, BridgeConfig(retry_after_s=7))
     assert (answer.status, answer.code, answer.headers) == (503, code, {"Retry-After": "7"})
+
+
+@pytest.mark.parametrize(
+    ("grpc_code", "code"),
+    [
+        (S.DEADLINE_EXCEEDED, "core_timeout"),  # reached, but no answer within the deadline
+        (S.UNAVAILABLE, "core_unavailable"),  # not listening, connection lost
+        (S.CANCELLED, "core_unavailable"),
+        (S.ABORTED, "core_unavailable"),
+    ],
+)
+def test_a_failed_call_to_the_core_is_a_503_naming_why(grpc_code: S, code: str) -> None:
+    answer = call_failed(grpc_code, BridgeConfig(retry_after_s=7))
+    assert (answer.status, answer.code, answer.headers) == (503, code, {"Retry-After": "7"})
+
+
+def test_a_failed_call_to_the_core_for_a_bug_is_a_500() -> None:
+    answer = call_failed(S.INTERNAL, BridgeConfig())
+    assert (answer.status, answer.code) == (500, "internal")

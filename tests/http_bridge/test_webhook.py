@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from http_bridge.config import BridgeConfig
-from http_bridge.server import start_bridge
+from http_bridge.server import BridgeServer, start_bridge
+from inlet.v1 import events_pb2, events_pb2_grpc
 from service.config import CoreConfig
 from tests.stack import Stack, basic, start_stack
 
@@ -283,16 +286,17 @@ async def test_type_not_enabled_in_the_deployment_is_501(tmp_path: Path) -> None
 # -- 503 -----------------------------------------------------------------------------
 
 
+async def bridge_to_core(
+    core_port: int, core_timeout_s: float = 1.0, registry: CollectorRegistry | None = None
+) -> BridgeServer:
+    """A bridge alone, in front of whatever listens (or not) on `core_port`."""
+    config = BridgeConfig(host="127.0.0.1", port=0, core_target=f"127.0.0.1:{core_port}",
+                          core_timeout_s=core_timeout_s, request_timeout_s=2.0)  # fmt: skip
+    return await start_bridge(config, registry=registry)
+
+
 async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) -> None:
-    bridge = await start_bridge(
-        BridgeConfig(
-            host="127.0.0.1",
-            port=0,
-            core_target=f"127.0.0.1:{unused_tcp_port}",
-            core_timeout_s=1.0,
-            request_timeout_s=2.0,
-        )
-    )
+    bridge = await bridge_to_core(unused_tcp_port)
     try:
         url = f"http://127.0.0.1:{bridge.port}"
         started = time.monotonic()
@@ -304,6 +308,65 @@ async def test_core_unreachable_is_503_with_retry_after(unused_tcp_port: int) ->
         assert time.monotonic() - started < 3  # within the deadline, no hang
         async with aiohttp.ClientSession() as session, session.get(url + "/readyz") as reply:
             assert reply.status == 503 and "Retry-After" in reply.headers
+    finally:
+        await bridge.stop()
+
+
+class StalledCore(events_pb2_grpc.EventServiceServicer):
+    """A core that takes every call and never answers (as one stopped by SIGSTOP)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def IngestBatch(
+        self, request: events_pb2.IngestBatchRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.IngestBatchResponse:
+        self.calls += 1
+        await self.release.wait()
+        return events_pb2.IngestBatchResponse()
+
+
+async def test_a_core_that_does_not_answer_in_time_is_503_core_timeout() -> None:
+    stalled = StalledCore()
+    server = grpc.aio.server()
+    events_pb2_grpc.add_EventServiceServicer_to_server(stalled, server)
+    core_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    bridge = await bridge_to_core(core_port, core_timeout_s=0.5)
+    try:
+        url = f"http://127.0.0.1:{bridge.port}/segment"
+        started = time.monotonic()
+        status, body, headers = await post(url, TRACK, headers={"Authorization": basic("k")})
+        assert (status, body["code"]) == (503, "core_timeout")
+        assert int(headers["Retry-After"]) > 0
+        assert stalled.calls == 1  # the core was reached: it is slow, not unreachable
+        assert time.monotonic() - started < 2  # the core's deadline, not the request's
+    finally:
+        stalled.release.set()
+        await bridge.stop()
+        await server.stop(grace=None)
+
+
+async def test_an_unreachable_core_logs_one_warning_and_counts_every_refusal(
+    unused_tcp_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    bridge = await bridge_to_core(unused_tcp_port, registry=registry)
+    try:
+        caplog.clear()  # from here on
+        url, headers = f"http://127.0.0.1:{bridge.port}/segment", {"Authorization": basic("k")}
+        replies = await asyncio.gather(*(post(url, TRACK, headers=headers) for _ in range(100)))
+        assert {(status, body["code"]) for status, body, _ in replies} == {
+            (503, "core_unavailable")
+        }
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "core_unavailable" in warnings[0].getMessage()
+        assert (
+            registry.get_sample_value("inlet_http_errors_total", {"code": "core_unavailable"})
+            == 100
+        )
     finally:
         await bridge.stop()
 

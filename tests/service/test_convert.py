@@ -106,6 +106,62 @@ def test_struct_numbers_keep_their_value() -> None:
     assert spec["traits"] == {"logins": 3, "score": 2.5, "big": 1e15}
 
 
+def test_whole_numbers_within_2_to_the_53_are_written_as_json_integers() -> None:
+    """Struct numbers are doubles; the stored JSON writes `3`, as the JSON form of the
+    same event would, not `3.0`. Beyond 2^53 a whole double may stand for another integer,
+    so it stays a double."""
+    values = {"logins": 3, "negative": -7, "zero": 0.0, "negativeZero": -0.0, "score": 2.5,
+              "limit": 2**53, "beyond": 2**53 + 2, "list": [1, 2.5, {"n": 4}]}  # fmt: skip
+    spec = event_to_spec(events_pb2.Event(user_id="u", identify=events_pb2.Identify(
+        traits=struct(values))))  # fmt: skip
+    assert orjson.dumps(spec["traits"], option=orjson.OPT_SORT_KEYS) == (
+        b'{"beyond":9007199254740994.0,"limit":9007199254740992,"list":[1,2.5,{"n":4}],'
+        b'"logins":3,"negative":-7,"negativeZero":-0.0,"score":2.5,"zero":0}'
+    )
+
+
+def no_kind(values: dict[str, Any], *path: str | int) -> struct_pb2.Struct:
+    """`struct(values)` with the Value at `path` emptied (no kind set), as a client that
+    misspells `number_value` sends it."""
+    message = struct(values)
+    target: Any = message
+    for step in path[:-1]:
+        target = target[step]
+    last = path[-1]
+    if isinstance(last, int):
+        target.values[last].Clear()
+    else:
+        target.fields[last].Clear()
+    return message
+
+
+@pytest.mark.parametrize(
+    ("event", "path"),
+    [
+        (events_pb2.Event(user_id="u", track=events_pb2.Track(event="Bought", properties=no_kind(
+            {"quantity": 3, "sku": "s"}, "quantity"))), "track.properties.quantity"),
+        (events_pb2.Event(user_id="u", track=events_pb2.Track(event="Bought", properties=no_kind(
+            {"products": [{"sku": "a"}, {"sku": "b"}]}, "products", 1, "sku"))),
+         "track.properties.products[1].sku"),
+        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(traits=no_kind(
+            {"tags": ["a", "b"]}, "tags", 0))), "identify.traits.tags[0]"),
+        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
+                          context=no_kind({"user agent": "x"}, "user agent")),
+         'context["user agent"]'),
+        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
+                          extra=no_kind({"projectId": "p"}, "projectId")), "extra.projectId"),
+    ],
+    ids=["property", "nested", "list-item", "odd-key", "extra"],
+)  # fmt: skip
+def test_a_value_with_no_kind_is_refused_naming_the_field(
+    event: events_pb2.Event, path: str
+) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        event_to_spec(event)
+    assert caught.value.reason == "invalid_value"
+    assert caught.value.message.startswith(f"`{path}` has no value")
+
+
 def test_common_fields_and_dates_use_spec_keys_and_iso_z() -> None:
     event = events_pb2.Event(
         message_id="m1",

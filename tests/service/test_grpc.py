@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import orjson
 import pytest
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
@@ -12,7 +13,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from inlet.v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from inlet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    profiles_pb2,
+    profiles_pb2_grpc,
+)
 from tests.stack import Stack
 
 TRACK_JSON = b'{"type":"track","userId":"u1","event":"Signed Up","messageId":"g-1"}'
@@ -139,6 +147,74 @@ async def test_an_unconvertible_typed_event_is_rejected_alone(
         events_pb2.OUTCOME_STORED,
     ]
     assert reply.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_a_typed_value_with_no_kind_is_rejected_naming_the_field(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    """A Node.js client with proto-loader's `keepCase` that spells `number_value` as
+    `numberValue` sends Values with no kind: refused, not stored as null."""
+    properties = struct_pb2.Struct()
+    properties.fields["quantity"].Clear()  # an entry whose Value has no kind
+    properties.fields["sku"].Clear()
+    bad = events_pb2.Event(
+        message_id="t-empty",
+        user_id="u",
+        track=events_pb2.Track(event="Bought", properties=properties),
+    )
+    items = [events_pb2.IngestItem(event=bad), events_pb2.IngestItem(json=TRACK_JSON)]
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(stack.keys["ingest"]), timeout=5
+    )
+    rejected, stored = reply.results
+    assert rejected.outcome == events_pb2.OUTCOME_REJECTED
+    assert (rejected.code, rejected.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "invalid_value",
+    )
+    assert rejected.message.startswith("`track.properties.") and "has no value" in rejected.message
+    assert stored.outcome == events_pb2.OUTCOME_STORED
+    assert await stack.store.count_events(stack.account_ids["acme"]) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Ingest(events_pb2.IngestItem(event=bad), metadata=bearer(stack.keys["ingest"]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "invalid_value"
+
+
+async def test_a_typed_event_stores_whole_numbers_as_its_json_twin_does(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    key = stack.keys["admin"]
+    properties = json_format.ParseDict(
+        {"quantity": 3, "price": 2.5, "big": 2**60}, struct_pb2.Struct()
+    )
+    traits = json_format.ParseDict({"logins": 5, "score": 2.5}, struct_pb2.Struct())
+    items = [
+        events_pb2.IngestItem(event=events_pb2.Event(
+            message_id="typed", user_id="u1", track=events_pb2.Track(event="B", properties=properties))),
+        events_pb2.IngestItem(json=b'{"messageId":"json","userId":"u1","type":"track","event":"B",'
+                                   b'"properties":{"quantity":3,"price":2.5,"big":1152921504606846976}}'),
+        events_pb2.IngestItem(event=events_pb2.Event(
+            message_id="typed-identify", user_id="u1", identify=events_pb2.Identify(traits=traits))),
+    ]  # fmt: skip
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(key), timeout=5
+    )
+    assert all(r.outcome == events_pb2.OUTCOME_STORED for r in reply.results), reply
+    listed = await stub.ListEvents(
+        events_pb2.ListEventsRequest(types=["track"]), metadata=bearer(key)
+    )
+    typed, sent_as_json = (orjson.loads(e.json)["properties"] for e in listed.events)
+    # Whole numbers as integers, as the JSON twin has them; 2^60 is beyond 2^53: a double.
+    assert orjson.dumps(typed, option=orjson.OPT_SORT_KEYS) == (
+        b'{"big":1.152921504606847e+18,"price":2.5,"quantity":3}'
+    )
+    assert (typed["quantity"], typed["price"]) == (sent_as_json["quantity"], sent_as_json["price"])
+    profiles = profiles_pb2_grpc.ProfileServiceStub(channel)
+    found = await profiles.GetProfile(profiles_pb2.GetProfileRequest(id="u1"), metadata=bearer(key))
+    assert {k: t.value_json for k, t in found.traits.items()} == {"logins": "5", "score": "2.5"}
 
 
 async def test_ingest_batch_refuses_oversized_batches(

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from inlet.v1 import events_pb2, events_pb2_grpc, profiles_pb2, profiles_pb2_grpc
+from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.service.test_grpc import bearer, reason_of
 from tests.stack import Stack
 
@@ -36,13 +37,23 @@ async def send(
     return list(response.results)
 
 
+async def send_raw(channel: grpc.aio.Channel, key: str, *events: bytes) -> None:
+    """Send events written out as JSON text, exactly."""
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    items = [events_pb2.IngestItem(json=e) for e in events]
+    response = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(key), timeout=10
+    )
+    assert all(r.outcome == events_pb2.OUTCOME_STORED for r in response.results), response
+
+
 async def profile(channel: grpc.aio.Channel, key: str, id: str) -> profiles_pb2.Profile:
     stub = profiles_pb2_grpc.ProfileServiceStub(channel)
     return await stub.GetProfile(profiles_pb2.GetProfileRequest(id=id), metadata=bearer(key))
 
 
 def traits(found: profiles_pb2.Profile) -> dict[str, Any]:
-    return {key: json_format.MessageToDict(t.value) for key, t in found.traits.items()}
+    return {key: orjson.loads(t.value_json) for key, t in found.traits.items()}
 
 
 def identify(message_id: str, timestamp: str, user: str, **traits: Any) -> dict[str, Any]:
@@ -123,7 +134,7 @@ async def test_alias_and_anonymous_ids_link_one_profile(
         assert dict(found.event_counts) == {"page": 1, "identify": 1, "alias": 1, "group": 1}
         (group,) = found.groups
         assert group.group_id == "g1"
-        assert {k: json_format.MessageToDict(v.value) for k, v in group.traits.items()} == {
+        assert {k: orjson.loads(v.value_json) for k, v in group.traits.items()} == {
             "name": "Initech",
             "employees": 50,
         }
@@ -133,6 +144,59 @@ async def test_alias_and_anonymous_ids_link_one_profile(
         events_pb2.ListEventsRequest(user_id="anon-7"), metadata=bearer(key)
     )
     assert [e.message_id for e in history.events] == ["p-1", "i-7", "a-7", "g-7"]
+
+
+async def test_trait_values_come_back_exactly_as_sent(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    key = stack.keys["admin"]
+    stub = events_pb2_grpc.EventServiceStub(channel)
+    items = [
+        events_pb2.IngestItem(json=identify_json("n-1", "u1")),
+        events_pb2.IngestItem(json=group_json("n-2", "u1", "g1")),
+        events_pb2.IngestItem(json=identify_json("n-3", "u1", {"huge": "1e400"})),
+    ]
+    reply = await stub.IngestBatch(
+        events_pb2.IngestBatchRequest(items=items), metadata=bearer(key), timeout=10
+    )
+    assert [r.outcome for r in reply.results] == [
+        events_pb2.OUTCOME_STORED,
+        events_pb2.OUTCOME_STORED,
+        events_pb2.OUTCOME_REJECTED,  # beyond a double's range: refused as before
+    ]
+    assert reply.results[2].reason == "invalid_json"
+
+    found = await profile(channel, key, "u1")
+    assert {k: t.value_json for k, t in found.traits.items()} == EXACT_TRAITS
+    (group,) = found.groups
+    assert {k: t.value_json for k, t in group.traits.items()} == EXACT_TRAITS
+    assert orjson.loads(found.traits["id19"].value_json) == 9007199254740993123
+    # The deprecated `value` still carries every value, with numbers as doubles.
+    assert found.traits["count"].value.number_value == 5
+    assert found.traits["id19"].value.number_value == float(9007199254740993123)
+    assert json_format.MessageToDict(group.traits["nested"].value) == {
+        "a": [1.0, 2.5, {"b": 0.0}], "c": None, "d": "x", "e": float(9007199254740993123),
+    }  # fmt: skip
+    assert found.traits["text"].value.string_value == "5"
+
+
+async def test_a_trait_nested_too_deep_for_protobuf_comes_back_as_json_only(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    """A google.protobuf.Value nesting ~33 objects is more than protobuf decoders read:
+    the profile would not decode at all. Such a value is in `value_json` alone."""
+    key = stack.keys["admin"]
+    nested = {depth: '{"a":' * depth + "1" + "}" * depth for depth in (30, 31, 300)}
+    traits = {f"d{depth}": text for depth, text in nested.items()}
+    await send_raw(channel, key, identify_json("d-1", "u1", traits))
+    await send_raw(channel, key, group_json("d-2", "u1", "g1", traits))
+    found = await profile(channel, key, "u1")
+    for trait_values in (found.traits, found.groups[0].traits):
+        assert {k: t.value_json for k, t in trait_values.items()} == traits
+        assert [k for k, t in trait_values.items() if t.HasField("value")] == ["d30"]
+    assert orjson.loads(found.traits["d30"].value_json) == json_format.MessageToDict(
+        found.traits["d30"].value
+    )
 
 
 async def test_delete_erases_the_profile_and_leaves_a_record(

@@ -17,6 +17,7 @@ from service.store import sqlite as sqlite_store
 from service.store.base import SUPPRESSED, EventQuery, EventWrite
 from service.timestamps import format_micros
 from service.validation import canonicalise
+from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.store.conftest import Backend
 
 NOW_US = 1_780_000_000_000_000
@@ -148,6 +149,20 @@ async def test_links_groups_and_lookup_by_any_linked_id(store: Store) -> None:
     assert await store.get_profile(acme, "nobody") is None
     history = await store.list_events(EventQuery(acme, ids=("anon-1", "anon-2", "u1")))
     assert [r.message_id for r in history] == ["a", "b", "c", "d"]
+
+
+async def test_trait_values_are_stored_as_sent(store: Store) -> None:
+    """Numbers keep their JSON text: `5` stays `5`, a 19-digit id keeps its digits, an
+    integer beyond 64 bits or a long decimal is not rounded through a double."""
+    acme = await account(store)
+    raw = [identify_json("x-1", "u1"), group_json("x-2", "u1", "g1")]
+    events = [canonicalise(r, received_at_us=NOW_US) for r in raw]
+    await store.write_events([EventWrite(acme, "k1", e) for e in events])
+    profile = await store.get_profile(acme, "u1")
+    assert profile is not None
+    expected = {key: text.encode() for key, text in EXACT_TRAITS.items()}
+    assert {key: t.value for key, t in profile.traits.items()} == expected
+    assert {key: t.value for key, t in profile.groups[0].traits.items()} == expected
 
 
 async def test_delete_erases_the_user_and_keeps_an_audit_record(

@@ -394,6 +394,28 @@ class SetAccountSuppressDeletedUsersRequest(_message.Message):
 Global___SetAccountSuppressDeletedUsersRequest: _TypeAlias = SetAccountSuppressDeletedUsersRequest  # noqa: Y015
 
 @_typing.final
+class SetAccountSuppressDeletedUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account as changed."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountSuppressDeletedUsersResponse: _TypeAlias = SetAccountSuppressDeletedUsersResponse  # noqa: Y015
+
+@_typing.final
 class SetMaintenanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

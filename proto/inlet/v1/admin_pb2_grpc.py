@@ -77,7 +77,7 @@ class AdminServiceStub:
         self.SetAccountSuppressDeletedUsers = channel.unary_unary(
                 '/inlet.v1.AdminService/SetAccountSuppressDeletedUsers',
                 request_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.SerializeToString,
-                response_deserializer=inlet_dot_v1_dot_admin__pb2.Account.FromString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.FromString,
                 _registered_method=True)
         self.SetMaintenance = channel.unary_unary(
                 '/inlet.v1.AdminService/SetMaintenance',
@@ -223,7 +223,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'SetAccountSuppressDeletedUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAccountSuppressDeletedUsers,
                     request_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.FromString,
-                    response_serializer=inlet_dot_v1_dot_admin__pb2.Account.SerializeToString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.SerializeToString,
             ),
             'SetMaintenance': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMaintenance,
@@ -478,7 +478,7 @@ class AdminService:
             target,
             '/inlet.v1.AdminService/SetAccountSuppressDeletedUsers',
             inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.SerializeToString,
-            inlet_dot_v1_dot_admin__pb2.Account.FromString,
+            inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,7 +55,7 @@ class AdminServiceStub:
     """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
     drops its events with 403) or resume an account.
     """
-    SetAccountSuppressDeletedUsers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.Account]
+    SetAccountSuppressDeletedUsers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.SetAccountSuppressDeletedUsersResponse]
     """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
     deleted user (any id linked to them when the delete was stored) is suppressed
     (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
@@ -91,7 +91,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
     drops its events with 403) or resume an account.
     """
-    SetAccountSuppressDeletedUsers: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.Account]  # type: ignore[assignment]
+    SetAccountSuppressDeletedUsers: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.SetAccountSuppressDeletedUsersResponse]  # type: ignore[assignment]
     """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
     deleted user (any id linked to them when the delete was stored) is suppressed
     (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
@@ -178,7 +178,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.SetAccountSuppressDeletedUsersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.Account, _abc.Awaitable[_admin_pb2.Account]]:
+    ) -> _typing.Union[_admin_pb2.SetAccountSuppressDeletedUsersResponse, _abc.Awaitable[_admin_pb2.SetAccountSuppressDeletedUsersResponse]]:
         """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
         deleted user (any id linked to them when the delete was stored) is suppressed
         (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the

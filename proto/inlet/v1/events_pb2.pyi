@@ -84,7 +84,15 @@ Global___Order: _TypeAlias = Order  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
-    """A Segment Spec event in typed form. Field names follow the Spec in snake_case."""
+    """A Segment Spec event in typed form. Field names follow the Spec in snake_case.
+
+    Every google.protobuf.Value in its Structs must have its kind set: an item with one
+    that has none (what a client sends that misspells `number_value`) is rejected, reason
+    `invalid_value`, its message naming the field (`track.properties.quantity`). Struct
+    numbers are doubles: a whole one within ±2^53 is stored as a JSON integer (`3`, not
+    `3.0`), the text the same event sent as JSON stores. Integers beyond 2^53 keep their
+    digits only when the event is sent as JSON (`IngestItem.json`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

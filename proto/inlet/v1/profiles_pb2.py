@@ -26,13 +26,16 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17inlet/v1/profiles.proto\x12\x08inlet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1f\n\x11GetProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"v\n\nTraitValue\x12%\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"\xce\x01\n\x0fGroupMembership\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x35\n\x06traits\x18\x02 \x03(\x0b\x32%.inlet.v1.GroupMembership.TraitsEntry\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x43\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.inlet.v1.TraitValue:\x02\x38\x01\"\x95\x03\n\x07Profile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nlinked_ids\x18\x02 \x03(\t\x12-\n\x06traits\x18\x03 \x03(\x0b\x32\x1d.inlet.v1.Profile.TraitsEntry\x12)\n\x06groups\x18\x04 \x03(\x0b\x32\x19.inlet.v1.GroupMembership\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0c\x65vent_counts\x18\x07 \x03(\x0b\x32\".inlet.v1.Profile.EventCountsEntry\x1a\x43\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.inlet.v1.TraitValue:\x02\x38\x01\x1a\x32\n\x10\x45ventCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32N\n\x0eProfileService\x12<\n\nGetProfile\x12\x1b.inlet.v1.GetProfileRequest\x1a\x11.inlet.v1.Profileb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17inlet/v1/profiles.proto\x12\x08inlet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1f\n\x11GetProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8e\x01\n\nTraitValue\x12)\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.ValueB\x02\x18\x01\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x12\n\nvalue_json\x18\x04 \x01(\t\"\xce\x01\n\x0fGroupMembership\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x35\n\x06traits\x18\x02 \x03(\x0b\x32%.inlet.v1.GroupMembership.TraitsEntry\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x43\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.inlet.v1.TraitValue:\x02\x38\x01\"\x95\x03\n\x07Profile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nlinked_ids\x18\x02 \x03(\t\x12-\n\x06traits\x18\x03 \x03(\x0b\x32\x1d.inlet.v1.Profile.TraitsEntry\x12)\n\x06groups\x18\x04 \x03(\x0b\x32\x19.inlet.v1.GroupMembership\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0c\x65vent_counts\x18\x07 \x03(\x0b\x32\".inlet.v1.Profile.EventCountsEntry\x1a\x43\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.inlet.v1.TraitValue:\x02\x38\x01\x1a\x32\n\x10\x45ventCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32N\n\x0eProfileService\x12<\n\nGetProfile\x12\x1b.inlet.v1.GetProfileRequest\x1a\x11.inlet.v1.ProfileB\x81\x01\n\x0c\x64\x65v.inlet.v1B\rProfilesProtoP\x01Z!inlet.dev/gen/go/inlet/v1;inletv1\xa2\x02\x03IXX\xaa\x02\x08Inlet.V1\xca\x02\x08Inlet\\V1\xe2\x02\x14Inlet\\V1\\GPBMetadata\xea\x02\tInlet::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inlet.v1.profiles_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.inlet.v1B\rProfilesProtoP\001Z!inlet.dev/gen/go/inlet/v1;inletv1\242\002\003IXX\252\002\010Inlet.V1\312\002\010Inlet\\V1\342\002\024Inlet\\V1\\GPBMetadata\352\002\tInlet::V1'
+  _globals['_TRAITVALUE'].fields_by_name['value']._loaded_options = None
+  _globals['_TRAITVALUE'].fields_by_name['value']._serialized_options = b'\030\001'
   _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._loaded_options = None
   _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._serialized_options = b'8\001'
   _globals['_PROFILE_TRAITSENTRY']._loaded_options = None
@@ -41,18 +44,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILE_EVENTCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_GETPROFILEREQUEST']._serialized_start=100
   _globals['_GETPROFILEREQUEST']._serialized_end=131
-  _globals['_TRAITVALUE']._serialized_start=133
-  _globals['_TRAITVALUE']._serialized_end=251
-  _globals['_GROUPMEMBERSHIP']._serialized_start=254
-  _globals['_GROUPMEMBERSHIP']._serialized_end=460
-  _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._serialized_start=393
-  _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._serialized_end=460
-  _globals['_PROFILE']._serialized_start=463
-  _globals['_PROFILE']._serialized_end=868
-  _globals['_PROFILE_TRAITSENTRY']._serialized_start=393
-  _globals['_PROFILE_TRAITSENTRY']._serialized_end=460
-  _globals['_PROFILE_EVENTCOUNTSENTRY']._serialized_start=818
-  _globals['_PROFILE_EVENTCOUNTSENTRY']._serialized_end=868
-  _globals['_PROFILESERVICE']._serialized_start=870
-  _globals['_PROFILESERVICE']._serialized_end=948
+  _globals['_TRAITVALUE']._serialized_start=134
+  _globals['_TRAITVALUE']._serialized_end=276
+  _globals['_GROUPMEMBERSHIP']._serialized_start=279
+  _globals['_GROUPMEMBERSHIP']._serialized_end=485
+  _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._serialized_start=418
+  _globals['_GROUPMEMBERSHIP_TRAITSENTRY']._serialized_end=485
+  _globals['_PROFILE']._serialized_start=488
+  _globals['_PROFILE']._serialized_end=893
+  _globals['_PROFILE_TRAITSENTRY']._serialized_start=418
+  _globals['_PROFILE_TRAITSENTRY']._serialized_end=485
+  _globals['_PROFILE_EVENTCOUNTSENTRY']._serialized_start=843
+  _globals['_PROFILE_EVENTCOUNTSENTRY']._serialized_end=893
+  _globals['_PROFILESERVICE']._serialized_start=895
+  _globals['_PROFILESERVICE']._serialized_end=973
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -53,9 +58,23 @@ class TraitValue(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    value_json: _builtins.str
+    """The value exactly as the customer sent it: its JSON text, numbers as written
+    (`5`, `1.50`, `9007199254740993123`, `{"city":"Paris"}`, `"5"`). Parse it with any
+    JSON parser; one that keeps big integers exact (Python's json, Go's json.Number,
+    Jackson's BigInteger) gives back every digit.
+    """
     @_builtins.property
-    def value(self) -> _struct_pb2.Value: ...
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def value(self) -> _struct_pb2.Value:
+        """Deprecated: read `value_json`. The same value as a google.protobuf.Value, whose
+        numbers are doubles: an integer beyond 2^53 (a 19-digit id) loses digits, `-0`
+        reads as 0, and JSON renderings print `5` as `5.0`. Unset when the value nests
+        deeper than 30 levels, more than protobuf decoders read.
+        """
+
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -64,10 +83,11 @@ class TraitValue(_message.Message):
         value: _struct_pb2.Value | None = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         message_id: _builtins.str = ...,
+        value_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "timestamp", b"timestamp", "value", b"value", "value_json", b"value_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
