@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from http_bridge import debugger, handlers, sdk
+from http_bridge import client_metrics, debugger, handlers, sdk
 from http_bridge.access import AccessLog
 from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
@@ -22,12 +22,14 @@ from http_bridge.forwarded import Forwarding
 from http_bridge.keys import BATCHER, CONFIG, CORE, DRAIN, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder
-from http_bridge.sdk_routes import sdk_handler
+from http_bridge.sdk_routes import sdk_client_metrics, sdk_handler
 from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID, call_request_id
 
-#: The ingest routes the debugger shows.
+#: The ingest routes the debugger shows (not their CORS preflights, which carry no
+#: event, nor analytics.js's client metrics, which are no event).
 RECORDED_PATHS = ("/segment", "/v1/")
+UNRECORDED_PATHS = frozenset({client_metrics.PATH})
 
 CoreFactory = Callable[[BridgeConfig], Core]
 Send = Callable[[list[Submission]], Awaitable[list[Verdict]]]
@@ -101,7 +103,12 @@ def create_app(
     )
     drain = Drain()
     edge_middleware = edge(
-        access_log, metrics, recorder if config.debugger_size else None, RECORDED_PATHS, drain
+        access_log,
+        metrics,
+        recorder if config.debugger_size else None,
+        RECORDED_PATHS,
+        UNRECORDED_PATHS,
+        drain,
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[edge_middleware])
     app[CONFIG] = config
@@ -115,6 +122,8 @@ def create_app(
     for route in (*sdk.SINGLE_ROUTES, *sdk.BATCH_ROUTES):
         app.router.add_post(route, sdk_handler(route), expect_handler=handlers.expect)
         app.router.add_route("OPTIONS", route, preflight)  # browsers (analytics.js)
+    app.router.add_post(client_metrics.PATH, sdk_client_metrics, expect_handler=handlers.expect)
+    app.router.add_route("OPTIONS", client_metrics.PATH, preflight)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     debugger.add_routes(app)

@@ -1,11 +1,13 @@
 """CORS for the SDK routes: analytics.js posts to /v1/* from customers' web pages.
 
-It sends `text/plain` so that browsers skip the preflight, but a browser still hides
-the answer from the page unless it carries `Access-Control-Allow-Origin`; analytics.js
-would then count every delivery as failed and retry it forever. Segment's own Tracking
+It sends `text/plain`, but since 1.84 also the write key as `Authorization: Basic` and,
+on a retry, `X-Retry-Count`: headers that make the browser ask first (`OPTIONS`), and
+that the preflight must name, or the POST is never sent. A browser also hides every
+answer from the page unless it carries `Access-Control-Allow-Origin`; analytics.js
+would then count each delivery as failed and retry it forever. Segment's own Tracking
 API answers `*` (no cookies are involved: the write key travels in the body or in
-`Authorization`, which the preflight allows explicitly). The webhook and the admin
-routes get no CORS headers: browsers have no business calling them.
+`Authorization`). The webhook and the admin routes get no CORS headers: browsers have
+no business calling them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _PREFLIGHT: Final = {
     **_ALLOW,
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     # `*` does not cover Authorization: it must be named.
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Retry-Count",
     "Access-Control-Max-Age": "86400",
 }
 

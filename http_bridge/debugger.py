@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from http_bridge import sdk
 from http_bridge.errors import BadRequest, Forbidden, NotFound
 from http_bridge.handlers import json_response
 from http_bridge.keys import CORE, RECORDER, VIEWERS
@@ -74,7 +75,12 @@ def _summary(exchange: Exchange) -> dict[str, Any]:
         if isinstance(body.get("batch"), list):
             fields["type"] = f"batch of {len(body['batch'])}"
         else:
-            fields["type"] = body.get("type") or exchange.path.rsplit("/", 1)[-1]
+            # A single-event route fixes the type, whatever the body says (`/v1/t`: track).
+            fields["type"] = (
+                sdk.SINGLE_ROUTES.get(exchange.path)
+                or body.get("type")
+                or exchange.path.rsplit("/", 1)[-1]
+            )
             fields["event"] = body.get("event") or body.get("name") or ""
             fields["user"] = body.get("userId") or body.get("anonymousId") or ""
             fields["messageId"] = body.get("messageId") or ""

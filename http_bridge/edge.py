@@ -42,9 +42,11 @@ def edge(
     metrics: BridgeMetrics,
     recorder: Recorder | None,
     recorded_paths: tuple[str, ...],
+    unrecorded_paths: frozenset[str],
     drain: Drain,
 ) -> Middleware:
-    """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off)."""
+    """The middleware; `recorder` keeps the exchanges under `recorded_paths` (None: off),
+    except CORS preflights and those on `unrecorded_paths`."""
     # An unreachable core fails every request: one warning per code a minute, not one each.
     warnings = RateLimitedLog(log)
 
@@ -62,7 +64,12 @@ def edge(
             cors.allow(request, response)
             if drain.active:
                 response.force_close()  # aiohttp then sends `Connection: close` and closes
-            if recorder is not None and request.path.startswith(recorded_paths):
+            if (
+                recorder is not None
+                and request.path.startswith(recorded_paths)
+                and request.method != "OPTIONS"
+                and request.path not in unrecorded_paths
+            ):
                 recorder.add(request, response, started)
             access_log.finish(request, response, request_id, started)
             return response

@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics import Counter, Gauge, Histogram
 
+from http_bridge import client_metrics
 from http_bridge.errors import Unauthorized
 from http_bridge.keys import CONFIG
 from service.metrics_http import BEARER_CHALLENGE, TOKEN_MISSING, token_accepted
@@ -103,6 +104,16 @@ class BridgeMetrics:
             registry=registry,
         )
         self._by_code: dict[str, Counter] = {}
+        received = Counter(
+            "inlet_sdk_client_metrics",
+            "analytics.js client metrics received on /v1/m (counted, never stored), by "
+            "metric name: analytics.js's own names, `other` for any other.",
+            ["metric"],
+            registry=registry,
+        )
+        # Bound up front: every series exists (at 0) from the start.
+        self.client_metrics = {name: received.labels(name)
+                               for name in (*client_metrics.NAMES, client_metrics.OTHER)}  # fmt: skip
         self._routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
 

@@ -6,8 +6,10 @@ client libraries send to `api.segment.io` (shared/reference/segment-spec.md §5)
 * analytics-python ≥ 2.3 posts `{"batch": [...], "sentAt", "writeKey"}` to `/v1/batch`,
   the write key in the body (2.4 also as Basic), optionally gzipped;
 * @segment/analytics-node posts the same shape with `Authorization: Basic base64(key:)`;
-* analytics.js posts single events to `/v1/t|i|p|...` as `text/plain` (no CORS preflight)
-  with `writeKey` in the body; analytics-android posts gzipped, chunked `/v1/import`.
+* analytics.js posts single events to `/v1/t|i|p|s|g|a` (the first letter of the type)
+  and batches to `/v1/b`, as `text/plain`, with `writeKey` in the body and (since 1.84)
+  as Basic too, so browsers preflight each path; analytics-android posts gzipped,
+  chunked `/v1/import`.
 
 The bridge splits a request into events and forwards each as its own IngestItem, so the
 core validates each one alone (a bad event never sinks the good ones); the core's verdicts
@@ -38,11 +40,20 @@ SINGLE_ROUTES: Final = {
     "/v1/screen": "screen",
     "/v1/group": "group",
     "/v1/alias": "alias",
+    # analytics.js posts to `{apiHost}/{first letter of the type}`, as Segment's API allows.
+    "/v1/t": "track",
+    "/v1/i": "identify",
+    "/v1/p": "page",
+    "/v1/s": "screen",
+    "/v1/g": "group",
+    "/v1/a": "alias",
 }
-#: `/v1/import` is the legacy name of `/v1/batch` (analytics-android still posts there).
-BATCH_ROUTES: Final = ("/v1/batch", "/v1/import")
+#: `/v1/import` is the legacy name of `/v1/batch` (analytics-android still posts there);
+#: `/v1/b` is analytics.js's (its batching delivery).
+BATCH_ROUTES: Final = ("/v1/batch", "/v1/import", "/v1/b")
 
-#: analytics.js sends JSON as `text/plain` so that browsers skip the CORS preflight.
+#: analytics.js sends JSON as `text/plain` (which, before 1.84 added `Authorization`,
+#: spared browsers the CORS preflight).
 _SDK_MEDIA_TYPE: Final = re.compile(r"^(?:application/(?:[\w.+-]+\+)?json|text/plain)$")
 
 #: How deep batch-level and event-level objects are merged; below it the event's value

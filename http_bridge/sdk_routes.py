@@ -1,4 +1,5 @@
-"""HTTP handlers of the SDK routes (`/v1/track`, ..., `/v1/batch`, `/v1/import`).
+"""HTTP handlers of the SDK routes (`/v1/track`, ..., `/v1/batch`, `/v1/import`, and
+analytics.js's `/v1/t`, ..., `/v1/b`).
 
 Thin, like the webhook's: sdk.py does the parsing and the verdict; this module reads
 the body within its limits, forwards the events and answers.
@@ -11,12 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from http_bridge import sdk
+from http_bridge import client_metrics, sdk
 from http_bridge.access import ERROR_CODE
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, PayloadTooLarge
 from http_bridge.handlers import CORE_FAILURES, core_unavailable, json_response, read_body
 from http_bridge.keys import BATCHER, CONFIG
+from http_bridge.metrics import METRICS
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER
 from service.handoff import Submission, Verdict
@@ -28,9 +30,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-async def read_capped(request: web.Request, config: BridgeConfig) -> bytes:
+async def read_capped(request: web.Request, config: BridgeConfig, limit: int) -> bytes:
     """The body, decoded (`Content-Encoding: gzip`/`deflate`, chunked or not), at most
-    `sdk_max_batch_bytes` after decoding.
+    `limit` bytes after decoding (`sdk_max_batch_bytes` for events).
 
     The cap counts decoded bytes as they arrive, so a gzip bomb costs at most the cap
     in memory, never its expanded size: aiohttp inflates a chunk at a time (bounded by
@@ -43,7 +45,6 @@ async def read_capped(request: web.Request, config: BridgeConfig) -> bytes:
         RequestTimeout: the body took longer than `body_timeout_s` (408, SDKs retry).
         BadRequest: broken chunked framing or compressed data (400).
     """
-    limit = config.sdk_max_batch_bytes
     too_large = PayloadTooLarge(
         f"the body is larger than the {limit}-byte limit (after decompression)",
         "payload_too_large",
@@ -74,7 +75,7 @@ def sdk_handler(route: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         config = request.app[CONFIG]
         sdk.check_sdk_media_type(request.headers.get("Content-Type"))
-        raw_body = await read_capped(request, config)
+        raw_body = await read_capped(request, config, config.sdk_max_batch_bytes)
         # The debugger shows bodies: never with the write key analytics-python puts in them.
         request[BODY] = redact_write_keys(raw_body)
         body = sdk.parse_body(raw_body)
@@ -135,3 +136,15 @@ def sdk_handler(route: str) -> Handler:
 
     handle.__name__ = "sdk_" + route.rsplit("/", 1)[-1]
     return handle
+
+
+async def sdk_client_metrics(request: web.Request) -> web.Response:
+    """POST /v1/m: analytics.js's metrics about itself, counted and dropped
+    (client_metrics.py says why)."""
+    sdk.check_sdk_media_type(request.headers.get("Content-Type"))
+    raw_body = await read_capped(request, request.app[CONFIG], client_metrics.MAX_BYTES)
+    names = client_metrics.counted(sdk.parse_body(raw_body))
+    counters = request.app[METRICS].client_metrics
+    for name in names:
+        counters[name].inc()
+    return json_response(200, {"message": "counted, not stored", "counted": len(names)})

@@ -37,7 +37,7 @@ CONFIG = schemathesis.Config.from_dict(
         # tests/http_bridge/test_sdk.py and test_sdk_routes.py.
         "operations": [
             {
-                "include-path-regex": "^/v1/(batch|import)$",
+                "include-path-regex": "^/v1/(batch|import|b)$",
                 "checks": {"negative_data_rejection": {"enabled": False}},
             }
         ],

@@ -1,102 +1,32 @@
 """The debugger page in a real headless Chromium against a real `inlet serve`: it renders
 the events posted during the test, and clicking one shows the request and the response.
-
-Chromium is driven over the DevTools protocol (a WebSocket; aiohttp's client), so no
-browser-automation package is needed. `.ci/run` installs Debian's `chromium`; without
-it the test is skipped, saying so.
+Chromium is driven over the DevTools protocol (tests/browser.py); without it the test is
+skipped, saying so.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import itertools
 import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
 from PIL import Image
 
+from tests.browser import CHROMIUM, NO_CHROMIUM, chromium, open_page
 from tests.test_cli import BRIDGE_READY, inlet, post, start, stop
 from tests.test_cli_read import free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's)"
-)
-
-
-class Page:
-    """One browser tab, spoken to over the DevTools protocol."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        id = next(self._ids)
-        await self._ws.send_json({"id": id, "method": method, "params": params})
-        while True:
-            message = await self._ws.receive_json(timeout=30)
-            if message.get("id") == id:
-                assert "error" not in message, message
-                result: dict[str, Any] = message["result"]
-                return result
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, timeout: float = 20) -> Any:
-        """Poll `expression` until it is truthy (the page updates itself every second)."""
-        async with asyncio.timeout(timeout):
-            while not (value := await self.evaluate(expression)):
-                await asyncio.sleep(0.1)
-        return value
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[tuple[aiohttp.ClientSession, int]]:
-    assert CHROMIUM is not None
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="inlet-chromium-")
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        "--window-size=1280,720", f"--remote-debugging-port={port}",
-        f"--user-data-dir={profile}", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/json/version"):
-                            break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
-            yield http, port
-    finally:
-        process.kill()
-        await process.wait()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-async def open_page(http: aiohttp.ClientSession, port: int, url: str) -> tuple[Page, Any]:
-    # Quoted: the page URL's own fragment must not end the DevTools URL.
-    async with http.put(f"http://127.0.0.1:{port}/json/new?{quote(url, safe='')}") as response:
-        target = await response.json()
-    ws = await http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024)
-    page = Page(ws)
-    await page.call("Page.enable")
-    return page, ws
+    async with chromium() as running:
+        yield running
 
 
 async def test_the_debugger_page_shows_live_events_and_their_details(

@@ -119,24 +119,31 @@ analytics.closeAndFlush({ timeout: 20000 }).then(() => {
 """
 
 
-@pytest.fixture(scope="session")
-def analytics_node() -> Path:
-    """A folder with @segment/analytics-node installed (cached across runs)."""
+def npm_installed(spec: str, folder_name: str) -> Path:
+    """A cache folder with the npm package `spec` installed (kept across runs); skips the
+    test where node or npm is absent."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("Node.js (node and npm) is not installed: the analytics-node test needs it")
+        pytest.skip(f"Node.js (node and npm) is not installed: this test needs {spec}")
+    name = spec.rpartition("@")[0]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    folder = cache / "inlet-tests" / "analytics-node-3"
-    if not (folder / "node_modules" / "@segment" / "analytics-node").is_dir():
+    folder = cache / "inlet-tests" / folder_name
+    if not (folder / "node_modules" / name).is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "package.json").write_text('{"private": true}')
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", ANALYTICS_NODE],
+            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", spec],
             cwd=folder,
             check=True,
             timeout=300,
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def analytics_node() -> Path:
+    """A folder with @segment/analytics-node installed."""
+    return npm_installed(ANALYTICS_NODE, "analytics-node-3")
 
 
 def test_segment_analytics_node(live: LiveStack, analytics_node: Path) -> None:

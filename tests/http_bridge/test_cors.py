@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.stack import Stack, basic
 
@@ -30,15 +31,19 @@ async def test_sdk_answers_are_readable_by_any_page_errors_included(stack: Stack
             assert "Access-Control-Allow-Origin" not in response.headers
 
 
-async def test_preflight_allows_a_post_with_authorization(stack: Stack) -> None:
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/t", "/v1/b", "/v1/m"])
+async def test_preflight_allows_a_post_with_what_analytics_js_sends(
+    stack: Stack, path: str
+) -> None:
+    # analytics.js ≥ 1.84 sends the key as Basic, and X-Retry-Count when it retries.
     headers = {**ORIGIN, "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+               "Access-Control-Request-Headers": "authorization, content-type, x-retry-count"}  # fmt: skip
     async with (
         aiohttp.ClientSession() as http,
-        http.options(f"{stack.url}/v1/batch", headers=headers) as response,
+        http.options(f"{stack.url}{path}", headers=headers) as response,
     ):
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "POST" in response.headers["Access-Control-Allow-Methods"]
-        allowed = response.headers["Access-Control-Allow-Headers"].lower()
-        assert "authorization" in allowed and "content-type" in allowed
+        allowed = response.headers["Access-Control-Allow-Headers"].lower().split(", ")
+        assert {"authorization", "content-type", "x-retry-count"} <= set(allowed)

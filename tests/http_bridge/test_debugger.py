@@ -132,6 +132,33 @@ async def test_write_keys_in_sdk_bodies_never_reach_the_debugger(stack: Stack) -
     assert key.split("_")[2] not in text and "<redacted>" in text
 
 
+async def test_analytics_js_events_are_shown_with_their_type_and_nothing_else(
+    stack: Stack,
+) -> None:
+    # What a page with analytics.js sends: a preflight, then the event to `/v1/t` (this
+    # one without a `type`: the route fixes it), and its own client metrics.
+    key = stack.keys["ingest"]
+    operator = await stack.add_key("op", account="ops", scopes=("operator",))
+    preflight = {"Origin": "https://shop.example.com", "Access-Control-Request-Method": "POST"}
+    event = {"userId": "u1", "event": "Signed Up", "messageId": "js-1", "writeKey": key}
+    async with aiohttp.ClientSession(headers={"Content-Type": "text/plain"}) as http:
+        async with http.options(f"{stack.url}/v1/t", headers=preflight) as response:
+            assert response.status == 204
+        async with http.post(f"{stack.url}/v1/t", data=orjson.dumps(event)) as response:
+            assert response.status == 200
+        metrics = b'{"series": [{"metric": "analytics_js.invoke", "value": 1}]}'
+        async with http.post(f"{stack.url}/v1/m", data=metrics) as response:
+            assert response.status == 200
+        # An operator sees every exchange, those of no account too.
+        status, listed = await get(http, stack, "/debugger/api/exchanges", operator)
+    assert status == 200
+    # Only the event: a preflight carries none and client metrics are none.
+    (shown,) = listed["exchanges"]  # type: ignore[misc]
+    assert (shown["path"], shown["type"], shown["event"], shown["outcome"]) == (
+        "/v1/t", "track", "Signed Up", "stored",
+    )  # fmt: skip
+
+
 def test_every_credential_header_is_redacted_and_the_rest_kept_in_order() -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
 

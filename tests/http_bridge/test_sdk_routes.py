@@ -51,13 +51,31 @@ async def count(stack: Stack) -> int:
 
 
 @pytest.mark.parametrize("kind", ["track", "identify", "page", "screen", "group", "alias"])
-async def test_single_event_route_fixes_the_type(stack: Stack, kind: str) -> None:
+@pytest.mark.parametrize("short", [False, True], ids=["long", "analytics.js"])
+async def test_single_event_route_fixes_the_type(stack: Stack, kind: str, short: bool) -> None:
+    # analytics.js posts to the first letter of the type: `/v1/t`, `/v1/i`, ...
+    path = f"/v1/{kind[0] if short else kind}"
     event = {"userId": "u1", "event": "E", "groupId": "g1", "previousId": "p1",
              "messageId": f"m-{kind}", "type": "identify"}  # fmt: skip
-    status, body, _ = await post(stack, f"/v1/{kind}", event)
+    status, body, _ = await post(stack, path, event)
     assert status == 200, body
     assert body["success"] is True and body["results"][0]["outcome"] == "stored"
     assert (await stored(stack, f"m-{kind}") or {})["type"] == kind
+
+
+async def test_analytics_js_batch_route_is_the_batch_route(stack: Stack) -> None:
+    # What its batching delivery posts: the key as Basic and in the body, text/plain.
+    batch = {"batch": [dict(TRACK, type="track", messageId="b-1"),
+                       {"type": "identify", "userId": "u1", "messageId": "b-2"},
+                       {"type": "track", "userId": "u1", "messageId": "b-3"}],  # no event
+             "writeKey": stack.keys["ingest"], "sentAt": "2024-01-01T00:00:00Z"}  # fmt: skip
+    status, body, _ = await post(stack, "/v1/b", batch, headers={"Content-Type": "text/plain"})
+    assert status == 200, body
+    assert (body["stored"], body["rejected"]) == (2, 1)
+    assert (await stored(stack, "b-1") or {})["sentAt"] == "2024-01-01T00:00:00Z"
+    status, body, headers = await post(stack, "/v1/b", batch, key="not-a-key")
+    assert (status, body["code"]) == (401, "invalid_api_key")
+    assert "WWW-Authenticate" in headers
 
 
 async def test_write_key_in_the_body_and_not_stored(stack: Stack) -> None:
