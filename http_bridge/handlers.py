@@ -55,6 +55,10 @@ def result_response(result: Verdict, retry_after_s: int) -> web.Response:
         # Segment redelivers after timeouts: a duplicate is a success, not an error.
         body = {"message": "already stored", "messageId": result.message_id, "duplicate": True}
         return json_response(200, body)
+    if result.outcome == events_pb2.OUTCOME_SUPPRESSED:
+        # An event of a deleted user, not stored for good: 200, or Segment retries it.
+        body = {"message": result.message, "messageId": result.message_id, "suppressed": True}
+        return json_response(200, body)
     status = http_status_for(result.code)
     if status == 500 or result.outcome != events_pb2.OUTCOME_REJECTED:
         return error_response(500, "internal error", "internal")

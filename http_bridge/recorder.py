@@ -61,7 +61,9 @@ class Exchange:
     @property
     def outcome(self) -> str:
         if self.status < 300:
-            return "duplicate" if b'"duplicate":true' in self.response else "stored"
+            if b'"duplicate":true' in self.response:
+                return "duplicate"
+            return "suppressed" if b'"suppressed":true' in self.response else "stored"
         return "rejected" if self.status < 500 else "failed"
 
 

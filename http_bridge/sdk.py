@@ -63,6 +63,8 @@ _MERGE_DEPTH: Final = 8
 #: Outcome names in the per-event results.
 STORED: Final = "stored"
 DUPLICATE: Final = "duplicate"
+#: Of a deleted user, not stored for good (service/suppression.py): a success to the SDK.
+SUPPRESSED: Final = "suppressed"
 REJECTED: Final = "rejected"
 
 #: Which transient status a request gets when its events failed for several transient
@@ -218,7 +220,7 @@ class ItemOutcome:
     """What happened to one event of a request."""
 
     status: int
-    """200 when stored or already stored; else the status it would get alone."""
+    """200 when stored, already stored or suppressed; else the status it would get alone."""
     outcome: str
     message_id: str | None = None
     code: str | None = None
@@ -270,6 +272,8 @@ def outcome_of(result: Verdict, message_id: str | None = None) -> ItemOutcome:
         return ItemOutcome(200, STORED, result.message_id)
     if result.outcome == events_pb2.OUTCOME_DUPLICATE:
         return ItemOutcome(200, DUPLICATE, result.message_id)
+    if result.outcome == events_pb2.OUTCOME_SUPPRESSED:
+        return ItemOutcome(200, SUPPRESSED, result.message_id)
     status = http_status_for(result.code)
     if result.outcome != events_pb2.OUTCOME_REJECTED or status in (200, 500):
         return ItemOutcome(500, REJECTED, message_id, "internal", "internal error")
@@ -288,7 +292,7 @@ def verdict(outcomes: Sequence[ItemOutcome]) -> tuple[int, dict[str, Any]]:
     * any event failed for a transient reason (store or core unavailable, overload,
       rate limit, a bug) → that status (503, 429 or 500), so the SDK retries the batch
       and nothing transient is ever lost;
-    * otherwise, at least one event stored (or already stored) → 200
+    * otherwise, at least one event stored (or already stored, or suppressed) → 200
       `{"success": true, ...}` listing the events rejected for good (validation); that
       is what Segment's Tracking API does, and a 4xx would make the SDK drop the whole
       batch, stored events and all, from its own bookkeeping and logs as a failure;
@@ -300,8 +304,10 @@ def verdict(outcomes: Sequence[ItemOutcome]) -> tuple[int, dict[str, Any]]:
     results = [outcome.as_json() for outcome in outcomes]
     stored = sum(outcome.outcome == STORED for outcome in outcomes)
     duplicates = sum(outcome.outcome == DUPLICATE for outcome in outcomes)
+    suppressed = sum(outcome.outcome == SUPPRESSED for outcome in outcomes)
     failed = [outcome for outcome in outcomes if outcome.status != 200]
-    counts = {"stored": stored, "duplicates": duplicates, "rejected": len(failed)}
+    counts = {"stored": stored, "duplicates": duplicates, "suppressed": suppressed,
+              "rejected": len(failed)}  # fmt: skip
     for status in _RETRY_PRIORITY:
         transient = [outcome for outcome in failed if outcome.status == status]
         if transient:

@@ -4,7 +4,7 @@ maintenance mode of the whole deployment (scope `operator`)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Final
 
 from inlet.v1 import admin_pb2, admin_pb2_grpc
@@ -15,7 +15,7 @@ from service.errors import AlreadyExists, InvalidArgument, InvalidEvent, NotFoun
 from service.maintenance import MaintenanceMode
 from service.messages import account_message, key_message, timestamp
 from service.rpc import Context, caller, rpc
-from service.store import KeyRecord, Store, StoreError
+from service.store import Account, KeyRecord, Store, StoreError
 from service.timestamps import now_us
 
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -143,7 +143,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(
                 "`name` must be 1-100 letters, digits, `.`, `_` or `-`", "invalid_name", "name"
             )
-        account = await self._store.create_account(request.name)
+        account = await self._store.create_account(request.name, request.suppress_deleted_users)
         if account is None:
             raise AlreadyExists(f"account {request.name!r} exists", "account_exists")
         response = admin_pb2.CreateAccountResponse(account=account_message(account))
@@ -165,11 +165,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.SetAccountSuspendedRequest, context: Context
     ) -> admin_pb2.Account:
         await caller(self._auth, context, "operator")
+        return await self._changed(
+            request.name, self._store.set_account_suspended(request.name, request.suspended)
+        )
+
+    @rpc
+    async def SetAccountSuppressDeletedUsers(
+        self, request: admin_pb2.SetAccountSuppressDeletedUsersRequest, context: Context
+    ) -> admin_pb2.SetAccountSuppressDeletedUsersResponse:
+        await caller(self._auth, context, "operator")
+        on = request.suppress_deleted_users
+        account = await self._changed(
+            request.name, self._store.set_account_suppress_deleted_users(request.name, on)
+        )
+        return admin_pb2.SetAccountSuppressDeletedUsersResponse(account=account)
+
+    async def _changed(self, name: str, change: Awaitable[Account]) -> admin_pb2.Account:
+        """The account once `change` is made; NOT_FOUND when there is no such account."""
         try:
-            account = await self._store.set_account_suspended(request.name, request.suspended)
+            account = await change
         except StoreError:
-            raise NotFound(f"no account {request.name!r}", "account_not_found") from None
-        self._auth.invalidate()  # cached key records carry the account's state
+            raise NotFound(f"no account {name!r}", "account_not_found") from None
+        self._auth.invalidate()  # cached key records carry the account's state and settings
         return account_message(account)
 
     @rpc

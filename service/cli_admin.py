@@ -11,7 +11,7 @@ from service import keys
 from service.admin import ACCOUNT_NAME
 from service.maintenance import MaintenanceMode
 from service.retention import Retention
-from service.store import Store, StoreError
+from service.store import Account, Store, StoreError
 from service.timestamps import format_micros, now_us, parse_duration_s
 
 
@@ -24,10 +24,14 @@ def register(
     actions = accounts.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", parents=[database], help="create an account")
     create.add_argument("name", help="1-100 letters, digits, '.', '_' or '-'")
+    _suppress_option(create, required=False)
     actions.add_parser("list", parents=[database], help="list accounts")
     for verb, text in (("suspend", "refuse its events (403)"), ("resume", "accept them again")):
         action = actions.add_parser(verb, parents=[database], help=f"{verb} an account: {text}")
         action.add_argument("name")
+    settings = actions.add_parser("set", parents=[database], help="change an account's settings")
+    settings.add_argument("name")
+    _suppress_option(settings, required=True)
 
     rotate = key_actions.add_parser(
         "rotate", parents=[database], help="replace a key; the old one works a while longer"
@@ -54,24 +58,47 @@ def register(
     prune.add_argument("--older-than", required=True, help="at least 1d: 30d, 72h, ...")
 
 
+def _suppress_option(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--suppress-deleted-users",
+        choices=("on", "off"),
+        required=required,
+        default=None if required else "off",
+        help="Segment's Suppress with Delete: on, every later event of a deleted user is "
+        "suppressed (200, not stored); off (the default), only those from before the delete",
+    )
+
+
 async def accounts(store: Store, args: argparse.Namespace) -> int:
     if args.action == "create":
         if not ACCOUNT_NAME.fullmatch(args.name):
             raise ValueError("account names are 1-100 letters, digits, '.', '_' or '-'")
-        account = await store.create_account(args.name)
+        account = await store.create_account(args.name, args.suppress_deleted_users == "on")
         if account is None:
             raise StoreError(f"account {args.name!r} exists")
-        print(f"created account {account.name!r}")
+        print(f"created account {account.name!r}{_suppression(account)}")
     elif args.action == "list":
-        print(f"{'ACCOUNT':<30} {'STATE':<10} CREATED")
+        print(f"{'ACCOUNT':<30} {'STATE':<10} {'CREATED':<25} DELETED USERS")
         for a in await store.list_accounts():
             state = "suspended" if a.suspended else "active"
-            print(f"{a.name:<30} {state:<10} {format_micros(a.created_at_us)}")
+            deleted = "suppressed" if a.suppress_deleted_users else "may return"
+            print(f"{a.name:<30} {state:<10} {format_micros(a.created_at_us):<25} {deleted}")
+    elif args.action == "set":
+        on = args.suppress_deleted_users == "on"
+        account = await store.set_account_suppress_deleted_users(args.name, on)
+        print(f"account {account.name!r}{_suppression(account)} "
+              "(running servers notice within seconds)")  # fmt: skip
     else:
         account = await store.set_account_suspended(args.name, args.action == "suspend")
         state = "suspended" if account.suspended else "active"
         print(f"account {account.name!r} is {state} (running servers notice within seconds)")
     return 0
+
+
+def _suppression(account: Account) -> str:
+    if account.suppress_deleted_users:
+        return ": every event of a deleted user is suppressed"
+    return ": events of a deleted user from before the delete are suppressed"
 
 
 async def rotate(store: Store, args: argparse.Namespace) -> int:

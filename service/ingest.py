@@ -26,15 +26,20 @@ from service.maintenance import MaintenanceMode
 from service.metrics import UNKNOWN_TYPE, CoreMetrics
 from service.ratelimit import RateLimiter
 from service.store import EventWrite, KeyRecord, Store
+from service.store.base import SUPPRESSED
+from service.suppression import REASON as SUPPRESSED_REASON
 from service.validation import EVENT_TYPES, CanonicalEvent, canonicalise
 
 log = logging.getLogger(__name__)
 event_log = logging.getLogger("inlet.events")
-_OUTCOMES = {0: "unspecified", 1: "stored", 2: "duplicate", 3: "rejected"}
+_OUTCOMES = {0: "unspecified", 1: "stored", 2: "duplicate", 3: "rejected", 4: "suppressed"}
 
 _STORED = events_pb2.OUTCOME_STORED
 _DUPLICATE = events_pb2.OUTCOME_DUPLICATE
 _REJECTED = events_pb2.OUTCOME_REJECTED
+_SUPPRESSED = events_pb2.OUTCOME_SUPPRESSED
+#: IngestResult.message of a suppressed event (the webhook's 200 body says it too).
+SUPPRESSED_MESSAGE = "not stored: the user was deleted"
 #: The code of refusals for Inlet's own trouble (store, overload, maintenance): retried.
 _RETRY_LATER = Unavailable.grpc_code.value[0]
 
@@ -190,7 +195,12 @@ class Ingestor:
             except InletError as error:
                 results[position] = rejected(error, record.account_name)
                 continue
-            writes.append(EventWrite(record.account_id, record.key_id, event))
+            writes.append(
+                EventWrite(
+                    record.account_id, record.key_id, event,
+                    record.account_suppresses_deleted_users,
+                )
+            )  # fmt: skip
             positions.append(position)
             accounts.append(record.account_name)
 
@@ -213,6 +223,12 @@ class Ingestor:
                 for position, write, sequence, account in zip(
                     positions, writes, sequences, accounts, strict=True
                 ):
+                    if sequence is SUPPRESSED:
+                        results[position] = Verdict(
+                            _SUPPRESSED, reason=SUPPRESSED_REASON, message=SUPPRESSED_MESSAGE,
+                            message_id=write.event.message_id, account=account,
+                        )  # fmt: skip
+                        continue
                     results[position] = Verdict(
                         _STORED if sequence is not None else _DUPLICATE,
                         message_id=write.event.message_id,
@@ -236,9 +252,9 @@ class Ingestor:
         type, outcome. Never the key, never event contents (trait values only with
         `log_traits`).
 
-        Rejections are logged at INFO (whose events, why); stored and duplicate events
-        at DEBUG: the bridge's INFO line already names each request's messageId, account,
-        status and duration, and a second line per event costs ~12 µs of CPU, close to
+        Rejections and suppressed events are logged at INFO (whose events, why); stored
+        and duplicate events at DEBUG: the bridge's INFO line already names each request's
+        messageId, account, status and duration, and a second line per event costs ~12 µs of CPU, close to
         what validating and storing the event costs (bench/). Refusals for Inlet's own
         trouble (store unavailable, overload, maintenance) say nothing about the event:
         DEBUG too, summed up by a warning at most once a minute (a full disk would
@@ -262,6 +278,10 @@ class Ingestor:
                 duplicates[event_type] += 1
                 if not log_debug:
                     continue
+            elif outcome == _SUPPRESSED:
+                metrics.suppressed(event_type).inc()
+                if not log_info:
+                    continue
             else:
                 metrics.rejected(event_type, result.reason).inc()
                 if not (log_debug if result.code == _RETRY_LATER else log_info):
@@ -278,10 +298,10 @@ class Ingestor:
                 fields["type"] = event_type
                 if self._log_traits:
                     fields["traits"] = _traits(write.event)
-            if outcome == _REJECTED:
+            if outcome in (_REJECTED, _SUPPRESSED):
                 fields["reason"] = result.reason
                 level = logging.DEBUG if result.code == _RETRY_LATER else logging.INFO
-                event_log.log(level, "event rejected", extra={"fields": fields})
+                event_log.log(level, "event %s", fields["outcome"], extra={"fields": fields})
             else:
                 event_log.debug("event %s", fields["outcome"], extra={"fields": fields})
         for event_type, count in stored.items():

@@ -33,7 +33,10 @@ def key_message(record: KeyRecord) -> admin_pb2.ApiKey:
 
 def account_message(account: Account) -> admin_pb2.Account:
     return admin_pb2.Account(
-        name=account.name, suspended=account.suspended, created_at=timestamp(account.created_at_us)
+        name=account.name,
+        suspended=account.suspended,
+        created_at=timestamp(account.created_at_us),
+        suppress_deleted_users=account.suppress_deleted_users,
     )
 
 

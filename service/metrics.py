@@ -41,13 +41,14 @@ class CoreMetrics:
         self.registry = registry
         self._events = Counter(
             "inlet_events",
-            "Events judged by the core, by type and outcome (stored, duplicate, rejected) "
-            "and, for rejected events, the stable reason code.",
+            "Events judged by the core, by type and outcome (stored, duplicate, suppressed: "
+            "of a deleted user, rejected) and, for rejected events, the stable reason code.",
             ["type", "outcome", "reason"],
             registry=registry,
         )
         self._stored: dict[str, Counter] = {}
         self._duplicate: dict[str, Counter] = {}
+        self._suppressed: dict[str, Counter] = {}
         self._rejected: dict[tuple[str, str], Counter] = {}
         self.store_write = Histogram(
             "inlet_store_write_duration_seconds",
@@ -109,6 +110,12 @@ class CoreMetrics:
         child = self._duplicate.get(event_type)
         if child is None:
             child = self._duplicate[event_type] = self._events.labels(event_type, "duplicate", "")
+        return child
+
+    def suppressed(self, event_type: str) -> Counter:
+        child = self._suppressed.get(event_type)
+        if child is None:
+            child = self._suppressed[event_type] = self._events.labels(event_type, "suppressed", "")
         return child
 
     def rejected(self, event_type: str, reason: str) -> Counter:

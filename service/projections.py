@@ -16,7 +16,9 @@ that is. The rules (Segment Spec, and DESIGN.md "The core"):
 * track, page and screen add nothing beyond the stored event: history is the
   events table itself, indexed by user.
 * delete erases the user's profile, links, memberships and events; the delete
-  event itself stays as the record that the deletion happened.
+  event itself stays as the record that the deletion happened (in its user's
+  history, counted in no profile), and the store records each erased id so that
+  late redeliveries of what it covered stay out (suppression.py).
 
 Traits are kept as a whole value per top-level key (`address` is one value), as the
 JSON the customer sent: `5` stays `5` (never `5.0`), `1.50` stays `1.50`, and an id of

@@ -3,6 +3,7 @@ accounts, key rotation, maintenance mode."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -173,6 +174,23 @@ def test_operator_commands(served: Served) -> None:
     while post(served.url, new_key, dict(event, event="G"))[0] != 200:
         assert time.monotonic() < deadline, "the server never left maintenance mode"
         time.sleep(0.05)
+
+    # Suppress with Delete, switched in the database: the server follows within seconds.
+    assert post(served.url, new_key, {"type": "delete", "userId": "gone"})[0] == 200
+    inlet("accounts", "set", "acme", "--suppress-deleted-users", "on", cwd=cwd)
+    deadline = time.monotonic() + 10
+    for attempt in itertools.count():  # a returning user's events, until suppressed
+        back = dict(event, userId="gone", messageId=f"back-{attempt}")
+        if post(served.url, new_key, back)[1].get("suppressed"):
+            break
+        assert time.monotonic() < deadline, "the setting was never seen"
+        time.sleep(0.05)
+    inlet("accounts", "create", "strict", "--suppress-deleted-users", "on", cwd=cwd)
+    rows = inlet("accounts", "list", cwd=cwd).stdout.splitlines()
+    assert {row.split()[0]: row.split(None, 3)[3] for row in rows[1:]} == {
+        "acme": "suppressed", "globex": "may return", "strict": "suppressed"
+    }  # fmt: skip
+    inlet("accounts", "set", "acme", "--suppress-deleted-users", "off", cwd=cwd)
 
     inlet("accounts", "suspend", "acme", cwd=cwd)
     while post(served.url, new_key, dict(event, event="H"))[0] != 403:

@@ -123,7 +123,7 @@ BREAKING = {
         "inlet/v1/events.proto", "bool from_now = 2;", "bool live = 2;", "FIELD_SAME_NAME"
     ),
     "enum value number": (
-        "inlet/v1/events.proto", "OUTCOME_DUPLICATE = 2;", "OUTCOME_DUPLICATE = 4;",
+        "inlet/v1/events.proto", "OUTCOME_DUPLICATE = 2;", "OUTCOME_DUPLICATE = 9;",
         "ENUM_VALUE_NO_DELETE",
     ),
     "rpc removed": (

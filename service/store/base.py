@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
 from service.validation import CanonicalEvent
 
@@ -20,6 +21,9 @@ class Account:
     name: str
     suspended: bool
     created_at_us: int
+    #: Segment's "Suppress with Delete": every later event of a deleted user is
+    #: suppressed, not only those from before the delete (service/suppression.py).
+    suppress_deleted_users: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class KeyRecord:
     created_at_us: int
     expires_at_us: int | None
     revoked_at_us: int | None
+    #: The account's setting (Account.suppress_deleted_users), cached with the key.
+    account_suppresses_deleted_users: bool = False
 
 
 def rotated_expiry(
@@ -57,6 +63,19 @@ class EventWrite(NamedTuple):
     account_id: int
     key_id: str
     event: CanonicalEvent
+    #: The account suppresses every event of its deleted users (Account's setting).
+    suppress_deleted_users: bool = False
+
+
+class Skipped(enum.Enum):
+    SUPPRESSED = "suppressed"
+
+
+#: write_events' result for an event of a deleted user that is not stored
+#: (service/suppression.py).
+SUPPRESSED: Final = Skipped.SUPPRESSED
+#: Per write: its sequence number, None for a duplicate, or SUPPRESSED.
+WriteResult: TypeAlias = int | None | Literal[Skipped.SUPPRESSED]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +184,14 @@ class Store(Protocol):
     #: short where other processes' commits cannot signal (SQLite), long where they do.
     feed_poll_s: float
 
-    async def write_events(self, writes: Sequence[EventWrite]) -> list[int | None]:
+    async def write_events(self, writes: Sequence[EventWrite]) -> list[WriteResult]:
         """Store events in one transaction, skipping (account, messageId) pairs already
-        stored. Returns, per write, its sequence number, or None for a duplicate.
+        stored and events of deleted users that their deletion covers (suppression.py).
+        Returns, per write, its sequence number, None for a duplicate, or SUPPRESSED.
+
+        A `delete` erases what is stored of the ids linked to its user and records, with
+        the delete's time, each of those ids (the `deleted_ids` table), so that the
+        events it covered stay out when Segment delivers them again.
 
         Raises:
             StoreUnavailable: nothing was written; the caller may retry.
@@ -188,7 +212,9 @@ class Store(Protocol):
 
     async def ensure_account(self, name: str) -> Account: ...
 
-    async def create_account(self, name: str) -> Account | None:
+    async def create_account(
+        self, name: str, suppress_deleted_users: bool = False
+    ) -> Account | None:
         """A new account; None if one of that name exists (atomic: of two concurrent
         calls with one name, exactly one gets the account)."""
         ...
@@ -196,6 +222,10 @@ class Store(Protocol):
     async def get_account(self, name: str) -> Account | None: ...
 
     async def set_account_suspended(self, name: str, suspended: bool) -> Account: ...
+
+    async def set_account_suppress_deleted_users(self, name: str, on: bool) -> Account:
+        """Raises StoreError when there is no such account."""
+        ...
 
     async def create_key(
         self,

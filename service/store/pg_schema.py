@@ -114,6 +114,33 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         changed_at_us bigint NOT NULL
     );
     """,
+    # 2: deleted users stay deleted (service/suppression.py; the SQLite schema's 3).
+    """
+    ALTER TABLE accounts ADD COLUMN suppress_deleted_users boolean NOT NULL DEFAULT false;
+    -- The delete's own time (receivedAt, else timestamp): the events it covers are older.
+    ALTER TABLE deletions ADD COLUMN deleted_at_us bigint;
+    UPDATE deletions SET deleted_at_us = requested_at_us;
+    ALTER TABLE deletions ALTER COLUMN deleted_at_us SET NOT NULL;
+    -- Each id linked to the user when the delete was stored, with the delete's time.
+    CREATE TABLE deleted_ids (
+        account_id    bigint NOT NULL,
+        id            text NOT NULL,
+        deletion_id   bigint NOT NULL REFERENCES deletions(id),
+        deleted_at_us bigint NOT NULL,
+        PRIMARY KEY (account_id, id, deletion_id)
+    );
+    -- Deletions stored before: their links are gone, so only the user's own id is known,
+    -- and the time Inlet stored them stands in (a little later: it covers a little more).
+    INSERT INTO deleted_ids SELECT account_id, user_id, id, requested_at_us FROM deletions;
+    -- Counts committed deletions. An ingest transaction checks the events it stores
+    -- against deleted_ids as its statement's snapshot saw them; a deletion that
+    -- committed while it waited for this row's lock shows as a changed count
+    -- (postgres.py, _WRITE_EVENTS), and the check is made again.
+    ALTER TABLE event_counter ADD COLUMN deletions bigint NOT NULL DEFAULT 0;
+    -- A delete event is part of its user's history (ListEvents' user filter) and of no
+    -- profile: erasures and profiles leave delete events out.
+    UPDATE events SET subject = user_id WHERE type = 'delete';
+    """,
 )
 
 

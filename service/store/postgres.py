@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import asyncpg
+import orjson
 
 from service.errors import StoreUnavailable
 from service.projections import GROUP, USER, Projection, project
 from service.store import pg_schema
 from service.store.base import (
+    SUPPRESSED,
     Account,
     CommitSignal,
     EventQuery,
@@ -51,11 +53,14 @@ from service.store.base import (
     ProfileRecord,
     StoredRecord,
     StoreError,
+    WriteResult,
     newest_traits,
     rotated_expiry,
 )
 from service.store.group_commit import AsyncGroupCommitter
+from service.suppression import covered_ids, event_time_us, is_suppressed
 from service.timestamps import now_us
+from service.validation import CanonicalEvent
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -164,12 +169,18 @@ class _Projected:
 
 
 # One statement, one round trip: reserve numbers for the group (the counter's row lock is
-# held until commit: see the module docstring), insert the group, and NOTIFY the other
-# cores (delivered at commit). Duplicates (stored before, or twice in the group: the
-# first wins, ORDER BY ord) are skipped and leave holes in the numbering.
+# held until commit: see the module docstring), insert the group, NOTIFY the other
+# cores (delivered at commit), and read when the group's covered ids (suppression.py)
+# were last deleted. Duplicates (stored before, or twice in the group: the first wins,
+# ORDER BY ord) are skipped and leave holes in the numbering; so do suppressed events,
+# removed once known (_remove).
+# The deletions read are those of the statement's snapshot, taken before the counter's
+# lock was granted: `current` is false when a deletion committed in between (it counted
+# itself in `deletions` under that lock), and then they are read again (_DELETED_AT).
 _WRITE_EVENTS: Final = """
     WITH reserved AS (
-        UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq - $1 AS base
+        UPDATE event_counter SET last_seq = last_seq + $1
+        RETURNING last_seq - $1 AS base, deletions
     ), inserted AS (
         INSERT INTO events (seq, account_id, message_id, type, user_id, anonymous_id, name,
                             group_id, previous_id, timestamp_us, received_at_us, key_id,
@@ -185,9 +196,24 @@ _WRITE_EVENTS: Final = """
         RETURNING seq
     ), notified AS (
         SELECT pg_notify($16, max(seq)::text) FROM inserted HAVING count(*) > 0
+    ), deleted AS (
+        SELECT d.account_id, d.id, max(d.deleted_at_us) AS at
+        FROM unnest($17::bigint[], $18::text[]) AS c(a, i)
+        JOIN deleted_ids d ON d.account_id = c.a AND d.id = c.i
+        GROUP BY d.account_id, d.id
     )
     SELECT (SELECT base FROM reserved), ARRAY(SELECT seq FROM inserted),
-           (SELECT count(*) FROM notified)
+           (SELECT count(*) FROM notified),
+           (SELECT deletions FROM reserved) = (SELECT deletions FROM event_counter),
+           (SELECT json_agg(json_build_array(account_id, id, at)) FROM deleted)
+"""
+_DELETED_AT: Final = """
+    SELECT json_agg(json_build_array(account_id, id, at)) FROM (
+        SELECT d.account_id, d.id, max(d.deleted_at_us) AS at
+        FROM unnest($1::bigint[], $2::text[]) AS c(a, i)
+        JOIN deleted_ids d ON d.account_id = c.a AND d.id = c.i
+        GROUP BY d.account_id, d.id
+    ) deleted
 """
 # The projections of a group, one statement per table (rows deduplicated beforehand,
 # see _Projected: ON CONFLICT DO UPDATE may not touch one row twice in a statement).
@@ -229,9 +255,9 @@ _EVENT_COLUMNS: Final = """
 """
 _KEY_COLUMNS: Final = """
     k.key_id, k.account_id, a.name, a.suspended, k.scopes, k.label, k.secret_hash,
-    k.created_at_us, k.expires_at_us, k.revoked_at_us
+    k.created_at_us, k.expires_at_us, k.revoked_at_us, a.suppress_deleted_users
 """
-_ACCOUNT_COLUMNS: Final = "id, name, suspended, created_at_us"
+_ACCOUNT_COLUMNS: Final = "id, name, suspended, created_at_us, suppress_deleted_users"
 _SELECT_KEY: Final = (
     f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
     "WHERE k.key_id = $1"
@@ -250,11 +276,15 @@ def _key(row: asyncpg.Record) -> KeyRecord:
         created_at_us=row[7],
         expires_at_us=row[8],
         revoked_at_us=row[9],
+        account_suppresses_deleted_users=row[10],
     )
 
 
 def _account(row: asyncpg.Record) -> Account:
-    return Account(id=row[0], name=row[1], suspended=row[2], created_at_us=row[3])
+    return Account(
+        id=row[0], name=row[1], suspended=row[2], created_at_us=row[3],
+        suppress_deleted_users=row[4],
+    )  # fmt: skip
 
 
 def _stored(row: asyncpg.Record) -> StoredRecord:
@@ -262,6 +292,14 @@ def _stored(row: asyncpg.Record) -> StoredRecord:
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
         bytes(row[11]), None if row[12] is None else bytes(row[12]),
     )  # fmt: skip
+
+
+def _deleted_at(found: str | None) -> dict[int, dict[str, int]]:
+    """_DELETED_AT's rows (JSON [[account, id, µs], ...] or NULL), per account and id."""
+    deleted: dict[int, dict[str, int]] = {}
+    for account, id, at in orjson.loads(found) if found else ():
+        deleted.setdefault(account, {})[id] = at
+    return deleted
 
 
 def _count(status: str) -> int:
@@ -287,7 +325,7 @@ class PostgresStore:
         self.listens = 0
         #: Test seam: awaited inside the ingest transaction, just before COMMIT.
         self.before_commit: Callable[[], Awaitable[None]] | None = None
-        self._events = AsyncGroupCommitter[EventWrite, int | None](
+        self._events = AsyncGroupCommitter[EventWrite, WriteResult](
             self._write_events, transient=lambda exc: isinstance(exc, StoreUnavailable)
         )
 
@@ -392,70 +430,99 @@ class PostgresStore:
 
     # -- events ------------------------------------------------------------------------
 
-    async def write_events(self, writes: Sequence[EventWrite]) -> list[int | None]:
+    async def write_events(self, writes: Sequence[EventWrite]) -> list[WriteResult]:
         results = await self._events.submit(writes)
-        if any(seq is not None for seq in results):
+        if any(isinstance(seq, int) for seq in results):
             self.commits.publish()  # this core's streams, without waiting for NOTIFY
         return results
 
-    async def _write_events(self, writes: list[EventWrite]) -> list[int | None]:
+    async def _write_events(self, writes: list[EventWrite]) -> list[WriteResult]:
         columns: tuple[list[Any], ...] = tuple([] for _ in range(14))
+        covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
         for write in writes:
             e = write.event
             row = (
                 write.account_id, _text(e.message_id), e.type, _text(e.user_id),
                 _text(e.anonymous_id), _text(e.name), _text(e.group_id), _text(e.previous_id),
                 e.timestamp_us, e.received_at_us, write.key_id, e.raw, e.settings,
-                None if e.type == "delete" else _text(e.user_id or e.anonymous_id),
+                _text(e.user_id or e.anonymous_id),
             )  # fmt: skip
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
+            for id in covered_ids(e):
+                covered[write.account_id, _text(id) or ""] = None
+        candidates = ([a for a, _ in covered], [i for _, i in covered])
         async with self._connection() as conn, conn.transaction():
-            written = await conn.fetchrow(_WRITE_EVENTS, len(writes), *columns, CHANNEL)
+            written = await conn.fetchrow(
+                _WRITE_EVENTS, len(writes), *columns, CHANNEL, *candidates
+            )
             assert written is not None  # the statement always returns one row
             base: int = written[0]
             inserted: set[int] = set(written[1])
-            results = [
+            found = written[4] if written[3] else await conn.fetchval(_DELETED_AT, *candidates)
+            results: list[WriteResult] = [
                 base + n if base + n in inserted else None for n in range(1, len(writes) + 1)
             ]
-            await self._project(conn, writes, results)
+            await self._project(conn, writes, results, _deleted_at(found))
             if self.before_commit is not None:
                 await self.before_commit()
         return results
 
     async def _project(
-        self, conn: Conn, writes: list[EventWrite], results: list[int | None]
+        self,
+        conn: Conn,
+        writes: list[EventWrite],
+        results: list[WriteResult],
+        deleted: dict[int, dict[str, int]],
     ) -> None:
-        """Apply the stored events' projections in their order, in the ingest transaction.
+        """Apply the stored events' projections in their order, in the ingest transaction,
+        and take out the events of deleted users that a deletion covers (their results
+        become SUPPRESSED): `deleted` says, per account, when each of the group's covered
+        ids was last deleted, and grows with the group's own deletes.
 
         One statement per table for the whole group (one round trip each); only a delete
         depends on what came before it, so what is pending is written before each."""
         pending = _Projected()
-        for write, seq in zip(writes, results, strict=True):
-            if seq is None:
+        suppressed: list[int] = []
+        for index, (write, seq) in enumerate(zip(writes, results, strict=True)):
+            if not isinstance(seq, int):
                 continue  # a duplicate: its projection was applied when it was stored
-            projection = project(write.event)
+            account, event = write.account_id, write.event
+            if (times := deleted.get(account)) and is_suppressed(
+                event,
+                {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times},
+                write.suppress_deleted_users,
+            ):
+                suppressed.append(seq)
+                results[index] = SUPPRESSED
+                continue
+            projection = project(event)
             if projection.empty:
                 continue
             pending.add(write, projection)
             if projection.erase is not None:
                 await pending.write(conn)
-                message_id = _text(write.event.message_id) or ""
-                erase = _text(projection.erase) or ""
-                await self._erase(conn, write.account_id, erase, message_id, seq)
+                ids = await self._erase(conn, account, event, seq)
+                at = event_time_us(event)
+                times = deleted.setdefault(account, {})
+                for id in ids:
+                    times[id] = max(times.get(id, at), at)
         await pending.write(conn)
+        if suppressed:
+            await conn.execute("DELETE FROM events WHERE seq = ANY($1::bigint[])", suppressed)
 
-    async def _erase(
-        self, conn: Conn, account: int, user_id: str, message_id: str, seq: int
-    ) -> None:
-        """Erase `user_id`'s profile and events stored before the delete event itself."""
+    async def _erase(self, conn: Conn, account: int, delete: CanonicalEvent, seq: int) -> list[str]:
+        """Erase the profile and the events stored before the delete event itself of its
+        user and every id linked to it, and record the deletion of each of those ids,
+        which it returns."""
+        user_id = _text(delete.user_id) or ""
         ids = [row[0] for row in await conn.fetch(_LINKED_IDS, account, user_id)]
         # seq < the delete's: events later in the same group are not erased, exactly as
         # on SQLite, where they are not stored yet when the delete is applied.
         erased = _count(
             await conn.execute(
                 "DELETE FROM events WHERE account_id = $1 AND subject = ANY($2::text[]) "
-                "AND seq < $3",
+                "AND seq < $3 AND type != 'delete'",
                 account, ids, seq,
             )
         )  # fmt: skip
@@ -472,12 +539,25 @@ class PostgresStore:
             "DELETE FROM identity_links WHERE account_id = $1 AND id = ANY($2::text[])",
             account, ids,
         )  # fmt: skip
+        # One statement: the record, its ids, and the count that tells ingest transactions
+        # waiting for the counter's lock that a deletion committed (_WRITE_EVENTS).
         await conn.execute(
-            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-            "erased_ids, erased_events) VALUES ($1, $2, $3, $4, $5, $6)",
-            account, user_id, message_id, now_us(), len(ids), erased,
+            """
+            WITH deletion AS (
+                INSERT INTO deletions (account_id, user_id, message_id, requested_at_us,
+                                       erased_ids, erased_events, deleted_at_us)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+            ), counted AS (
+                UPDATE event_counter SET deletions = deletions + 1
+            )
+            INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us)
+            SELECT $1, i, deletion.id, $7 FROM deletion, unnest($8::text[]) AS i
+            """,
+            account, user_id, _text(delete.message_id) or "", now_us(), len(ids), erased,
+            event_time_us(delete), ids,
         )  # fmt: skip
         log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
+        return ids
 
     async def list_events(self, query: EventQuery) -> list[StoredRecord]:
         where: list[str] = ["account_id = $1"]
@@ -557,7 +637,8 @@ class PostgresStore:
             last: int | None = None
             for event_type, count, oldest, newest in await conn.fetch(
                 "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-                "WHERE account_id = $1 AND subject = ANY($2::text[]) GROUP BY type",
+                "WHERE account_id = $1 AND subject = ANY($2::text[]) AND type != 'delete' "
+                "GROUP BY type",
                 account_id, ids,
             ):  # fmt: skip
                 counts[event_type] = count
@@ -600,12 +681,14 @@ class PostgresStore:
         assert row is not None  # inserted or already there, in this transaction
         return _account(row)
 
-    async def create_account(self, name: str) -> Account | None:
+    async def create_account(
+        self, name: str, suppress_deleted_users: bool = False
+    ) -> Account | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                "INSERT INTO accounts (name, created_at_us) VALUES ($1, $2) "
-                f"ON CONFLICT (name) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
-                name, now_us(),
+                "INSERT INTO accounts (name, created_at_us, suppress_deleted_users) "
+                f"VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
+                name, now_us(), suppress_deleted_users,
             )  # fmt: skip
         return None if row is None else _account(row)
 
@@ -624,10 +707,16 @@ class PostgresStore:
         return [_account(row) for row in rows]
 
     async def set_account_suspended(self, name: str, suspended: bool) -> Account:
+        return await self._set_account(name, "suspended", suspended)
+
+    async def set_account_suppress_deleted_users(self, name: str, on: bool) -> Account:
+        return await self._set_account(name, "suppress_deleted_users", on)
+
+    async def _set_account(self, name: str, column: str, value: bool) -> Account:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"UPDATE accounts SET suspended = $1 WHERE name = $2 RETURNING {_ACCOUNT_COLUMNS}",
-                suspended, name,
+                f"UPDATE accounts SET {column} = $1 WHERE name = $2 RETURNING {_ACCOUNT_COLUMNS}",
+                value, name,
             )  # fmt: skip
         if row is None:
             raise StoreError(f"no account named {name!r}")

@@ -32,6 +32,7 @@ import orjson
 from service.errors import StoreUnavailable
 from service.projections import GROUP, USER, Projection, project
 from service.store.base import (
+    SUPPRESSED,
     Account,
     CommitSignal,
     EventQuery,
@@ -41,12 +42,15 @@ from service.store.base import (
     ProfileRecord,
     StoredRecord,
     StoreError,
+    WriteResult,
     newest_traits,
     rotated_expiry,
 )
 from service.store.checkpointer import CheckpointSettings, WalCheckpointer
 from service.store.group_commit import AsyncGroupCommitter
+from service.suppression import covered_ids, event_time_us, is_suppressed
 from service.timestamps import now_us
+from service.validation import CanonicalEvent
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -157,6 +161,27 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         changed_at_us INTEGER NOT NULL
     );
     """,
+    # 3: deleted users stay deleted (service/suppression.py).
+    """
+    ALTER TABLE accounts ADD COLUMN suppress_deleted_users INTEGER NOT NULL DEFAULT 0;
+    -- The delete's own time (receivedAt, else timestamp): the events it covers are older.
+    ALTER TABLE deletions ADD COLUMN deleted_at_us INTEGER NOT NULL DEFAULT 0;
+    UPDATE deletions SET deleted_at_us = requested_at_us;
+    -- Each id linked to the user when the delete was stored, with the delete's time.
+    CREATE TABLE deleted_ids (
+        account_id    INTEGER NOT NULL,
+        id            TEXT NOT NULL,
+        deletion_id   INTEGER NOT NULL REFERENCES deletions(id),
+        deleted_at_us INTEGER NOT NULL,
+        PRIMARY KEY (account_id, id, deletion_id)
+    ) WITHOUT ROWID;
+    -- Deletions stored before: their links are gone, so only the user's own id is known,
+    -- and the time Inlet stored them stands in (a little later: it covers a little more).
+    INSERT INTO deleted_ids SELECT account_id, user_id, id, requested_at_us FROM deletions;
+    -- A delete event is part of its user's history (ListEvents' user filter) and of no
+    -- profile: erasures and profiles leave delete events out.
+    UPDATE events SET subject = user_id WHERE type = 'delete';
+    """,
 )
 
 _INSERT_EVENT: Final = """
@@ -204,19 +229,28 @@ _PRUNE_EVENTS: Final = """
 _IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
 # Events of a profile (`subject` in a JSON array of its linked ids).
 _OF_IDS: Final = f"subject {_IN_IDS}"
-_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {_OF_IDS}"
+# A user's delete events stay: each is the record that a deletion happened.
+_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {_OF_IDS} AND type != 'delete'"
 _PROFILE_COUNTS: Final = (
     "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-    f"WHERE account_id = ? AND {_OF_IDS} GROUP BY type"
+    f"WHERE account_id = ? AND {_OF_IDS} AND type != 'delete' GROUP BY type"
 )
+# When each of these ids (a JSON array) of an account was last deleted.
+_DELETED_AT: Final = (
+    "SELECT id, max(deleted_at_us) FROM deleted_ids "
+    f"WHERE account_id = ? AND id {_IN_IDS} GROUP BY id"
+)
+_IS_STORED: Final = "SELECT 1 FROM events WHERE account_id = ? AND message_id = ?"
 _EVENT_COLUMNS: Final = """
     seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,
     received_at_us, key_id, payload, settings
 """
 _KEY_COLUMNS: Final = """
     k.key_id, k.account_id, a.name, a.suspended, k.scopes, k.label, k.secret_hash,
-    k.created_at_us, k.expires_at_us, k.revoked_at_us
+    k.created_at_us, k.expires_at_us, k.revoked_at_us, a.suppress_deleted_users
 """
+_ACCOUNT_COLUMNS: Final = "id, name, suspended, created_at_us, suppress_deleted_users"
+_SELECT_ACCOUNT: Final = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = ?"
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
@@ -231,6 +265,7 @@ def _key(row: tuple[Any, ...]) -> KeyRecord:
         created_at_us=row[7],
         expires_at_us=row[8],
         revoked_at_us=row[9],
+        account_suppresses_deleted_users=bool(row[10]),
     )
 
 
@@ -246,7 +281,10 @@ def _linked(conn: sqlite3.Connection, account_id: int, id: str) -> tuple[str, ..
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], name=row[1], suspended=bool(row[2]), created_at_us=row[3])
+    return Account(
+        id=row[0], name=row[1], suspended=bool(row[2]), created_at_us=row[3],
+        suppress_deleted_users=bool(row[4]),
+    )  # fmt: skip
 
 
 class SqliteStore:
@@ -276,7 +314,7 @@ class SqliteStore:
         self._known_links: OrderedDict[tuple[int, str, str], None] = OrderedDict()
         self._newest_deletion: int | None = None
         self.commits = CommitSignal()
-        self._events = AsyncGroupCommitter[EventWrite, int | None](
+        self._events = AsyncGroupCommitter[EventWrite, WriteResult](
             self._commit_events,
             transient=lambda exc: isinstance(exc, StoreUnavailable),
         )
@@ -457,13 +495,13 @@ class SqliteStore:
 
     # -- events ------------------------------------------------------------------------
 
-    async def write_events(self, writes: Sequence[EventWrite]) -> list[int | None]:
+    async def write_events(self, writes: Sequence[EventWrite]) -> list[WriteResult]:
         results = await self._events.submit(writes)
-        if any(seq is not None for seq in results):
+        if any(isinstance(seq, int) for seq in results):
             self.commits.publish()
         return results
 
-    async def _commit_events(self, writes: list[EventWrite]) -> list[int | None]:
+    async def _commit_events(self, writes: list[EventWrite]) -> list[WriteResult]:
         """One group's transaction.
 
         The inserts run here, on the event loop; only what may wait runs on the writer
@@ -478,7 +516,7 @@ class SqliteStore:
         # thread is still committing on it.
         return await asyncio.shield(self._insert_and_commit(writes))
 
-    async def _insert_and_commit(self, writes: list[EventWrite]) -> list[int | None]:
+    async def _insert_and_commit(self, writes: list[EventWrite]) -> list[WriteResult]:
         async with self._lock():
             conn = self._db()
             new_links: list[tuple[int, str, str]] = []
@@ -486,7 +524,7 @@ class SqliteStore:
                 try:
                     if not self._begin_at_once(conn):
                         await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
-                    results: list[int | None] = []
+                    results: list[WriteResult] = []
                     start = 0
                     for index, write in enumerate(writes):
                         if write.event.type == "delete":
@@ -531,7 +569,7 @@ class SqliteStore:
         conn: sqlite3.Connection,
         writes: list[EventWrite],
         new_links: list[tuple[int, str, str]],
-    ) -> list[int | None]:
+    ) -> list[WriteResult]:
         """Insert each event and apply its projection, inside the open transaction; the
         links made are added to `new_links` (to remember once committed)."""
         if not writes:
@@ -543,16 +581,25 @@ class SqliteStore:
         if newest != self._newest_deletion:
             self._known_links.clear()
             self._newest_deletion = newest
-        results: list[int | None] = []
+        # Read here, in the transaction that stores the events: a deletion committed
+        # before it is seen, and none can commit in between (one writer at a time).
+        deleted = {} if newest is None else self._deleted_at(cursor, writes)
+        results: list[WriteResult] = []
         for write in writes:
             e = write.event
+            if deleted and is_suppressed(
+                e, deleted.get(write.account_id, {}), write.suppress_deleted_users
+            ):
+                # Deduplication first, as everywhere: a stored messageId is a duplicate.
+                stored = cursor.execute(_IS_STORED, (write.account_id, e.message_id)).fetchone()
+                results.append(None if stored else SUPPRESSED)
+                continue
             cursor.execute(
                 _INSERT_EVENT,
                 (
                     write.account_id, e.message_id, e.type, e.user_id, e.anonymous_id,
                     e.name, e.group_id, e.previous_id, e.timestamp_us, e.received_at_us,
-                    write.key_id, e.raw, e.settings,
-                    None if e.type == "delete" else e.user_id or e.anonymous_id,
+                    write.key_id, e.raw, e.settings, e.user_id or e.anonymous_id,
                 ),
             )  # fmt: skip
             if cursor.rowcount != 1:
@@ -565,6 +612,21 @@ class SqliteStore:
             if not projection.empty:
                 self._apply(cursor, write, seq, projection, new_links)
         return results
+
+    @staticmethod
+    def _deleted_at(cursor: sqlite3.Cursor, writes: list[EventWrite]) -> dict[int, dict[str, int]]:
+        """Per account, when each deleted id among the writes' covered ids was last deleted."""
+        ids: dict[int, set[str]] = {}
+        for write in writes:
+            covered = covered_ids(write.event)
+            if covered:
+                ids.setdefault(write.account_id, set()).update(covered)
+        deleted: dict[int, dict[str, int]] = {}
+        for account, some in ids.items():
+            rows = cursor.execute(_DELETED_AT, (account, orjson.dumps(sorted(some)).decode()))
+            if found := dict(rows.fetchall()):
+                deleted[account] = found
+        return deleted
 
     def _apply(
         self,
@@ -592,16 +654,17 @@ class SqliteStore:
         if projection.membership is not None:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
-        erase = projection.erase
-        if erase is not None and self._erase(cursor, account, erase, event.message_id, seq):
+        if projection.erase is not None and self._erase(cursor, account, event, seq):
             # Links made earlier in this transaction may be erased now: none may be
             # remembered as stored (the cache is cleared too, in _erase).
             new_links.clear()
 
     def _erase(
-        self, cursor: sqlite3.Cursor, account: int, user_id: str, message_id: str, seq: int
+        self, cursor: sqlite3.Cursor, account: int, delete: CanonicalEvent, seq: int
     ) -> bool:
-        """Erase `user_id`'s profile and events; True if any links were erased."""
+        """Erase the profile and events of the delete's user and every id linked to it,
+        and record the deletion of each of those ids; True if any links were erased."""
+        user_id = delete.user_id
         ids = [row[0] for row in cursor.execute(_LINKED_IDS, (account, user_id)).fetchall()]
         any_id = orjson.dumps(ids).decode()
         erased = cursor.execute(_ERASE_EVENTS, (account, any_id)).rowcount
@@ -617,10 +680,17 @@ class SqliteStore:
         unlinked = cursor.execute(
             f"DELETE FROM identity_links WHERE account_id = ? AND id {_IN_IDS}", (account, any_id)
         ).rowcount
+        deleted_at = event_time_us(delete)
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-            "erased_ids, erased_events) VALUES (?, ?, ?, ?, ?, ?)",
-            (account, user_id, message_id, now_us(), len(ids), erased),
+            "erased_ids, erased_events, deleted_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account, user_id, delete.message_id, now_us(), len(ids), erased, deleted_at),
+        )
+        deletion = cursor.lastrowid
+        cursor.executemany(
+            "INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us) "
+            "VALUES (?, ?, ?, ?)",
+            [(account, id, deletion, deleted_at) for id in ids],
         )
         if unlinked:
             # Links of the erased ids are gone: forget them all (refills as events come).
@@ -760,37 +830,36 @@ class SqliteStore:
                 "ON CONFLICT (name) DO NOTHING",
                 (name, now_us()),
             )
-            row = conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
+            row = conn.execute(_SELECT_ACCOUNT, (name,)).fetchone()
             return _account(row)
 
         return await self._run(self._transaction, work)
 
-    async def create_account(self, name: str) -> Account | None:
+    async def create_account(
+        self, name: str, suppress_deleted_users: bool = False
+    ) -> Account | None:
         def work(conn: sqlite3.Connection) -> Account | None:
             inserted = conn.execute(
-                "INSERT INTO accounts (name, created_at_us) VALUES (?, ?) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, now_us()),
+                "INSERT INTO accounts (name, created_at_us, suppress_deleted_users) "
+                "VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, now_us(), suppress_deleted_users),
             ).rowcount
             if not inserted:
                 return None
-            return _account(
-                conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
-            )
+            return _account(conn.execute(_SELECT_ACCOUNT, (name,)).fetchone())
 
         return await self._run(self._transaction, work)
 
     async def get_account(self, name: str) -> Account | None:
         def read() -> Account | None:
-            row = self._db().execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
+            row = self._db().execute(_SELECT_ACCOUNT, (name,)).fetchone()
             return None if row is None else _account(row)
 
         return await self._run(read)
 
     async def list_accounts(self) -> list[Account]:
-        return await self._read(
-            lambda conn: [_account(r) for r in conn.execute("SELECT * FROM accounts ORDER BY name")]
-        )
+        sql = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY name"
+        return await self._read(lambda conn: [_account(r) for r in conn.execute(sql)])
 
     async def get_switch(self, name: str) -> tuple[str, int] | None:
         def read(conn: sqlite3.Connection) -> tuple[str, int] | None:
@@ -814,9 +883,15 @@ class SqliteStore:
         return await self._run(self._transaction, work)
 
     async def set_account_suspended(self, name: str, suspended: bool) -> Account:
+        return await self._set_account(name, "suspended", suspended)
+
+    async def set_account_suppress_deleted_users(self, name: str, on: bool) -> Account:
+        return await self._set_account(name, "suppress_deleted_users", on)
+
+    async def _set_account(self, name: str, column: str, value: bool) -> Account:
         def work(conn: sqlite3.Connection) -> Account:
-            conn.execute("UPDATE accounts SET suspended = ? WHERE name = ?", (suspended, name))
-            row = conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
+            conn.execute(f"UPDATE accounts SET {column} = ? WHERE name = ?", (value, name))
+            row = conn.execute(_SELECT_ACCOUNT, (name,)).fetchone()
             if row is None:
                 raise StoreError(f"no account named {name!r}")
             return _account(row)

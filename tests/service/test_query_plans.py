@@ -12,6 +12,7 @@ import pytest
 
 from service.store import SqliteStore
 from service.store.sqlite import (
+    _DELETED_AT,
     _ERASE_EVENTS,
     _LINKED_IDS,
     _OF_IDS,
@@ -33,7 +34,7 @@ def plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[s
 
 
 IDS = '["u1", "a1"]'
-TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|l)\b")
+TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|deleted_ids|l)\b")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,7 @@ TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|l)\b")
             (1, IDS),
         ),
         (_LINKED_IDS, (1, "u1")),
+        (_DELETED_AT, (1, IDS)),
     ],
 )
 def test_per_user_statements_search_indexes(

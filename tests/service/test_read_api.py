@@ -229,13 +229,13 @@ async def test_delete_erases_the_profile_and_leaves_a_record(
     for message_id in ("d-1", "d-2", "d-3"):
         assert await stack.store.get_event_payload(account, message_id) is None
     assert await stack.store.get_event_payload(account, "d-keep") is not None
-    # Nothing of the user is left in their history...
+    # Nothing of the user is left in their history but the deletion itself...
     events = events_pb2_grpc.EventServiceStub(channel)
     history = await events.ListEvents(
         events_pb2.ListEventsRequest(user_id="gone"), metadata=bearer(key)
     )
-    assert list(history.events) == []
-    # ...and the deletion itself is on record (not the data): the delete event stays.
+    assert [(e.type, e.message_id) for e in history.events] == [("delete", "del-1")]
+    # ...which is on record (not the data) for the whole account too.
     deletions = await events.ListEvents(
         events_pb2.ListEventsRequest(types=["delete"]), metadata=bearer(key)
     )

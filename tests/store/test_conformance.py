@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 
 from service import keys
 from service.errors import StoreUnavailable
-from service.store import Store, StoreError
-from service.store.base import EventQuery, EventWrite
+from service.store import Store, StoreError, pg_schema
+from service.store import sqlite as sqlite_store
+from service.store.base import SUPPRESSED, EventQuery, EventWrite
+from service.timestamps import format_micros
 from service.validation import canonicalise
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.store.conftest import Backend
@@ -192,6 +196,173 @@ async def test_delete_erases_the_user_and_keeps_an_audit_record(
         "SELECT user_id, message_id, erased_ids, erased_events FROM deletions"
     )
     assert audit == [("gone", "del-1", 2, 2)]
+
+
+MINUTE = 60_000_000
+
+
+def at(body: dict[str, Any], minute: int) -> dict[str, Any]:
+    """`body` as Segment delivers it, received `minute` minutes after NOW_US."""
+    return {**body, "receivedAt": format_micros(NOW_US + minute * MINUTE)}
+
+
+async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
+    backend: Backend, store: Store
+) -> None:
+    acme = await account(store)
+    before = [
+        at({"type": "identify", "userId": "gone", "anonymousId": "dev-1", "messageId": "e-1",
+            "traits": {"email": "g@x", "plan": "pro"}}, 0),
+        at({"type": "alias", "previousId": "old-id", "userId": "gone", "messageId": "e-2"}, 0),
+        at({"type": "page", "anonymousId": "dev-1", "name": "Home", "messageId": "e-3"}, 0),
+    ]  # fmt: skip
+    await store.write_events([write(acme, b) for b in before])
+    delete = at({"type": "delete", "userId": "gone", "messageId": "del-1"}, 5)
+    assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+    # Segment redelivers what it received before the delete, and the linked ids' events:
+    # none is stored again (and a retry of them gets the same answer).
+    late = [
+        *before,
+        at(track("e-4", "old-id"), 4),
+        at({"type": "alias", "previousId": "dev-1", "userId": "someone-new",
+            "messageId": "e-5"}, 1),
+    ]  # fmt: skip
+    for _ in range(2):
+        assert await store.write_events([write(acme, b) for b in late]) == [SUPPRESSED] * 5
+    assert await store.get_profile(acme, "gone") is None
+    assert await store.get_profile(acme, "dev-1") is None
+    assert await store.get_profile(acme, "someone-new") is None
+    for message_id in ("e-1", "e-2", "e-3", "e-4", "e-5"):
+        assert await store.get_event_payload(acme, message_id) is None
+    # Received after the delete: a returning user, stored; so is another user of the
+    # deleted user's device (an anonymousId beside a userId is not the subject).
+    after = [
+        at({"type": "identify", "userId": "gone", "messageId": "n-1",
+            "traits": {"plan": "free"}}, 6),
+        at({"type": "track", "userId": "other", "anonymousId": "dev-1", "event": "E",
+            "messageId": "n-2"}, 1),
+        at(track("n-3", "stranger"), 1),
+    ]  # fmt: skip
+    assert all(
+        isinstance(r, int) for r in await store.write_events([write(acme, b) for b in after])
+    )
+    found = await store.get_profile(acme, "gone")
+    assert found is not None and list(found.traits) == ["plan"]
+    assert found.event_counts == {"identify": 1}  # the delete event is no profile's
+    # The record: each id linked at the time, with the delete's receivedAt.
+    deleted_at = NOW_US + 5 * MINUTE
+    assert sorted(await backend.rows("SELECT id, deleted_at_us FROM deleted_ids")) == [
+        ("dev-1", deleted_at), ("gone", deleted_at), ("old-id", deleted_at)
+    ]  # fmt: skip
+    assert await backend.rows("SELECT user_id, deleted_at_us FROM deletions") == [
+        ("gone", deleted_at)
+    ]
+    # Another account's ids of the same name are not deleted.
+    globex = await account(store, "globex")
+    assert isinstance((await store.write_events([write(globex, before[0])]))[0], int)
+
+
+async def test_a_delete_and_its_users_late_events_in_one_group(store: Store) -> None:
+    acme = await account(store)
+    old = at({"type": "identify", "userId": "u9", "anonymousId": "d9", "messageId": "o-1",
+              "traits": {"plan": "pro"}}, 0)  # fmt: skip
+    results = await store.write_events(
+        [
+            write(acme, old),
+            write(acme, at({"type": "delete", "userId": "u9", "messageId": "del-9"}, 5)),
+            write(acme, at(track("o-2", "d9"), 1)),  # a late one, after it in the group
+            write(acme, at(track("o-3", "u9"), 6)),  # the user coming back
+        ]
+    )
+    assert isinstance(results[0], int) and isinstance(results[1], int)
+    assert results[2:] == [SUPPRESSED, results[3]] and isinstance(results[3], int)
+    found = await store.get_profile(acme, "u9")
+    assert found is not None and found.event_counts == {"track": 1} and not found.traits
+    assert await store.get_event_payload(acme, "o-1") is None
+
+
+async def test_an_account_may_suppress_every_later_event_of_a_deleted_user(
+    store: Store,
+) -> None:
+    acme = await account(store)
+    assert not (await store.get_account("acme")).suppress_deleted_users  # type: ignore[union-attr]
+    await store.write_events([write(acme, at(track("s-1", "u3"), 0))])
+    await store.write_events([write(acme, at({"type": "delete", "userId": "u3",
+                                              "messageId": "del-3"}, 5))])  # fmt: skip
+    later = write(acme, at(track("s-2", "u3"), 6))
+    assert await store.write_events([later._replace(suppress_deleted_users=True)]) == [SUPPRESSED]
+    assert isinstance((await store.write_events([later]))[0], int)  # off: a returning user
+    # Once stored, a redelivery is a duplicate, whatever the setting says now.
+    assert await store.write_events([later._replace(suppress_deleted_users=True)]) == [None]
+    # The setting itself, kept with the account and read with its keys.
+    changed = await store.set_account_suppress_deleted_users("acme", True)
+    assert changed.suppress_deleted_users and (await store.get_account("acme")) == changed
+    new = keys.generate_key()
+    await store.create_key(acme, new.key_id, new.secret_hash, ("ingest",))
+    assert (await store.get_key(new.key_id)).account_suppresses_deleted_users  # type: ignore[union-attr]
+    assert (await store.create_account("strict", True)).suppress_deleted_users  # type: ignore[union-attr]
+    assert [a.suppress_deleted_users for a in await store.list_accounts()] == [True, True]
+    with pytest.raises(StoreError):
+        await store.set_account_suppress_deleted_users("nope", True)
+
+
+async def test_a_user_filter_finds_the_users_delete_events(store: Store) -> None:
+    acme = await account(store)
+    await store.write_events([write(acme, at(track("f-1", "u4"), 0))])
+    for n in (1, 2):  # deleted twice: both records stay
+        await store.write_events(
+            [write(acme, at({"type": "delete", "userId": "u4", "messageId": f"del-{n}"}, n))]
+        )
+    mine = await store.list_events(EventQuery(acme, ids=("u4",)))
+    assert [(r.type, r.message_id) for r in mine] == [("delete", "del-1"), ("delete", "del-2")]
+    only = await store.list_events(EventQuery(acme, ids=("u4",), types=("delete",)))
+    assert [r.message_id for r in only] == ["del-1", "del-2"]
+    assert await store.get_profile(acme, "u4") is None
+
+
+async def test_deletions_stored_before_the_upgrade_keep_their_user_out(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from before deleted_ids: each deletion's user is recorded on upgrade,
+    with the time Inlet stored it (its linked ids were erased with their links)."""
+    if backend.kind == "sqlite":
+        monkeypatch.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:2])
+        with sqlite3.connect(backend.url, isolation_level=None) as db:
+            sqlite_store.SqliteStore._migrate(db)
+        payload, counter = "CAST('{}' AS BLOB)", "SELECT 1"
+    else:
+        monkeypatch.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:1])
+        conn = await asyncpg.connect(backend.url)
+        try:
+            await pg_schema.migrate(conn)
+        finally:
+            await conn.close()
+        payload = "convert_to('{}', 'UTF8')"
+        counter = "UPDATE event_counter SET last_seq = 1"
+    monkeypatch.undo()
+    stored_at = NOW_US + 5 * MINUTE
+    for sql in (
+        "INSERT INTO accounts (name, created_at_us) VALUES ('acme', 0)",
+        (
+            "INSERT INTO events (seq, account_id, message_id, type, user_id, timestamp_us, "
+            f"received_at_us, key_id, payload) VALUES (1, 1, 'del-1', 'delete', 'u1', "
+            f"{stored_at}, {stored_at}, 'k1', {payload})"
+        ),
+        counter,
+        (
+            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+            f"erased_ids, erased_events) VALUES (1, 'u1', 'del-1', {stored_at}, 2, 3)"
+        ),
+    ):
+        await backend.rows(sql)
+    store = await backend.open()  # migrates
+    assert await backend.rows("SELECT id, deleted_at_us FROM deleted_ids") == [("u1", stored_at)]
+    assert not (await store.get_account("acme")).suppress_deleted_users  # type: ignore[union-attr]
+    mine = await store.list_events(EventQuery(1, ids=("u1",)))
+    assert [r.message_id for r in mine] == ["del-1"]
+    late, back = at(track("t-1", "u1"), 4), at(track("t-2", "u1"), 6)
+    results = await store.write_events([write(1, late), write(1, back)])
+    assert results[0] is SUPPRESSED and isinstance(results[1], int)
 
 
 async def test_list_events_filters_and_pages(store: Store) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
 
-from service.store.base import EventQuery
+from service.store.base import SUPPRESSED, EventQuery, EventWrite, WriteResult
 from service.store.postgres import PostgresOptions, PostgresStore
-from tests.store.test_conformance import track, write
+from tests.store.test_conformance import at, track, write
 
 LONG = 10.0
 
@@ -40,38 +41,52 @@ async def until(predicate: object, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+async def held_before_commit(
+    store: PostgresStore, writes: list[EventWrite]
+) -> tuple[asyncio.Task[list[WriteResult]], asyncio.Event]:
+    """`writes` on `store`, its transaction held just before COMMIT until the event is set."""
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        store.before_commit = None
+        held.set()
+        await release.wait()
+
+    store.before_commit = hold
+    task = asyncio.create_task(store.write_events(writes))
+    await asyncio.wait_for(held.wait(), LONG)
+    return task, release
+
+
+async def until_blocked(pg_dsn: str, task: asyncio.Task[Any], what: str) -> None:
+    """Until `task` waits for a lock in the database (or is done)."""
+    watcher = await asyncpg.connect(pg_dsn)
+    try:
+
+        async def waits_or_is_done() -> bool:
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return task.done() or waiting > 0
+
+        await until(waits_or_is_done, what)
+    finally:
+        await watcher.close()
+
+
 async def test_a_reader_never_skips_a_transaction_that_commits_after_a_later_one(
     pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
 ) -> None:
     one, two = cores
     acme = (await one.ensure_account("acme")).id
     # Core one's transaction has its seq and its row, and is held just before COMMIT.
-    release = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold() -> None:
-        held.set()
-        await release.wait()
-
-    one.before_commit = hold
-    first = asyncio.create_task(one.write_events([write(acme, track("earlier"))]))
-    await asyncio.wait_for(held.wait(), LONG)
+    first, release = await held_before_commit(one, [write(acme, track("earlier"))])
     # Core two's transaction starts later. With a plain sequence it would take the next
     # number and commit now; here it must wait for core one's to commit.
     second = asyncio.create_task(two.write_events([write(acme, track("later"))]))
-    watcher = await asyncpg.connect(pg_dsn)
-    try:
-
-        async def two_waits_or_is_done() -> bool:
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            return second.done() or waiting > 0
-
-        await until(two_waits_or_is_done, "core two's transaction to block or commit")
-    finally:
-        await watcher.close()
+    await until_blocked(pg_dsn, second, "core two's transaction to block or commit")
     # A subscriber reads now, between the two commits, and keeps its cursor.
     seen = await one.list_events(EventQuery(acme, after=0))
     cursor = max((r.seq for r in seen), default=0)
@@ -80,6 +95,26 @@ async def test_a_reader_never_skips_a_transaction_that_commits_after_a_later_one
     seen += await one.list_events(EventQuery(acme, after=cursor))
     assert [r.message_id for r in seen] == ["earlier", "later"]
     assert seen[0].seq < seen[1].seq
+
+
+async def test_a_late_event_racing_its_users_delete_on_another_core_is_suppressed(
+    pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """Core two checks the deleted ids as its statement's snapshot saw them, taken while
+    core one's delete was not committed yet: it must notice, once it has the counter's
+    lock, that a deletion committed meanwhile, and check again."""
+    one, two = cores
+    acme = (await one.ensure_account("acme")).id
+    await one.write_events([write(acme, at(track("old", "u1"), 0))])
+    deleting, release = await held_before_commit(
+        one, [write(acme, at({"type": "delete", "userId": "u1", "messageId": "del"}, 5))]
+    )
+    late = asyncio.create_task(two.write_events([write(acme, at(track("old", "u1"), 0))]))
+    await until_blocked(pg_dsn, late, "core two's transaction to wait for core one's")
+    release.set()
+    assert isinstance((await asyncio.wait_for(deleting, LONG))[0], int)
+    assert await asyncio.wait_for(late, LONG) == [SUPPRESSED]
+    assert await one.get_event_payload(acme, "old") is None
 
 
 async def test_concurrent_groups_on_two_cores_commit_in_seq_order(

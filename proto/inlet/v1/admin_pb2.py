@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14inlet/v1/admin.proto\x12\x08inlet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x10\x43reateKeyRequest\x12\x0e\n\x06scopes\x18\x01 \x03(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x11\x43reateKeyResponse\x12\x1d\n\x03key\x18\x01 \x01(\x0b\x32\x10.inlet.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"2\n\x10ListKeysResponse\x12\x1e\n\x04keys\x18\x01 \x03(\x0b\x32\x10.inlet.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"2\n\x11RevokeKeyResponse\x12\x1d\n\x03key\x18\x01 \x01(\x0b\x32\x10.inlet.v1.ApiKey\"[\n\x10RotateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x37\n\x13old_key_valid_until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsuspended\x18\x02 \x01(\x08\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x66irst_key_scopes\x18\x02 \x03(\t\"k\n\x15\x43reateAccountResponse\x12\"\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x11.inlet.v1.Account\x12.\n\tfirst_key\x18\x02 \x01(\x0b\x32\x1b.inlet.v1.CreateKeyResponse\"\x15\n\x13ListAccountsRequest\";\n\x14ListAccountsResponse\x12#\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x11.inlet.v1.Account\"=\n\x1aSetAccountSuspendedRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsuspended\x18\x02 \x01(\x08\"4\n\x15SetMaintenanceRequest\x12\n\n\x02on\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x17\n\x15GetMaintenanceRequest\"Z\n\x0bMaintenance\x12\n\n\x02on\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\nchanged_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0f\n\rWhoAmIRequest2\xdd\x05\n\x0c\x41\x64minService\x12\x33\n\x06WhoAmI\x12\x17.inlet.v1.WhoAmIRequest\x1a\x10.inlet.v1.ApiKey\x12\x44\n\tCreateKey\x12\x1a.inlet.v1.CreateKeyRequest\x1a\x1b.inlet.v1.CreateKeyResponse\x12\x41\n\x08ListKeys\x12\x19.inlet.v1.ListKeysRequest\x1a\x1a.inlet.v1.ListKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.inlet.v1.RevokeKeyRequest\x1a\x1b.inlet.v1.RevokeKeyResponse\x12\x44\n\tRotateKey\x12\x1a.inlet.v1.RotateKeyRequest\x1a\x1b.inlet.v1.CreateKeyResponse\x12P\n\rCreateAccount\x12\x1e.inlet.v1.CreateAccountRequest\x1a\x1f.inlet.v1.CreateAccountResponse\x12M\n\x0cListAccounts\x12\x1d.inlet.v1.ListAccountsRequest\x1a\x1e.inlet.v1.ListAccountsResponse\x12N\n\x13SetAccountSuspended\x12$.inlet.v1.SetAccountSuspendedRequest\x1a\x11.inlet.v1.Account\x12H\n\x0eSetMaintenance\x12\x1f.inlet.v1.SetMaintenanceRequest\x1a\x15.inlet.v1.Maintenance\x12H\n\x0eGetMaintenance\x12\x1f.inlet.v1.GetMaintenanceRequest\x1a\x15.inlet.v1.MaintenanceB~\n\x0c\x64\x65v.inlet.v1B\nAdminProtoP\x01Z!inlet.dev/gen/go/inlet/v1;inletv1\xa2\x02\x03IXX\xaa\x02\x08Inlet.V1\xca\x02\x08Inlet\\V1\xe2\x02\x14Inlet\\V1\\GPBMetadata\xea\x02\tInlet::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14inlet/v1/admin.proto\x12\x08inlet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x10\x43reateKeyRequest\x12\x0e\n\x06scopes\x18\x01 \x03(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x11\x43reateKeyResponse\x12\x1d\n\x03key\x18\x01 \x01(\x0b\x32\x10.inlet.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"2\n\x10ListKeysResponse\x12\x1e\n\x04keys\x18\x01 \x03(\x0b\x32\x10.inlet.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"2\n\x11RevokeKeyResponse\x12\x1d\n\x03key\x18\x01 \x01(\x0b\x32\x10.inlet.v1.ApiKey\"[\n\x10RotateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x37\n\x13old_key_valid_until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsuspended\x18\x02 \x01(\x08\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16suppress_deleted_users\x18\x04 \x01(\x08\"^\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x66irst_key_scopes\x18\x02 \x03(\t\x12\x1e\n\x16suppress_deleted_users\x18\x03 \x01(\x08\"k\n\x15\x43reateAccountResponse\x12\"\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x11.inlet.v1.Account\x12.\n\tfirst_key\x18\x02 \x01(\x0b\x32\x1b.inlet.v1.CreateKeyResponse\"\x15\n\x13ListAccountsRequest\";\n\x14ListAccountsResponse\x12#\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x11.inlet.v1.Account\"=\n\x1aSetAccountSuspendedRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsuspended\x18\x02 \x01(\x08\"U\n%SetAccountSuppressDeletedUsersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x16suppress_deleted_users\x18\x02 \x01(\x08\"L\n&SetAccountSuppressDeletedUsersResponse\x12\"\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x11.inlet.v1.Account\"4\n\x15SetMaintenanceRequest\x12\n\n\x02on\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x17\n\x15GetMaintenanceRequest\"Z\n\x0bMaintenance\x12\n\n\x02on\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\nchanged_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0f\n\rWhoAmIRequest2\xe3\x06\n\x0c\x41\x64minService\x12\x33\n\x06WhoAmI\x12\x17.inlet.v1.WhoAmIRequest\x1a\x10.inlet.v1.ApiKey\x12\x44\n\tCreateKey\x12\x1a.inlet.v1.CreateKeyRequest\x1a\x1b.inlet.v1.CreateKeyResponse\x12\x41\n\x08ListKeys\x12\x19.inlet.v1.ListKeysRequest\x1a\x1a.inlet.v1.ListKeysResponse\x12\x44\n\tRevokeKey\x12\x1a.inlet.v1.RevokeKeyRequest\x1a\x1b.inlet.v1.RevokeKeyResponse\x12\x44\n\tRotateKey\x12\x1a.inlet.v1.RotateKeyRequest\x1a\x1b.inlet.v1.CreateKeyResponse\x12P\n\rCreateAccount\x12\x1e.inlet.v1.CreateAccountRequest\x1a\x1f.inlet.v1.CreateAccountResponse\x12M\n\x0cListAccounts\x12\x1d.inlet.v1.ListAccountsRequest\x1a\x1e.inlet.v1.ListAccountsResponse\x12N\n\x13SetAccountSuspended\x12$.inlet.v1.SetAccountSuspendedRequest\x1a\x11.inlet.v1.Account\x12\x83\x01\n\x1eSetAccountSuppressDeletedUsers\x12/.inlet.v1.SetAccountSuppressDeletedUsersRequest\x1a\x30.inlet.v1.SetAccountSuppressDeletedUsersResponse\x12H\n\x0eSetMaintenance\x12\x1f.inlet.v1.SetMaintenanceRequest\x1a\x15.inlet.v1.Maintenance\x12H\n\x0eGetMaintenance\x12\x1f.inlet.v1.GetMaintenanceRequest\x1a\x15.inlet.v1.MaintenanceB~\n\x0c\x64\x65v.inlet.v1B\nAdminProtoP\x01Z!inlet.dev/gen/go/inlet/v1;inletv1\xa2\x02\x03IXX\xaa\x02\x08Inlet.V1\xca\x02\x08Inlet\\V1\xe2\x02\x14Inlet\\V1\\GPBMetadata\xea\x02\tInlet::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,25 +50,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROTATEKEYREQUEST']._serialized_start=638
   _globals['_ROTATEKEYREQUEST']._serialized_end=729
   _globals['_ACCOUNT']._serialized_start=731
-  _globals['_ACCOUNT']._serialized_end=821
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=823
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=885
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=887
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=994
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=996
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1017
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1019
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1078
-  _globals['_SETACCOUNTSUSPENDEDREQUEST']._serialized_start=1080
-  _globals['_SETACCOUNTSUSPENDEDREQUEST']._serialized_end=1141
-  _globals['_SETMAINTENANCEREQUEST']._serialized_start=1143
-  _globals['_SETMAINTENANCEREQUEST']._serialized_end=1195
-  _globals['_GETMAINTENANCEREQUEST']._serialized_start=1197
-  _globals['_GETMAINTENANCEREQUEST']._serialized_end=1220
-  _globals['_MAINTENANCE']._serialized_start=1222
-  _globals['_MAINTENANCE']._serialized_end=1312
-  _globals['_WHOAMIREQUEST']._serialized_start=1314
-  _globals['_WHOAMIREQUEST']._serialized_end=1329
-  _globals['_ADMINSERVICE']._serialized_start=1332
-  _globals['_ADMINSERVICE']._serialized_end=2065
+  _globals['_ACCOUNT']._serialized_end=853
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=855
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=949
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=951
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1058
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1060
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1081
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1083
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1142
+  _globals['_SETACCOUNTSUSPENDEDREQUEST']._serialized_start=1144
+  _globals['_SETACCOUNTSUSPENDEDREQUEST']._serialized_end=1205
+  _globals['_SETACCOUNTSUPPRESSDELETEDUSERSREQUEST']._serialized_start=1207
+  _globals['_SETACCOUNTSUPPRESSDELETEDUSERSREQUEST']._serialized_end=1292
+  _globals['_SETACCOUNTSUPPRESSDELETEDUSERSRESPONSE']._serialized_start=1294
+  _globals['_SETACCOUNTSUPPRESSDELETEDUSERSRESPONSE']._serialized_end=1370
+  _globals['_SETMAINTENANCEREQUEST']._serialized_start=1372
+  _globals['_SETMAINTENANCEREQUEST']._serialized_end=1424
+  _globals['_GETMAINTENANCEREQUEST']._serialized_start=1426
+  _globals['_GETMAINTENANCEREQUEST']._serialized_end=1449
+  _globals['_MAINTENANCE']._serialized_start=1451
+  _globals['_MAINTENANCE']._serialized_end=1541
+  _globals['_WHOAMIREQUEST']._serialized_start=1543
+  _globals['_WHOAMIREQUEST']._serialized_end=1558
+  _globals['_ADMINSERVICE']._serialized_start=1561
+  _globals['_ADMINSERVICE']._serialized_end=2428
 # @@protoc_insertion_point(module_scope)

@@ -235,8 +235,11 @@ class Account(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SUSPENDED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SUPPRESS_DELETED_USERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     suspended: _builtins.bool
+    suppress_deleted_users: _builtins.bool
+    """See SetAccountSuppressDeletedUsers."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -245,10 +248,11 @@ class Account(_message.Message):
         name: _builtins.str = ...,
         suspended: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        suppress_deleted_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "suspended", b"suspended"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "suppress_deleted_users", b"suppress_deleted_users", "suspended", b"suspended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,8 +264,11 @@ class CreateAccountRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     FIRST_KEY_SCOPES_FIELD_NUMBER: _builtins.int
+    SUPPRESS_DELETED_USERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-100 characters: letters, digits, `.`, `_`, `-`."""
+    suppress_deleted_users: _builtins.bool
+    """See SetAccountSuppressDeletedUsers."""
     @_builtins.property
     def first_key_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes of a first key to create for the account; empty: no key."""
@@ -271,10 +278,11 @@ class CreateAccountRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         first_key_scopes: _abc.Iterable[_builtins.str] | None = ...,
+        suppress_deleted_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_key_scopes", b"first_key_scopes", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_key_scopes", b"first_key_scopes", "name", b"name", "suppress_deleted_users", b"suppress_deleted_users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,6 +370,50 @@ class SetAccountSuspendedRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAccountSuspendedRequest: _TypeAlias = SetAccountSuspendedRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountSuppressDeletedUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SUPPRESS_DELETED_USERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    suppress_deleted_users: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        suppress_deleted_users: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "suppress_deleted_users", b"suppress_deleted_users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountSuppressDeletedUsersRequest: _TypeAlias = SetAccountSuppressDeletedUsersRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountSuppressDeletedUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account as changed."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountSuppressDeletedUsersResponse: _TypeAlias = SetAccountSuppressDeletedUsersResponse  # noqa: Y015
 
 @_typing.final
 class SetMaintenanceRequest(_message.Message):

@@ -74,6 +74,11 @@ class AdminServiceStub:
                 request_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.SerializeToString,
                 response_deserializer=inlet_dot_v1_dot_admin__pb2.Account.FromString,
                 _registered_method=True)
+        self.SetAccountSuppressDeletedUsers = channel.unary_unary(
+                '/inlet.v1.AdminService/SetAccountSuppressDeletedUsers',
+                request_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.SerializeToString,
+                response_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.FromString,
+                _registered_method=True)
         self.SetMaintenance = channel.unary_unary(
                 '/inlet.v1.AdminService/SetMaintenance',
                 request_serializer=inlet_dot_v1_dot_admin__pb2.SetMaintenanceRequest.SerializeToString,
@@ -146,6 +151,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAccountSuppressDeletedUsers(self, request, context):
+        """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
+        deleted user (any id linked to them when the delete was stored) is suppressed
+        (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
+        default): only events from before the delete are; later ones are a returning user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetMaintenance(self, request, context):
         """Operator: maintenance mode. While on, every ingest call is refused with
         UNAVAILABLE (reason `maintenance`; the bridge answers 503 + Retry-After, so
@@ -204,6 +219,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetAccountSuspended,
                     request_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.FromString,
                     response_serializer=inlet_dot_v1_dot_admin__pb2.Account.SerializeToString,
+            ),
+            'SetAccountSuppressDeletedUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountSuppressDeletedUsers,
+                    request_deserializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.FromString,
+                    response_serializer=inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.SerializeToString,
             ),
             'SetMaintenance': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMaintenance,
@@ -432,6 +452,33 @@ class AdminService:
             '/inlet.v1.AdminService/SetAccountSuspended',
             inlet_dot_v1_dot_admin__pb2.SetAccountSuspendedRequest.SerializeToString,
             inlet_dot_v1_dot_admin__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountSuppressDeletedUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inlet.v1.AdminService/SetAccountSuppressDeletedUsers',
+            inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersRequest.SerializeToString,
+            inlet_dot_v1_dot_admin__pb2.SetAccountSuppressDeletedUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,12 @@ class AdminServiceStub:
     """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
     drops its events with 403) or resume an account.
     """
+    SetAccountSuppressDeletedUsers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.SetAccountSuppressDeletedUsersResponse]
+    """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
+    deleted user (any id linked to them when the delete was stored) is suppressed
+    (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
+    default): only events from before the delete are; later ones are a returning user.
+    """
     SetMaintenance: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceRequest, _admin_pb2.Maintenance]
     """Operator: maintenance mode. While on, every ingest call is refused with
     UNAVAILABLE (reason `maintenance`; the bridge answers 503 + Retry-After, so
@@ -84,6 +90,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetAccountSuspended: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuspendedRequest, _admin_pb2.Account]  # type: ignore[assignment]
     """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
     drops its events with 403) or resume an account.
+    """
+    SetAccountSuppressDeletedUsers: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAccountSuppressDeletedUsersRequest, _admin_pb2.SetAccountSuppressDeletedUsersResponse]  # type: ignore[assignment]
+    """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
+    deleted user (any id linked to them when the delete was stored) is suppressed
+    (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
+    default): only events from before the delete are; later ones are a returning user.
     """
     SetMaintenance: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceRequest, _admin_pb2.Maintenance]  # type: ignore[assignment]
     """Operator: maintenance mode. While on, every ingest call is refused with
@@ -159,6 +171,18 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.Account, _abc.Awaitable[_admin_pb2.Account]]:
         """Operator: suspend (every key of the account gets PERMISSION_DENIED, so Segment
         drops its events with 403) or resume an account.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAccountSuppressDeletedUsers(
+        self,
+        request: _admin_pb2.SetAccountSuppressDeletedUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetAccountSuppressDeletedUsersResponse, _abc.Awaitable[_admin_pb2.SetAccountSuppressDeletedUsersResponse]]:
+        """Operator: Segment's "Suppress with Delete" for an account. On: every event of a
+        deleted user (any id linked to them when the delete was stored) is suppressed
+        (OUTCOME_SUPPRESSED, HTTP 200 `suppressed`), whenever it happened. Off (the
+        default): only events from before the delete are; later ones are a returning user.
         """
 
     @_abc_1.abstractmethod

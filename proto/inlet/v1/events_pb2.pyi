@@ -39,6 +39,12 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """The account already has an event with this message_id; nothing was written."""
     OUTCOME_REJECTED: _Outcome.ValueType  # 3
     """Not stored; `code`, `reason` and `message` say why."""
+    OUTCOME_SUPPRESSED: _Outcome.ValueType  # 4
+    """Not stored, for good (do not retry): an event of a deleted user (any id linked
+    to them when the delete was stored) from before the delete, compared by
+    `receivedAt`, else `timestamp`; or any event of a deleted user when the account
+    suppresses deleted users. `reason` is `user_deleted`.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
 
@@ -49,6 +55,12 @@ OUTCOME_DUPLICATE: Outcome.ValueType  # 2
 """The account already has an event with this message_id; nothing was written."""
 OUTCOME_REJECTED: Outcome.ValueType  # 3
 """Not stored; `code`, `reason` and `message` say why."""
+OUTCOME_SUPPRESSED: Outcome.ValueType  # 4
+"""Not stored, for good (do not retry): an event of a deleted user (any id linked
+to them when the delete was stored) from before the delete, compared by
+`receivedAt`, else `timestamp`; or any event of a deleted user when the account
+suppresses deleted users. `reason` is `user_deleted`.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 class _Order:
@@ -408,7 +420,7 @@ class IngestResult(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     code: _builtins.int
-    """A google.rpc.Code value: 0 (OK) for stored and duplicate items."""
+    """A google.rpc.Code value: 0 (OK) for stored, duplicate and suppressed items."""
     reason: _builtins.str
     """Stable, machine-readable error code (`missing_field`, `invalid_api_key`, ...)."""
     message: _builtins.str
@@ -543,7 +555,8 @@ class ListEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Only this user's events: any id of the profile (userId, anonymousId, or an
-    id linked to them by alias or by an event carrying both), all linked ids.
+    id linked to them by alias or by an event carrying both), all linked ids;
+    the `delete` events of those ids included.
     """
     name: _builtins.str
     """Only events with this track `event` / page or screen `name`."""
