@@ -16,6 +16,7 @@ from http_bridge.batcher import QueueFull
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
 from http_bridge.keys import BATCHER, CONFIG, CORE
+from http_bridge.metrics import METRICS
 from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings
 from http_bridge.status_map import RETRY_LATER, http_status_for
@@ -47,13 +48,19 @@ def error_response(
     return response
 
 
-def result_response(result: Verdict, retry_after_s: int) -> web.Response:
-    """The HTTP answer for the core's verdict on one event (DESIGN.md's status table)."""
-    if result.outcome == events_pb2.OUTCOME_STORED:
-        return json_response(200, {"message": "stored", "messageId": result.message_id})
-    if result.outcome == events_pb2.OUTCOME_DUPLICATE:
-        # Segment redelivers after timeouts: a duplicate is a success, not an error.
-        body = {"message": "already stored", "messageId": result.message_id, "duplicate": True}
+def result_response(
+    result: Verdict, retry_after_s: int, settings_dropped: bool = False
+) -> web.Response:
+    """The HTTP answer for the core's verdict on one event (DESIGN.md's status table).
+
+    `settings_dropped`: X-Segment-Settings had the documented form but was not JSON."""
+    if result.outcome in (events_pb2.OUTCOME_STORED, events_pb2.OUTCOME_DUPLICATE):
+        body: dict[str, Any] = {"message": "stored", "messageId": result.message_id}
+        if result.outcome == events_pb2.OUTCOME_DUPLICATE:
+            # Segment redelivers after timeouts: a duplicate is a success, not an error.
+            body.update(message="already stored", duplicate=True)
+        if settings_dropped:
+            body["settingsDropped"] = True
         return json_response(200, body)
     if result.outcome == events_pb2.OUTCOME_SUPPRESSED:
         # An event of a deleted user, not stored for good: 200, or Segment retries it.
@@ -130,7 +137,7 @@ async def segment_event(request: web.Request) -> web.Response:
     # client_max_size: 413 as soon as the limit is passed.
     body = await read_body(request, config, request.read())
     request[BODY] = body
-    item = Submission(body, api_key, settings, now_us())
+    item = Submission(body, api_key, settings or b"", now_us())
     try:
         result = await request.app[BATCHER].submit(
             item, len(body), config.request_timeout_s, REQUEST_ID.get() or ""
@@ -138,7 +145,9 @@ async def segment_event(request: web.Request) -> web.Response:
     except CORE_FAILURES as error:
         raise core_unavailable(error, config) from None
     request[ACCOUNT] = result.account
-    response = result_response(result, config.retry_after_s)
+    response = result_response(result, config.retry_after_s, settings is None)
+    if settings is None:
+        request.app[METRICS].settings_dropped.inc()
     if result.message_id:
         response[MESSAGE_ID] = result.message_id
     return response

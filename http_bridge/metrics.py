@@ -114,6 +114,12 @@ class BridgeMetrics:
         # Bound up front: every series exists (at 0) from the start.
         self.client_metrics = {name: received.labels(name)
                                for name in (*client_metrics.NAMES, client_metrics.OTHER)}  # fmt: skip
+        self.settings_dropped = Counter(
+            "inlet_settings_dropped",
+            "Events stored without their X-Segment-Settings: base64 of `{...}` that is not "
+            "JSON (never sent by Segment).",
+            registry=registry,
+        )
         self._routes: dict[str, RouteMetrics] = {}
         self.unmatched = self.route(UNMATCHED)
 

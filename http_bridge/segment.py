@@ -14,6 +14,8 @@ import functools
 import re
 from typing import Final
 
+import orjson
+
 from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from service.keys import split_key
 
@@ -77,21 +79,46 @@ def api_key_from_authorization(header: str | None) -> str:
     return api_key
 
 
+#: What `X-Segment-Settings` may hold, exactly (openapi.yaml states the same pattern): base64,
+#: standard or URL-safe alphabet, padding optional, no stray bits, of a JSON object's text
+#: from `{` to `}` with nothing around it; or nothing. A `{...}` text starts `e` + one of
+#: [w-z0-9+/_-] once encoded and ends, by its length modulo 3, in `9`, `fQ` or `[HXn3]0`.
+#: Segment's header (JSON.stringify, base64) always has this form. A regular expression
+#: cannot say "JSON" but Schemathesis can check only what one says, so this is the rule.
+SETTINGS_PATTERN: Final = (
+    r"^(?:e30=?|e[w-z0-9+/_-](?:[BFJNRVZdhlptx159]9|[A-Za-z0-9+/_-]{2}"
+    r"(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}[BFJNRVZdhlptx159]9|fQ={0,2}"
+    r"|[A-Za-z0-9+/_-][HXn3]0=?)))?$"
+)
+_SETTINGS: Final = re.compile(SETTINGS_PATTERN)
+
+
 @functools.lru_cache(maxsize=4096)
-def decode_settings(header: str | None) -> bytes:
-    """The X-Segment-Settings header, base64-decoded (the core checks it is a JSON object).
+def decode_settings(header: str | None) -> bytes | None:
+    """The JSON object in the X-Segment-Settings header, as text; b"" when there is none.
+
+    None when the header has the form of SETTINGS_PATTERN but the text between the braces
+    is not JSON: never Segment's, and not a reason to refuse a valid event (the caller
+    stores it without settings and says so).
 
     Raises:
-        BadRequest: the header is not base64.
+        BadRequest: any other value.
     """
-    if header is None or not header.strip():
+    value = (header or "").strip(" \t")  # HTTP's optional whitespace
+    if not value:
         return b""
-    try:
-        return _b64decode(header)
-    except ValueError:
+    if not _SETTINGS.fullmatch(value):
         raise BadRequest(
-            "the X-Segment-Settings header is not valid base64", "invalid_settings"
-        ) from None
+            "the X-Segment-Settings header must be base64 of a JSON object "
+            "(`{` to `}`, nothing around it)",
+            "invalid_settings",
+        )
+    decoded = _b64decode(value)
+    try:
+        orjson.loads(decoded)
+    except orjson.JSONDecodeError:
+        return None
+    return decoded
 
 
 @functools.lru_cache(maxsize=256)

@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     contract.add_argument("--spec", type=Path, help="OpenAPI spec (default: Inlet's, shipped)")
     contract.add_argument("--junit-xml", type=Path, help="also write a JUnit XML report here")
     contract.add_argument("--max-examples", type=int, default=50, help="per Schemathesis phase")
+    contract.add_argument("--seed", type=int, help="Schemathesis's seed, to replay a run")
     contract.add_argument("--cacert", help="CA bundle to trust for the endpoint's certificate")
     contract.add_argument("--scenarios-only", action="store_true", help="skip the Schemathesis run")
 
@@ -299,6 +300,7 @@ def contract_test(args: argparse.Namespace) -> int:
         settings=settings,
         spec=args.spec,
         max_examples=args.max_examples,
+        seed=args.seed,
         cacert=args.cacert,
         skip_property_run=args.scenarios_only,
     )

@@ -589,13 +589,15 @@ def settings_header() -> st.SearchStrategy[Headers]:
             st.booleans(),
             st.booleans(),
         ),
+        # `{...}` that orjson does not read: the event is stored, without the settings.
+        st.sampled_from([b'{"a": "\\ud800"}', b'{"a": 1e400}', b"{not json}"]).map(
+            lambda text: line(base64.b64encode(text))
+        ),
     )
     bad = st.one_of(
         HEADER_BYTES.filter(lambda b: b.strip() != b"").map(line),
         st.builds(lambda value: line(base64.b64encode(_dump(value, True))), JSON_VALUES),
         st.binary(min_size=1, max_size=40).map(lambda raw: line(base64.b64encode(b"\xff" + raw))),
-        st.just(line(base64.b64encode(b'{"a": "\\ud800"}'))),
-        st.just(line(base64.b64encode(b'{"a": 1e400}'))),
         st.just(line(base64.b64encode(b"{" * 2000))),
         st.just(line(base64.b64encode(b'{"k": "' + b"v" * 60_000 + b'"}'))),  # over 64 KiB
     )

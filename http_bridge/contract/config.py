@@ -17,6 +17,8 @@ class ContractConfig:
     spec: Path | None = None
     """OpenAPI spec for the property-based run; None: Inlet's own, shipped in the package."""
     max_examples: int = 50
+    seed: int | None = None
+    """Schemathesis's seed, to replay a run (it prints the one it used); None: a new one."""
     cacert: str | None = None
     """CA bundle to verify the endpoint's TLS certificate with (self-signed test setups)."""
     skip_property_run: bool = False

@@ -53,7 +53,8 @@ WEBHOOK_OPERATION_ID = "receiveSegmentEvent"
 def webhook_spec(spec_text: str, webhook_path: str, segment_only: bool) -> dict[str, Any]:
     """The spec reduced to its webhook operation (the one POST), moved to `webhook_path`.
 
-    With `segment_only`, response bodies are held to Segment's requirements only.
+    With `segment_only`, response bodies are held to Segment's requirements only and
+    X-Segment-Settings is not generated.
     """
     import yaml
 
@@ -70,6 +71,14 @@ def webhook_spec(spec_text: str, webhook_path: str, segment_only: bool) -> dict[
     spec["paths"] = {webhook_path or "/": {"post": operation}}
     spec.pop("servers", None)
     if segment_only:
+        # Inlet's pattern for the settings admits values Segment never sends (base64 of
+        # `{...}` that is not JSON), which another destination may rightly refuse: the
+        # run sends the settings given with --settings on every request, or none.
+        operation["parameters"] = [
+            parameter
+            for parameter in operation.get("parameters", [])
+            if str(parameter.get("name", "")).lower() != "x-segment-settings"
+        ]
         for status, response in operation.get("responses", {}).items():
             schema = SEGMENT_SUCCESS if str(status).startswith("2") else SEGMENT_ERROR
             response["content"] = {"application/json": {"schema": schema}}
@@ -92,10 +101,8 @@ def run_property_tests(config: ContractConfig, work_dir: Path) -> PropertyRun:
     spec_file.write_text(json.dumps(spec))
     settings_line = ""
     if config.settings:
-        # A JSON Schema cannot say "base64 of a JSON object": send the real settings.
-        settings_line = (
-            f'[parameters]\n"header.X-Segment-Settings" = {json.dumps(config.settings)}\n'
-        )
+        # On every request, never mutated, as Segment sends them.
+        settings_line = f'[headers]\n"X-Segment-Settings" = {json.dumps(config.settings)}\n'
     config_file = work_dir / "schemathesis.toml"
     config_file.write_text(
         "[checks.not_a_server_error]\n"
@@ -111,6 +118,8 @@ def run_property_tests(config: ContractConfig, work_dir: Path) -> PropertyRun:
     ]  # fmt: skip
     if config.cacert:
         command += ["--tls-verify", config.cacert]
+    if config.seed is not None:
+        command += ["--seed", str(config.seed)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     output = done.stdout + done.stderr
     summary = next(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from http_bridge.contract.config import ContractConfig
+from http_bridge.contract.property_run import run_property_tests
 from http_bridge.contract.report import render_text, write_junit
 from http_bridge.contract.runner import run_contract_test
 from http_bridge.contract.scenarios import basic, segment_consequence
@@ -131,16 +134,63 @@ def test_property_run_catches_a_server_error(tmp_path: Path) -> None:
     assert failed == ["malformed JSON", "empty body"]
 
 
-def test_inlet_passes_its_own_contract(live: LiveStack, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "seed"),
+    [(["--settings", '{"region": "eu"}'], 1), ([], 1), ([], 2)],
+    ids=["settings", "no-settings-seed-1", "no-settings-seed-2"],
+)
+def test_inlet_passes_its_own_contract(
+    live: LiveStack, tmp_path: Path, settings: list[str], seed: int
+) -> None:
+    # Run as the README shows it, with and without --settings.
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "contract-test", "--url", live.stack.url + "/segment",
-         "--key", live.stack.keys["ingest"], "--settings", '{"region": "eu"}',
+         "--key", live.stack.keys["ingest"], *settings, "--seed", str(seed),
          "--max-examples", "20", "--junit-xml", str(tmp_path / "junit.xml")],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: 19/19 scenarios passed; property-based run passed" in result.stdout
     assert ET.parse(tmp_path / "junit.xml").getroot().tag == "testsuites"
+
+
+def strict_about_settings(target: str) -> web.Application:
+    """A correct destination that refuses every X-Segment-Settings but base64 of a JSON
+    object (Inlet without its leniency), in front of Inlet for everything else."""
+
+    async def receive(request: web.Request) -> web.Response:
+        settings = request.headers.get("X-Segment-Settings")
+        if settings is not None:
+            try:
+                decoded = json.loads(base64.b64decode(settings, validate=True))
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                return web.json_response({"message": "bad settings"}, status=400)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(target, data=await request.read(), headers=request.headers) as reply,
+        ):
+            body = await reply.read()
+            return web.Response(status=reply.status, body=body, headers=reply.headers)
+
+    app = web.Application(client_max_size=10 * 1024 * 1024)
+    app.router.add_post("/hooks/segment", receive)
+    return app
+
+
+@pytest.mark.parametrize("settings", ["", "e30="])
+def test_property_run_sends_only_settings_segment_would(
+    live: LiveStack, tmp_path: Path, settings: str
+) -> None:
+    # Inlet's pattern admits values Segment never sends (base64 of `{...}` that is not
+    # JSON); a destination may refuse them, and the run must not hold that against it.
+    with serving(strict_about_settings(live.stack.url + "/segment")) as url:
+        config = ContractConfig(
+            url=url, api_key=live.stack.keys["ingest"], settings=settings, max_examples=10, seed=3
+        )
+        run = run_property_tests(config, tmp_path)
+    assert run.passed, run.output
 
 
 def test_segment_consequences() -> None:

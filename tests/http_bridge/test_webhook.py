@@ -101,6 +101,26 @@ async def test_settings_header_is_stored_with_the_event(stack: Stack) -> None:
     assert json.loads(saved) == {"customSettingOne": "custom setting value"}
 
 
+async def test_settings_of_the_documented_form_that_are_not_json_do_not_fail_the_event(
+    stack: Stack,
+) -> None:
+    # base64 of `{...}`: openapi.yaml's pattern admits it, so refusing it would refuse a
+    # schema-valid request; the event is stored without the settings, and the answer says so.
+    header = base64.b64encode(b"{not json}").decode()
+    status, body, _ = await post(stack, TRACK, headers={"X-Segment-Settings": header})
+    assert (status, body) == (
+        200,
+        {"message": "stored", "messageId": "m-1", "settingsDropped": True},
+    )
+    assert await stored(stack, "m-1") == TRACK
+    db = sqlite3.connect(Path(stack.store.path))  # type: ignore[attr-defined]
+    assert db.execute("SELECT settings FROM events WHERE message_id = 'm-1'").fetchone() == (None,)
+    status, body, _ = await post(stack, TRACK, headers={"X-Segment-Settings": header})
+    assert (status, body["duplicate"], body["settingsDropped"]) == (200, True, True)
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as reply:
+        assert "inlet_settings_dropped_total 2.0" in await reply.text()
+
+
 async def test_unusual_casing_is_understood(stack: Stack) -> None:
     event = {"TYPE": "Alias", "Previous ID": 42, "user_id": "u9", "Message-Id": "case-1"}
     status, body, _ = await post(stack, event)
@@ -149,7 +169,8 @@ async def test_missing_event_message_names_the_field(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "settings", ["not base64!", base64.b64encode(b"[1]").decode(), base64.b64encode(b"{").decode()]
+    "settings",
+    ["not base64!", *(base64.b64encode(text).decode() for text in (b"[1]", b"{", b' {"a":1}'))],
 )
 async def test_bad_settings_header_is_400(stack: Stack, settings: str) -> None:
     status, body, _ = await post(stack, TRACK, headers={"X-Segment-Settings": settings})
