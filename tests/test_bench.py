@@ -49,6 +49,23 @@ def test_profiles_mix_has_the_issue_shape() -> None:
     assert len(users) > 100 and all(u.startswith("user-") and int(u[5:]) < 500 for u in users)
 
 
+def test_the_mixes_compared_differ_only_where_they_should() -> None:
+    """`profiles-no-deletes` is `profiles` with a track in the delete's slot (the same
+    number of requests); `track` is one track event."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from events import MIXES
+
+    def types(mix: str) -> list[str]:
+        make, _ = MIXES[mix]
+        return [json.loads(t.replace(b"__MID__", b"m"))["type"] for t in make()]
+
+    with_deletes, without = types("profiles"), types("profiles-no-deletes")
+    assert len(with_deletes) == len(without)
+    changed = [(a, b) for a, b in zip(with_deletes, without, strict=True) if a != b]
+    assert changed == [("delete", "track")]
+    assert types("track") == ["track"] and MIXES["track"][1] == 0
+
+
 def test_mix_script_runs(tmp_path: Path) -> None:
     out = tmp_path / "mix.json"
     subprocess.run(
