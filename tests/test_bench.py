@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,39 @@ def test_mix_script_runs(tmp_path: Path) -> None:
     (phase,) = report["phases"]
     assert phase["store"] == "sqlite" and phase["requests_per_s"] > 0
     assert set(phase["statuses"]) == {"200"}
+
+
+def test_the_pg_ceiling_table_is_inlets_events_table(pg_dsn: str) -> None:
+    """The ceiling inserts into a table with the columns and indexes of Inlet's `events`
+    as its migrations leave it (names aside): a schema change shows here first."""
+    import asyncpg
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pg_ceiling import _SCHEMA
+
+    from service.store.pg_schema import migrate
+    from tests.pg import in_thread
+
+    async def shapes() -> tuple[list[tuple[Any, ...]], ...]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await migrate(conn)
+            await conn.execute(_SCHEMA)
+            found = []
+            for table in ("events", "ceiling_events"):
+                columns = await conn.fetch(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+                    " WHERE table_name = $1 AND table_schema = current_schema()"
+                    " ORDER BY ordinal_position", table)  # fmt: skip
+                indexes = await conn.fetch(
+                    "SELECT replace(replace(indexdef, 'ceiling_', ''), $1, '') FROM pg_indexes"
+                    " WHERE tablename = $2 AND schemaname = current_schema() ORDER BY 1",
+                    f"{table.removeprefix('ceiling_')}_", table)  # fmt: skip
+                found += [[tuple(r) for r in columns], [tuple(r) for r in indexes]]
+            return tuple(found)
+        finally:
+            await conn.close()
+
+    events_columns, events_indexes, ceiling_columns, ceiling_indexes = in_thread(shapes)
+    assert ceiling_columns == events_columns
+    assert ceiling_indexes == events_indexes and len(events_indexes) == 4
