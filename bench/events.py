@@ -1,9 +1,12 @@
-"""Realistic Segment events for load, in two mixes (MIXES):
+"""Realistic Segment events for load, in four mixes (MIXES):
 
 * `bench`: all seven types, ~30 % track with product arrays, ~1,000 fixed users;
 * `profiles`: the shape of real traffic that builds profiles: per 20 requests 12 track,
   2 page, 3 identify, 1 alias, 1 group and 1 delete, each for one of `users` users
-  (500 by default) picked at random per request.
+  (500 by default) picked at random per request;
+* `profiles-no-deletes`: the same with a track where the delete was (13 track), so the
+  two differ only by the 5 % deletes;
+* `track`: one track event (~1 KB, one product), the plainest load.
 
 Each template has the placeholder `__MID__` where the messageId goes and, in the
 `profiles` mix, `__USER__` where the user's number goes, so load generators (the wrk
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import random
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -124,9 +128,10 @@ def templates() -> list[bytes]:
     return [orjson.dumps(event) for event in out]
 
 
-def profile_templates() -> list[bytes]:
+def profile_templates(deletes: bool = True) -> list[bytes]:
     """The `profiles` mix: 20 bodies, per 20 requests 12 track, 2 page, 3 identify, 1 alias,
-    1 group, 1 delete, spread out; the user's number is `__USER__`."""
+    1 group, 1 delete, spread out; the user's number is `__USER__`. Without `deletes`,
+    the delete's slot holds a track."""
     user = USER_PLACEHOLDER
 
     def of(kind: str, n: int, **fields: Any) -> dict[str, Any]:
@@ -143,15 +148,35 @@ def profile_templates() -> list[bytes]:
         11: of("group", 11, groupId=f"group-{user}", traits={"name": "Initech", "employees": 329}),
         13: of("page", 13, name="Cart", properties={"path": "/cart"}),
         15: of("identify", 15, traits={"lastName": "Gibbons", "age": 41}),
-        18: {"type": "delete", "messageId": PLACEHOLDER, "userId": f"user-{user}",
-             "context": None, "integrations": None},
     }  # fmt: skip
+    if deletes:
+        slots[18] = {"type": "delete", "messageId": PLACEHOLDER, "userId": f"user-{user}",
+                     "context": None, "integrations": None}  # fmt: skip
     ids = {"userId": f"user-{user}", "anonymousId": f"anon-{user}"}
     return [orjson.dumps(slots.get(n) or {**_track(n), **ids}) for n in range(20)]
 
 
-#: name -> (its 20 templates, how many users `__USER__` ranges over; 0: no placeholder).
-MIXES: Final = {"bench": (templates, 0), "profiles": (profile_templates, 500)}
+def track_templates() -> list[bytes]:
+    """The `track` mix: one track event, always the same but for its messageId."""
+    return [orjson.dumps(_track(0))]
+
+
+#: name -> (its templates, how many users `__USER__` ranges over; 0: no placeholder).
+MIXES: Final[dict[str, tuple[Callable[[], list[bytes]], int]]] = {
+    "bench": (templates, 0),
+    "profiles": (profile_templates, 500),
+    "profiles-no-deletes": (lambda: profile_templates(deletes=False), 500),
+    "track": (track_templates, 0),
+}
+
+#: The track event bench/grpc_load.py sends to IngestBatch (and bench/pg_ceiling.py inserts
+#: as Inlet stores it): `__MID__` is where the messageId goes.
+GRPC_TRACK: Final = orjson.dumps({
+    "type": "track", "messageId": PLACEHOLDER, "userId": "user-1", "event": "Order Completed",
+    "timestamp": "2026-11-26T08:19:18.595Z", "context": {"library": {"name": "bench"}},
+    "properties": {"order_id": "50314b8e9bcf000000000000", "revenue": 25.0, "currency": "USD",
+                   "products": [{"product_id": "507f1f77bcf86cd799439011", "price": 19.0}]},
+})  # fmt: skip
 
 
 class EventSource:

@@ -2,8 +2,8 @@
 
     python bench/grpc_load.py TARGET KEY SECONDS [BATCH] [INFLIGHT] [WARMUP]
 
-After WARMUP seconds (default 1) of the same load, not counted, prints one JSON line
-for the SECONDS measured: events sent, stored, duplicates, rejected, seconds, events/s.
+After WARMUP seconds (default 1; 0: none) of the same load, not counted, prints one JSON
+line for the SECONDS measured: events sent, stored, duplicates, rejected, seconds, events/s.
 bench/run.py warms up as long as for the HTTP phases (3 s): measured per second, the
 first seconds against a fresh server ran at ~60 % of the rate that followed in two runs
 of three (24k, 25k, 25k, then 33-41k events/s), which a 5 s phase without a warm-up
@@ -16,18 +16,15 @@ import asyncio
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import orjson
 
 from inlet.v1 import events_pb2, events_pb2_grpc
 
-TRACK = orjson.dumps({
-    "type": "track", "messageId": "__MID__", "userId": "user-1", "event": "Order Completed",
-    "timestamp": "2026-11-26T08:19:18.595Z", "context": {"library": {"name": "bench"}},
-    "properties": {"order_id": "50314b8e9bcf000000000000", "revenue": 25.0, "currency": "USD",
-                   "products": [{"product_id": "507f1f77bcf86cd799439011", "price": 19.0}]},
-})  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from events import GRPC_TRACK as TRACK
 
 
 async def main(
@@ -49,8 +46,9 @@ async def main(
         target, options=[("grpc.max_send_message_length", 64 << 20)]
     ) as channel:
         stub = events_pb2_grpc.EventServiceStub(channel)
-        counting = False
-        deadline = time.monotonic() + warmup + seconds
+        counting = warmup <= 0
+        started = time.monotonic()
+        deadline = started + warmup + seconds
 
         async def worker() -> None:
             while time.monotonic() < deadline:
@@ -71,8 +69,9 @@ async def main(
                         totals["rejected"] += 1
 
         workers = asyncio.gather(*(worker() for _ in range(inflight)))
-        await asyncio.sleep(warmup)
-        counting, started = True, time.monotonic()
+        if not counting:
+            await asyncio.sleep(warmup)
+            counting, started = True, time.monotonic()
         await workers
         elapsed = time.monotonic() - started
     print(orjson.dumps({**totals, "seconds": elapsed,

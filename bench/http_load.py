@@ -4,7 +4,8 @@
 
 MIX is one of events.MIXES (default `bench`).
 
-Prints one JSON line: requests, statuses, duplicates, seconds, latency percentiles (ms).
+Prints one JSON line: requests, statuses, duplicates, 503s without Retry-After, seconds,
+latency percentiles (ms).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ async def main(
         "User-Agent": "Segment.io/1.0",
     }
     statuses: Counter[int] = Counter()
-    duplicates = 0
+    duplicates = no_retry_after = 0
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal duplicates
+        nonlocal duplicates, no_retry_after
         while time.monotonic() < deadline:
             started = time.perf_counter()
             async with session.post(url, data=source.next(), headers=headers) as reply:
@@ -48,6 +49,8 @@ async def main(
             statuses[reply.status] += 1
             if reply.status == 200 and b'"duplicate"' in body:
                 duplicates += 1
+            elif reply.status == 503 and "Retry-After" not in reply.headers:
+                no_retry_after += 1
 
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -61,7 +64,7 @@ async def main(
 
     print(orjson.dumps({
         "requests": len(latencies), "statuses": {str(k): v for k, v in statuses.items()},
-        "duplicates": duplicates, "seconds": elapsed,
+        "duplicates": duplicates, "no_retry_after": no_retry_after, "seconds": elapsed,
         "latency_ms": {"p50": pct(50), "p99": pct(99), "p99.9": pct(99.9)},
     }).decode())  # fmt: skip
 

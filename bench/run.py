@@ -11,6 +11,8 @@ just before and just after Inlet (the ratio is to the mean of the two),
 drives gRPC IngestBatch directly, checks integrity (every 2xx is in the store,
 nothing twice), and prints and writes everything as JSON (bench/results/).
 The machines are noisy: compare ratios from the same run, and medians of rounds.
+SQLite against PostgreSQL in the same run, and the scale-out figures: bench/mix.py
+(bench/README.md says which benchmark measures what).
 """
 
 from __future__ import annotations
