@@ -23,15 +23,26 @@ def is_postgres(database: str) -> bool:
 
 
 def open_store(
-    database: str, *, durable: bool = True, pool_size: int = 10, timeout_s: float = 5.0
+    database: str,
+    *,
+    durable: bool = True,
+    pool_size: int = 10,
+    commits_in_flight: int = 4,
+    timeout_s: float = 5.0,
 ) -> Store:
     """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
-    URL or a file path. `pool_size` and `timeout_s` apply to PostgreSQL only."""
+    URL or a file path. `pool_size`, `commits_in_flight` and `timeout_s` apply to
+    PostgreSQL only."""
     if is_postgres(database):
         # Imported here: SQLite deployments never load the driver.
         from service.store.postgres import PostgresOptions, PostgresStore
 
-        options = PostgresOptions(pool_size=pool_size, timeout_s=timeout_s, durable=durable)
+        options = PostgresOptions(
+            pool_size=pool_size,
+            commits_in_flight=commits_in_flight,
+            timeout_s=timeout_s,
+            durable=durable,
+        )
         return PostgresStore(database, options)
     path = database.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SqliteStore(Path(path), durable=durable)

@@ -26,13 +26,18 @@ class _Committer(Generic[T, R]):
         self,
         max_items: int = 5000,
         transient: Callable[[BaseException], bool] = lambda exc: False,
+        max_in_flight: int = 1,
     ) -> None:
         """`transient(exc)`: the failure is the store's, not the data's (no point retrying
-        submissions one by one; every waiter gets it)."""
+        submissions one by one; every waiter gets it). `max_in_flight`: how many groups
+        may commit at once (1 where the database has one writer)."""
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
         self._transient = transient
         self._max_items = max_items
+        self._max_in_flight = max_in_flight
         self._queue: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
-        self._drainer: asyncio.Task[None] | None = None
+        self._drainers: set[asyncio.Task[None]] = set()
 
     def _call(self, items: list[T]) -> Awaitable[list[R]]:
         raise NotImplementedError
@@ -43,15 +48,21 @@ class _Committer(Generic[T, R]):
             return []
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         self._queue.append((items, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="inlet-group-commit")
+        # done(), not membership: a drainer that just found the queue empty has ended,
+        # though its done-callback has not run yet.
+        if sum(not task.done() for task in self._drainers) < self._max_in_flight:
+            drainer = asyncio.create_task(self._drain(), name="inlet-group-commit")
+            self._drainers.add(drainer)
+            drainer.add_done_callback(self._drainers.discard)
         # shield: a caller that gives up must not cancel the commit others wait for.
         return await asyncio.shield(future)
 
     async def wait_idle(self) -> None:
         """Wait until everything submitted so far is committed (for shutdown)."""
-        while self._drainer is not None and not self._drainer.done():
-            await asyncio.shield(self._drainer)
+        # asyncio.wait never cancels what it waits for (a caller that gives up must not
+        # cancel commits others wait for).
+        while busy := [task for task in self._drainers if not task.done()]:
+            await asyncio.wait(busy)
 
     async def _drain(self) -> None:
         while self._queue:
@@ -115,15 +126,17 @@ class GroupCommitter(_Committer[T, R]):
 
 class AsyncGroupCommitter(_Committer[T, R]):
     """The same policy for a coroutine `commit(items)` (an async driver, PostgreSQL):
-    one commit in flight per process, the next one takes everything queued meanwhile."""
+    up to `max_in_flight` commits at once, each new one taking everything queued
+    meanwhile (the database flushes concurrent commits' log together)."""
 
     def __init__(
         self,
         commit: Callable[[list[T]], Awaitable[list[R]]],
         max_items: int = 5000,
         transient: Callable[[BaseException], bool] = lambda exc: False,
+        max_in_flight: int = 1,
     ) -> None:
-        super().__init__(max_items, transient)
+        super().__init__(max_items, transient, max_in_flight)
         self._commit = commit
 
     def _call(self, items: list[T]) -> Awaitable[list[R]]:

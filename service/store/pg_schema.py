@@ -141,6 +141,65 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- profile: erasures and profiles leave delete events out.
     UPDATE events SET subject = user_id WHERE type = 'delete';
     """,
+    # 3: feed positions from a sequence instead of the one-row counter, whose row lock
+    # made every core's ingest transaction wait for the one before it, and deletes
+    # erased in the background (postgres.py says how both stay correct). A sequence
+    # hands numbers out at insert time, so readers stop at the feed horizon: below it
+    # every number is committed or will never be. The sequence goes on from the counter,
+    # so every cursor a client holds keeps its meaning; FOR UPDATE waits for the
+    # counter's last transaction to commit first. Cores of an older schema still running
+    # then fail their ingest with a transient error (57P03: 503, Segment retries) until
+    # they are upgraded, instead of numbering events twice.
+    """
+    CREATE SEQUENCE event_seq AS bigint MINVALUE 1 CACHE 1;
+    CREATE FUNCTION inlet_counter_retired() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'the database is at a newer Inlet schema: upgrade this core'
+            USING ERRCODE = '57P03';
+    END $$;
+    CREATE TRIGGER event_counter_retired BEFORE UPDATE ON event_counter
+        FOR EACH ROW EXECUTE FUNCTION inlet_counter_retired();
+    SELECT setval('event_seq', (SELECT last_seq FROM event_counter FOR UPDATE) + 1, false);
+    -- The tag of the advisory locks that announce ingest transactions' floors: the
+    -- top 16 bits of the lock key (the low 48 hold the floor). Derived from this
+    -- schema's sequence, so deployments sharing a database do not hold back each
+    -- other's readers; never 0, so small keys other software locks are not read as
+    -- floors.
+    CREATE FUNCTION inlet_floor_tag() RETURNS bigint LANGUAGE sql STABLE AS $$
+        SELECT 16384 | ('event_seq'::regclass::oid::bigint & 16383)
+    $$;
+    -- The next number the sequence gives, then the lowest floor an ingest transaction
+    -- in flight has announced (a shared advisory lock it takes before it draws a number,
+    -- postgres.py), NULL if none. Every number below the lesser of the two is committed
+    -- or will never exist: a transaction that draws after the sequence was read draws
+    -- at least its next number; one that drew before took its lock before it drew, so
+    -- it is still in pg_locks, or it has ended. Hence the order of the two reads.
+    -- And whether deletions wait to be erased (readers then leave out what they cover).
+    CREATE FUNCTION inlet_feed_state(
+        OUT next_seq bigint, OUT floor_seq bigint, OUT erasing boolean
+    ) LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        tag bigint := inlet_floor_tag();
+    BEGIN
+        erasing := EXISTS (SELECT 1 FROM deletions WHERE erased_at_us IS NULL);
+        SELECT last_value + is_called::int INTO next_seq FROM event_seq;
+        SELECT min(((l.classid::bigint << 32) | l.objid::bigint) & x'ffffffffffff'::bigint)
+        INTO floor_seq
+        FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND (l.classid::bigint >> 16) = tag;
+    END $$;
+    -- What the deletion rule compares (suppression.py); NULL on older rows, which all
+    -- have a lower seq than any delete recorded from now on.
+    ALTER TABLE events ADD COLUMN event_time_us bigint;
+    -- A deletion is recorded by the ingest transaction and erased after it (the eraser);
+    -- earlier ones were erased when recorded.
+    ALTER TABLE deletions ADD COLUMN seq bigint, ADD COLUMN erased_at_us bigint;
+    UPDATE deletions SET erased_at_us = requested_at_us;
+    CREATE INDEX deletions_to_erase ON deletions (id) WHERE erased_at_us IS NULL;
+    CREATE INDEX deleted_ids_deletion ON deleted_ids (deletion_id);
+    """,
 )
 
 

@@ -10,18 +10,30 @@ How the SQLite store's guarantees carry over:
 * Dedupe: UNIQUE (account_id, message_id) with ON CONFLICT DO NOTHING. Two cores
   inserting the same messageId at once: the second waits for the first to commit and
   then skips the row, so both callers succeed and the event is stored once.
-* Cursors: `seq` comes from a one-row counter updated first thing in the ingest
-  transaction (pg_schema.py says why a sequence is not enough). Its row lock lasts
-  until commit, so numbers are committed in order: once a reader sees seq N, every
-  smaller seq is committed or will never exist. The price: ingest transactions of
-  all cores run one after another; each carries a whole group (group commit below),
-  so that costs throughput only when the database itself is the bottleneck.
-* Group commit: one ingest transaction in flight per process; concurrent batches
-  queue and the next transaction takes them all (AsyncGroupCommitter).
-* Subscribe across cores: the ingest transaction NOTIFYs (delivered at commit, never
-  for a rollback); every store LISTENs on its own connection and publishes its
-  CommitSignal, so streams on every core wake at once. The listener reconnects by
-  itself (and wakes the streams then, for commits it may have missed).
+* Cursors: `seq` comes from a sequence, drawn at insert time, so ingest
+  transactions of every core run and commit at once, in any order. A reader must
+  then never move past a number that is still to be committed: before it draws,
+  each ingest transaction takes a shared advisory lock on its *floor* (the lowest
+  number it can draw), and readers only go up to the *feed horizon*, the lowest
+  floor in flight (pg_schema.py's inlet_feed_state says why that is safe). Below
+  the horizon every seq is committed or will never exist; a transaction held open
+  holds back readers, never other writers. A core killed mid-transaction loses its
+  connection, the server rolls the transaction back and its lock goes with it.
+* Group commit: up to `commits_in_flight` ingest transactions per process at once;
+  concurrent batches queue and the next transaction takes them all
+  (AsyncGroupCommitter).
+* Subscribe across cores: after each commit the store NOTIFYs, outside the ingest
+  transaction (a transaction that NOTIFYs takes a database-wide lock at commit,
+  which would order every core's commits again), at most one at a time per process;
+  every store LISTENs on its own connection and publishes its CommitSignal, so
+  streams on every core wake at once. While transactions are in flight a reader
+  that read up to the horizon re-reads shortly, so a rolled-back transaction (which
+  notifies nobody) does not leave it waiting for the slow poll. The listener
+  reconnects by itself (and wakes the streams then, for commits it may have missed).
+* Deletes: the ingest transaction records the deletion (and its ids, whose later events
+  are suppressed from then on: suppression.py); an eraser in the background erases what
+  is stored of the ids once no transaction that could have missed the record is still in
+  flight, so a delete never holds up the commits of other events (_Eraser).
 * Failures: connection loss, refusal, shutdown, timeouts, full disk are
   StoreUnavailable (gRPC UNAVAILABLE, HTTP 503, Segment retries); the pool makes new
   connections as the server comes back, so no restart is needed.
@@ -34,12 +46,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import asyncpg
 import orjson
 
 from service.errors import StoreUnavailable
+from service.logs import RateLimitedLog
 from service.projections import GROUP, USER, Projection, project
 from service.store import pg_schema
 from service.store.base import (
@@ -60,7 +73,7 @@ from service.store.base import (
 from service.store.group_commit import AsyncGroupCommitter
 from service.suppression import covered_ids, event_time_us, is_suppressed
 from service.timestamps import now_us
-from service.validation import CanonicalEvent
+from service.validation import CanonicalEvent, canonicalise
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -86,6 +99,10 @@ class PostgresOptions:
     """Longest wait to connect, to get a pooled connection, or for one statement; past it
     the call fails with StoreUnavailable (the bridge's own deadline is shorter)."""
 
+    commits_in_flight: int = 4
+    """Ingest transactions this process runs at once (each a group of batches; at most
+    pool_size). More than one lets the server flush several commits' log at once."""
+
     durable: bool = True
     """synchronous_commit on: a commit returns once its WAL is flushed (off: faster, but
     the server's crash may lose acknowledged events, like SQLite's --no-fsync)."""
@@ -96,9 +113,19 @@ class PostgresOptions:
     listener_check_s: float = 2.0
     """How often the LISTEN connection is checked (a `SELECT 1`) to notice a restart."""
 
+    horizon_recheck_s: float = 0.05
+    """While ingest transactions are in flight, how soon a reader that stopped at the
+    feed horizon is woken to read again (their commits wake it sooner, by NOTIFY)."""
+
+    erase_poll_s: float = 5.0
+    """How often the eraser looks for deletions no core has erased yet (one that crashed
+    before erasing); this core's own deletes are erased as soon as they commit."""
+
     def __post_init__(self) -> None:
         if self.pool_size < 1 or min(self.timeout_s, self.feed_poll_s, self.listener_check_s) <= 0:
             raise ValueError("pool_size must be >= 1 and the timeouts > 0")
+        if self.commits_in_flight < 1 or self.horizon_recheck_s <= 0 or self.erase_poll_s <= 0:
+            raise ValueError("commits_in_flight must be >= 1 and the intervals > 0")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -115,6 +142,16 @@ def is_transient(exc: BaseException) -> bool:
         # 55P03 lock not available.
         return state[:2] in ("08", "40", "53", "57", "58") or state == "55P03"
     return False
+
+
+async def _rollback_if_open(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a connection needs before it goes back to the pool. asyncpg's default reset
+    (unlock, close cursors, UNLISTEN, RESET ALL) costs a round trip on every use, and
+    none of it applies: pooled connections never change session state (LISTEN has a
+    connection of its own; advisory locks are transaction-scoped). Only a transaction
+    left open by a cancelled call needs undoing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 def _text(value: str | None) -> str | None:
@@ -168,52 +205,45 @@ class _Projected:
         self.members.clear()
 
 
-# One statement, one round trip: reserve numbers for the group (the counter's row lock is
-# held until commit: see the module docstring), insert the group, NOTIFY the other
-# cores (delivered at commit), and read when the group's covered ids (suppression.py)
-# were last deleted. Duplicates (stored before, or twice in the group: the first wins,
-# ORDER BY ord) are skipped and leave holes in the numbering; so do suppressed events,
-# removed once known (_remove).
-# The deletions read are those of the statement's snapshot, taken before the counter's
-# lock was granted: `current` is false when a deletion committed in between (it counted
-# itself in `deletions` under that lock), and then they are read again (_DELETED_AT).
+# Opens an ingest transaction and announces its floor (the lowest number it can draw),
+# in one round trip, before the statement that draws numbers takes its snapshot: so a
+# transaction whose snapshot missed a deletion holds its lock from before the deletion
+# committed, and the eraser waits for it (_Eraser).
+_BEGIN_INGEST: Final = """
+    BEGIN;
+    SELECT pg_advisory_xact_lock_shared((inlet_floor_tag() << 48) | (last_value + is_called::int))
+    FROM event_seq
+"""
+# One statement, one round trip: number the group in its order and insert it, in
+# messageId order so that two cores inserting the same ids wait for each other instead
+# of deadlocking, and read when the group's covered ids (suppression.py) were last
+# deleted. Duplicates (stored before, or twice in the group: the first wins) are
+# skipped and leave holes in the numbering; so do suppressed events, removed once known.
 _WRITE_EVENTS: Final = """
-    WITH reserved AS (
-        UPDATE event_counter SET last_seq = last_seq + $1
-        RETURNING last_seq - $1 AS base, deletions
+    WITH numbered AS MATERIALIZED (
+        SELECT nextval('event_seq') AS seq, x.*
+        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
+                    $12::bytea[], $13::bytea[], $14::text[], $15::bigint[])
+             WITH ORDINALITY AS x(a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub, et, ord)
+        ORDER BY ord
     ), inserted AS (
         INSERT INTO events (seq, account_id, message_id, type, user_id, anonymous_id, name,
                             group_id, previous_id, timestamp_us, received_at_us, key_id,
-                            payload, settings, subject)
-        SELECT reserved.base + ord, a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub
-        FROM reserved,
-             unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[],
-                    $13::bytea[], $14::bytea[], $15::text[])
-             WITH ORDINALITY AS x(a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub, ord)
-        ORDER BY ord
+                            payload, settings, subject, event_time_us)
+        SELECT seq, a, m, t, u, an, n, g, p, ts, r, k, pl, s, sub, et FROM numbered
+        ORDER BY a, m COLLATE "C", ord
         ON CONFLICT (account_id, message_id) DO NOTHING
-        RETURNING seq
-    ), notified AS (
-        SELECT pg_notify($16, max(seq)::text) FROM inserted HAVING count(*) > 0
+        RETURNING seq, account_id, message_id
     ), deleted AS (
         SELECT d.account_id, d.id, max(d.deleted_at_us) AS at
-        FROM unnest($17::bigint[], $18::text[]) AS c(a, i)
+        FROM unnest($16::bigint[], $17::text[]) AS c(a, i)
         JOIN deleted_ids d ON d.account_id = c.a AND d.id = c.i
         GROUP BY d.account_id, d.id
     )
-    SELECT (SELECT base FROM reserved), ARRAY(SELECT seq FROM inserted),
-           (SELECT count(*) FROM notified),
-           (SELECT deletions FROM reserved) = (SELECT deletions FROM event_counter),
+    SELECT ARRAY(SELECT seq FROM inserted), ARRAY(SELECT account_id FROM inserted),
+           ARRAY(SELECT message_id FROM inserted),
            (SELECT json_agg(json_build_array(account_id, id, at)) FROM deleted)
-"""
-_DELETED_AT: Final = """
-    SELECT json_agg(json_build_array(account_id, id, at)) FROM (
-        SELECT d.account_id, d.id, max(d.deleted_at_us) AS at
-        FROM unnest($1::bigint[], $2::text[]) AS c(a, i)
-        JOIN deleted_ids d ON d.account_id = c.a AND d.id = c.i
-        GROUP BY d.account_id, d.id
-    ) deleted
 """
 # The projections of a group, one statement per table (rows deduplicated beforehand,
 # see _Projected: ON CONFLICT DO UPDATE may not touch one row twice in a statement).
@@ -239,14 +269,17 @@ _LINKS: Final = """
 """
 # A device's link to its users is followed only from the start (projections.py). UNION
 # (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts.
-_LINKED_IDS: Final = """
-    WITH RECURSIVE linked(id, start) AS (
+_LINKED_CTE: Final = """
+    linked(id, start) AS (
         SELECT $2::text, true
         UNION
         SELECT l.other, false FROM identity_links l
         JOIN linked ON l.account_id = $1 AND l.id = linked.id
         WHERE l.kind != 'user' OR linked.start
     )
+"""
+_LINKED_IDS: Final = f"""
+    WITH RECURSIVE {_LINKED_CTE}
     SELECT id FROM (SELECT DISTINCT id FROM linked) ids ORDER BY id COLLATE "C"
 """
 _EVENT_COLUMNS: Final = """
@@ -307,6 +340,192 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+class _FeedState(NamedTuple):
+    """pg_schema.py's inlet_feed_state: the next number the sequence gives, then the
+    lowest floor of the ingest transactions in flight (None: none), and whether
+    deletions wait to be erased."""
+
+    next_seq: int
+    floor: int | None
+    erasing: bool
+
+    @property
+    def horizon(self) -> int:
+        """Every seq below it is committed or will never exist."""
+        return self.next_seq if self.floor is None else min(self.next_seq, self.floor)
+
+
+async def _feed_state(conn: Conn) -> _FeedState:
+    row = await conn.fetchrow("SELECT next_seq, floor_seq, erasing FROM inlet_feed_state()")
+    assert row is not None  # a function call returns one row
+    return _FeedState(int(row[0]), None if row[1] is None else int(row[1]), bool(row[2]))
+
+
+_BEING_ERASED: Final = """
+    SELECT EXISTS (
+        SELECT 1 FROM deleted_ids di
+        JOIN deletions d ON d.id = di.deletion_id AND d.erased_at_us IS NULL
+        WHERE di.account_id = $1 AND di.id = $2
+    )
+"""
+# What readers leave out while deletions wait to be erased: what the eraser will erase.
+_NOT_BEING_ERASED: Final = """
+    NOT EXISTS (
+        SELECT 1 FROM deleted_ids di
+        JOIN deletions d ON d.id = di.deletion_id AND d.erased_at_us IS NULL
+        JOIN accounts a ON a.id = d.account_id
+        WHERE di.account_id = events.account_id AND di.id = events.subject
+          AND events.type != 'delete'
+          AND (a.suppress_deleted_users OR events.seq < d.seq
+               OR events.event_time_us < d.deleted_at_us)
+    )
+"""
+
+
+class _Eraser:
+    """Erases recorded deletions in the background, on every core (each deletion once:
+    FOR UPDATE SKIP LOCKED), so that a delete's ingest transaction only records it.
+
+    A deletion is erased once no ingest transaction that may have missed its record is
+    still in flight: such a transaction announced its floor before its snapshot, so
+    before the deletion committed, and its floor is at most the sequence's next number
+    read after the deletion was seen (the deletion's *fence*). Once every floor in
+    flight is above the fence, what it stored is committed, and the erasure sees it.
+
+    Erased: the ids' events stored before the delete (a lower seq) or from before it
+    (an earlier time, suppression.py: what a transaction that missed the record stored),
+    every event of theirs where the account suppresses deleted users; then their
+    traits, memberships and links, rebuilt from the events that stay (a returning user's,
+    stored after the delete)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._fences: dict[int, int] = {}
+        self._warnings = RateLimitedLog(log)
+        #: How many times it has looked for deletions to erase (tests wait on it).
+        self.checks = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="inlet-pg-eraser")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def kick(self) -> None:
+        """A deletion committed: erase it as soon as it may be."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        options = self._store.options
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(options.erase_poll_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                # While deletions wait for their fence, look again shortly: the
+                # transactions in flight end within milliseconds.
+                while await self.erase_ready():
+                    await asyncio.sleep(options.horizon_recheck_s)
+            except Exception as exc:  # noqa: BLE001 - retried at the next wake or poll
+                self._warnings.warning("erase", f"erasing deletions failed (will retry): {exc}")
+
+    async def erase_ready(self) -> bool:
+        """Erase the pending deletions whose fence the floors have passed; whether some
+        are still waiting."""
+        self.checks += 1
+        async with self._store._connection() as conn:
+            pending = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT id FROM deletions WHERE erased_at_us IS NULL ORDER BY id LIMIT 100"
+                )
+            ]
+            if not pending:
+                self._fences.clear()
+                return False
+            state = await _feed_state(conn)
+        next_seq, floor = state.next_seq, state.floor
+        self._fences = {id: self._fences.get(id, next_seq) for id in pending}
+        waiting = False
+        for id in pending:
+            if floor is None or floor > self._fences[id]:
+                await self._erase(id)
+                del self._fences[id]
+            else:
+                waiting = True
+        return waiting
+
+    async def _erase(self, deletion_id: int) -> None:
+        async with self._store._connection() as conn, conn.transaction():
+            # Generic plans of these statements scan the whole account on a database
+            # without statistics (every new one): plan each with its values.
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            row = await conn.fetchrow(
+                "SELECT d.account_id, d.seq, d.deleted_at_us, a.suppress_deleted_users "
+                "FROM deletions d JOIN accounts a ON a.id = d.account_id "
+                "WHERE d.id = $1 AND d.erased_at_us IS NULL FOR UPDATE OF d SKIP LOCKED",
+                deletion_id,
+            )
+            if row is None:
+                return  # erased by another core, or being erased right now
+            account, seq, deleted_at, everything = row
+            ids = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT id FROM deleted_ids WHERE deletion_id = $1", deletion_id
+                )
+            ]
+            erased = _count(
+                await conn.execute(
+                    "DELETE FROM events WHERE account_id = $1 AND subject = ANY($2::text[]) "
+                    "AND type != 'delete' AND ($5 OR seq < $3 OR event_time_us < $4)",
+                    account, ids, seq, deleted_at, everything,
+                )
+            )  # fmt: skip
+            await conn.execute(
+                f"DELETE FROM traits WHERE account_id = $1 AND subject_kind = '{USER}' "
+                "AND subject_id = ANY($2::text[])",
+                account, ids,
+            )  # fmt: skip
+            await conn.execute(
+                "DELETE FROM memberships WHERE account_id = $1 AND member_id = ANY($2::text[])",
+                account, ids,
+            )  # fmt: skip
+            await conn.execute(
+                "DELETE FROM identity_links WHERE account_id = $1 AND id = ANY($2::text[])",
+                account, ids,
+            )  # fmt: skip
+            kept = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE account_id = $1 "
+                "AND subject = ANY($2::text[]) AND type != 'delete' ORDER BY seq",
+                account, ids,
+            )  # fmt: skip
+            rebuilt = _Projected()
+            for record in map(_stored, kept):
+                event = canonicalise(
+                    record.payload, received_at_us=record.received_at_us,
+                    settings=record.settings,
+                )  # fmt: skip
+                rebuilt.add(EventWrite(account, record.key_id, event), project(event))
+            await rebuilt.write(conn)
+            await conn.execute(
+                "UPDATE deletions SET erased_at_us = $2, erased_events = $3 WHERE id = $1",
+                deletion_id, now_us(), erased,
+            )  # fmt: skip
+        log.info(
+            "deletion %s in account %d erased: %d ids, %d events, %d kept (stored after it)",
+            seq, account, len(ids), erased, len(kept),
+        )  # fmt: skip
+
+
 class PostgresStore:
     """Store on a PostgreSQL database. Create it, `await open()`, use it, `await close()`.
 
@@ -326,8 +545,20 @@ class PostgresStore:
         #: Test seam: awaited inside the ingest transaction, just before COMMIT.
         self.before_commit: Callable[[], Awaitable[None]] | None = None
         self._events = AsyncGroupCommitter[EventWrite, WriteResult](
-            self._write_events, transient=lambda exc: isinstance(exc, StoreUnavailable)
+            self._write_events,
+            transient=lambda exc: isinstance(exc, StoreUnavailable),
+            # Each needs a connection; reads need some too.
+            max_in_flight=min(self.options.commits_in_flight, self.options.pool_size),
         )
+        self._announcer: asyncio.Task[None] | None = None
+        self._announce_again = False
+        self._nudge: asyncio.TimerHandle | None = None
+        self._eraser = _Eraser(self)
+
+    @property
+    def erase_checks(self) -> int:
+        """How many times the eraser has looked for deletions to erase."""
+        return self._eraser.checks
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -346,6 +577,7 @@ class PostgresStore:
                 timeout=self.options.timeout_s,
                 command_timeout=self.options.timeout_s,
                 server_settings=self._settings(),
+                reset=_rollback_if_open,
             )
         except Exception as exc:
             if is_transient(exc) or isinstance(exc, asyncpg.PostgresError):
@@ -354,6 +586,7 @@ class PostgresStore:
         if migrate:
             await self.migrate()
         self._listener = asyncio.create_task(self._listen(), name="inlet-pg-listen")
+        self._eraser.start()
 
     async def migrate(self) -> tuple[int, int]:
         async with self._connection() as conn:
@@ -361,6 +594,13 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._events.wait_idle()
+        await self._eraser.stop()
+        if self._nudge is not None:
+            self._nudge.cancel()
+            self._nudge = None
+        if self._announcer is not None:
+            with contextlib.suppress(Exception):
+                await self._announcer
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -434,10 +674,44 @@ class PostgresStore:
         results = await self._events.submit(writes)
         if any(isinstance(seq, int) for seq in results):
             self.commits.publish()  # this core's streams, without waiting for NOTIFY
+            self._announce()
         return results
 
+    def _announce(self) -> None:
+        """NOTIFY the other cores, after the commit and outside it; one at a time, the
+        commits made meanwhile covered by the next one."""
+        self._announce_again = True
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._notify(), name="inlet-pg-notify")
+
+    async def _notify(self) -> None:
+        while self._announce_again:
+            self._announce_again = False
+            try:
+                async with self._connection() as conn:
+                    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+            except Exception as exc:  # noqa: BLE001 - the streams' poll covers a lost one
+                log.debug("NOTIFY after a commit failed: %s", exc)
+                return
+
+    async def _horizon(self, conn: Conn) -> _FeedState:
+        """Where readers stop (the horizon), read before the rows (its own statement,
+        so theirs is a later snapshot)."""
+        state = await _feed_state(conn)
+        if state.floor is not None and self._nudge is None:
+            # Transactions in flight hold the horizon back: re-read soon even if none of
+            # them commits (a rollback notifies nobody).
+            self._nudge = asyncio.get_running_loop().call_later(
+                self.options.horizon_recheck_s, self._renudge
+            )
+        return state
+
+    def _renudge(self) -> None:
+        self._nudge = None
+        self.commits.publish()
+
     async def _write_events(self, writes: list[EventWrite]) -> list[WriteResult]:
-        columns: tuple[list[Any], ...] = tuple([] for _ in range(14))
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
         covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
         for write in writes:
             e = write.event
@@ -445,27 +719,35 @@ class PostgresStore:
                 write.account_id, _text(e.message_id), e.type, _text(e.user_id),
                 _text(e.anonymous_id), _text(e.name), _text(e.group_id), _text(e.previous_id),
                 e.timestamp_us, e.received_at_us, write.key_id, e.raw, e.settings,
-                _text(e.user_id or e.anonymous_id),
+                _text(e.user_id or e.anonymous_id), event_time_us(e),
             )  # fmt: skip
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
             for id in covered_ids(e):
                 covered[write.account_id, _text(id) or ""] = None
         candidates = ([a for a, _ in covered], [i for _, i in covered])
-        async with self._connection() as conn, conn.transaction():
-            written = await conn.fetchrow(
-                _WRITE_EVENTS, len(writes), *columns, CHANNEL, *candidates
-            )
-            assert written is not None  # the statement always returns one row
-            base: int = written[0]
-            inserted: set[int] = set(written[1])
-            found = written[4] if written[3] else await conn.fetchval(_DELETED_AT, *candidates)
-            results: list[WriteResult] = [
-                base + n if base + n in inserted else None for n in range(1, len(writes) + 1)
-            ]
-            await self._project(conn, writes, results, _deleted_at(found))
-            if self.before_commit is not None:
-                await self.before_commit()
+        deletes = False
+        async with self._connection() as conn:
+            await conn.execute(_BEGIN_INGEST)
+            try:
+                written = await conn.fetchrow(_WRITE_EVENTS, *columns, *candidates)
+                assert written is not None  # the statement always returns one row
+                inserted = dict(zip(zip(written[1], written[2], strict=True), written[0], strict=True))
+                # The first of the group's writes of a messageId was stored (or none).
+                results: list[WriteResult] = [
+                    inserted.pop(key, None) for key in zip(columns[0], columns[1], strict=True)
+                ]
+                deletes = await self._project(conn, writes, results, _deleted_at(written[3]))
+                if self.before_commit is not None:
+                    await self.before_commit()
+                await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+        if deletes:
+            self._eraser.kick()
         return results
 
     async def _project(
@@ -474,20 +756,31 @@ class PostgresStore:
         writes: list[EventWrite],
         results: list[WriteResult],
         deleted: dict[int, dict[str, int]],
-    ) -> None:
+    ) -> bool:
         """Apply the stored events' projections in their order, in the ingest transaction,
         and take out the events of deleted users that a deletion covers (their results
         become SUPPRESSED): `deleted` says, per account, when each of the group's covered
-        ids was last deleted, and grows with the group's own deletes.
+        ids was last deleted, and grows with the group's own deletes, whose deletions
+        are recorded here and erased by the eraser after the commit. Returns whether
+        the group recorded any.
 
-        One statement per table for the whole group (one round trip each); only a delete
-        depends on what came before it, so what is pending is written before each."""
+        One statement per table for the whole group (one round trip each)."""
+        recorded = False
         pending = _Projected()
         suppressed: list[int] = []
         for index, (write, seq) in enumerate(zip(writes, results, strict=True)):
-            if not isinstance(seq, int):
-                continue  # a duplicate: its projection was applied when it was stored
             account, event = write.account_id, write.event
+            if not isinstance(seq, int):
+                # A duplicate: its projection was applied when it was stored. One that a
+                # deletion covers is being erased (the eraser runs after the commit):
+                # suppressed, as it is once the erasure is done.
+                if (times := deleted.get(account)) and is_suppressed(
+                    event,
+                    {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times},
+                    False,
+                ):
+                    results[index] = SUPPRESSED
+                continue
             if (times := deleted.get(account)) and is_suppressed(
                 event,
                 {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times},
@@ -501,8 +794,9 @@ class PostgresStore:
                 continue
             pending.add(write, projection)
             if projection.erase is not None:
-                await pending.write(conn)
-                ids = await self._erase(conn, account, event, seq)
+                await pending.write(conn)  # the links the deletion follows
+                ids = await self._record_deletion(conn, account, event, seq)
+                recorded = True
                 at = event_time_us(event)
                 times = deleted.setdefault(account, {})
                 for id in ids:
@@ -510,54 +804,30 @@ class PostgresStore:
         await pending.write(conn)
         if suppressed:
             await conn.execute("DELETE FROM events WHERE seq = ANY($1::bigint[])", suppressed)
+        return recorded
 
-    async def _erase(self, conn: Conn, account: int, delete: CanonicalEvent, seq: int) -> list[str]:
-        """Erase the profile and the events stored before the delete event itself of its
-        user and every id linked to it, and record the deletion of each of those ids,
-        which it returns."""
-        user_id = _text(delete.user_id) or ""
-        ids = [row[0] for row in await conn.fetch(_LINKED_IDS, account, user_id)]
-        # seq < the delete's: events later in the same group are not erased, exactly as
-        # on SQLite, where they are not stored yet when the delete is applied.
-        erased = _count(
-            await conn.execute(
-                "DELETE FROM events WHERE account_id = $1 AND subject = ANY($2::text[]) "
-                "AND seq < $3 AND type != 'delete'",
-                account, ids, seq,
-            )
-        )  # fmt: skip
-        await conn.execute(
-            f"DELETE FROM traits WHERE account_id = $1 AND subject_kind = '{USER}' "
-            "AND subject_id = ANY($2::text[])",
-            account, ids,
-        )  # fmt: skip
-        await conn.execute(
-            "DELETE FROM memberships WHERE account_id = $1 AND member_id = ANY($2::text[])",
-            account, ids,
-        )  # fmt: skip
-        await conn.execute(
-            "DELETE FROM identity_links WHERE account_id = $1 AND id = ANY($2::text[])",
-            account, ids,
-        )  # fmt: skip
-        # One statement: the record, its ids, and the count that tells ingest transactions
-        # waiting for the counter's lock that a deletion committed (_WRITE_EVENTS).
-        await conn.execute(
-            """
-            WITH deletion AS (
+    async def _record_deletion(
+        self, conn: Conn, account: int, delete: CanonicalEvent, seq: int
+    ) -> list[str]:
+        """Record the deletion of the delete's user and of every id linked to it, which it
+        returns; from the commit on, their events from before it are suppressed, and the
+        eraser erases what is stored of them."""
+        rows = await conn.fetch(
+            f"""
+            WITH RECURSIVE {_LINKED_CTE}, deletion AS (
                 INSERT INTO deletions (account_id, user_id, message_id, requested_at_us,
-                                       erased_ids, erased_events, deleted_at_us)
-                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
-            ), counted AS (
-                UPDATE event_counter SET deletions = deletions + 1
+                                       erased_ids, erased_events, deleted_at_us, seq)
+                SELECT $1, $2, $3, $4, count(DISTINCT id), 0, $5, $6 FROM linked
+                RETURNING id
             )
             INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us)
-            SELECT $1, i, deletion.id, $7 FROM deletion, unnest($8::text[]) AS i
+            SELECT DISTINCT $1, linked.id, deletion.id, $5::bigint FROM deletion, linked
+            RETURNING id
             """,
-            account, user_id, _text(delete.message_id) or "", now_us(), len(ids), erased,
-            event_time_us(delete), ids,
+            account, _text(delete.user_id) or "", _text(delete.message_id) or "", now_us(),
+            event_time_us(delete), seq,
         )  # fmt: skip
-        log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
-        return ids
+        return [row[0] for row in rows]
 
     async def list_events(self, query: EventQuery) -> list[StoredRecord]:
         where: list[str] = ["account_id = $1"]
@@ -579,18 +849,25 @@ class PostgresStore:
             where.append(f"timestamp_us < {arg(query.until_us)}")
         if query.after is not None:
             where.append(f"seq {'<' if query.newest_first else '>'} {arg(query.after)}")
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
-            f"ORDER BY seq {'DESC' if query.newest_first else 'ASC'} LIMIT {arg(query.limit)}"
-        )
+        # Read after the horizon, in a statement of its own (its own snapshot): what is
+        # below it and committed is all there will ever be below it.
+        horizon_at = len(args)
+        where.append(f"seq < {arg(None)}")
+        order = f"ORDER BY seq {'DESC' if query.newest_first else 'ASC'} LIMIT {arg(query.limit)}"
         async with self._connection() as conn:
+            state = await self._horizon(conn)
+            args[horizon_at] = state.horizon
+            if state.erasing:
+                where.append(_NOT_BEING_ERASED)
+            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} {order}"
             return [_stored(row) for row in await conn.fetch(sql, *args)]
 
     async def latest_sequence(self) -> int:
-        # The counter, not max(seq): committed numbers only, and erasing the newest
-        # events does not move "now" back.
+        # The horizon, not max(seq): committed numbers only (a stream starting "now"
+        # must not skip a transaction still in flight below it), and erasing the
+        # newest events does not move "now" back.
         async with self._connection() as conn:
-            return int(await conn.fetchval("SELECT last_seq FROM event_counter"))
+            return (await self._horizon(conn)).horizon - 1
 
     async def prune_events(self, received_before_us: int, limit: int) -> int:
         # As on SQLite: the oldest rows by sequence (its primary key), whatever their
@@ -611,6 +888,8 @@ class PostgresStore:
     async def get_profile(self, account_id: int, id: str) -> ProfileRecord | None:
         async with self._snapshot() as conn:
             ids = [row[0] for row in await conn.fetch(_LINKED_IDS, account_id, _text(id))]
+            if await conn.fetchval(_BEING_ERASED, account_id, _text(id)):
+                return None  # deleted, and erased in a moment: no profile meanwhile
             traits = newest_traits(
                 tuple(row)
                 for row in await conn.fetch(
@@ -648,6 +927,23 @@ class PostgresStore:
             return None
         return ProfileRecord(tuple(ids), traits, tuple(groups), first, last, counts)
 
+    async def wait_erased(self, timeout_s: float = 10.0) -> None:
+        """Until every deletion recorded so far is erased (the eraser runs in the
+        background: readers leave out what it will erase meanwhile).
+
+        Raises:
+            TimeoutError: still not erased after `timeout_s`.
+        """
+        async with asyncio.timeout(timeout_s):
+            while True:
+                async with self._connection() as conn:
+                    if not await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM deletions WHERE erased_at_us IS NULL)"
+                    ):
+                        return
+                self._eraser.kick()
+                await asyncio.sleep(self.options.horizon_recheck_s)
+
     async def count_events(self, account_id: int) -> int:
         async with self._connection() as conn:
             sql = "SELECT count(*) FROM events WHERE account_id = $1"
@@ -656,7 +952,8 @@ class PostgresStore:
     async def get_event_payload(self, account_id: int, message_id: str) -> bytes | None:
         async with self._connection() as conn:
             value = await conn.fetchval(
-                "SELECT payload FROM events WHERE account_id = $1 AND message_id = $2",
+                "SELECT payload FROM events WHERE account_id = $1 AND message_id = $2 "
+                f"AND {_NOT_BEING_ERASED}",
                 account_id, _text(message_id),
             )  # fmt: skip
         return None if value is None else bytes(value)

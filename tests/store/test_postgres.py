@@ -1,24 +1,26 @@
 """What only PostgreSQL has to get right: several cores committing at once.
 
-Cursors: transactions on different cores commit in any order, so a seq handed out by
-a plain sequence can become visible before a smaller one, and a subscriber whose
-cursor passed it would never see the smaller one. Wake-ups: a commit on one core
+Cursors: transactions on different cores commit in any order, so a seq drawn from the
+sequence can become visible before a smaller one; readers stop at the feed horizon,
+so a subscriber's cursor never passes a number still to be committed. Wake-ups: a commit on one core
 must wake the streams of another (NOTIFY), also after the database restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
 
-from service.store.base import SUPPRESSED, EventQuery, EventWrite, WriteResult
-from service.store.postgres import PostgresOptions, PostgresStore
-from tests.store.test_conformance import at, track, write
+from service.feed import Feed
+from service.store import pg_schema
+from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
+from service.store.postgres import PostgresOptions, PostgresStore, is_transient
+from tests.store.test_conformance import at, identify, track, write
 
 LONG = 10.0
 
@@ -59,62 +61,200 @@ async def held_before_commit(
     return task, release
 
 
-async def until_blocked(pg_dsn: str, task: asyncio.Task[Any], what: str) -> None:
-    """Until `task` waits for a lock in the database (or is done)."""
-    watcher = await asyncpg.connect(pg_dsn)
-    try:
-
-        async def waits_or_is_done() -> bool:
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            return task.done() or waiting > 0
-
-        await until(waits_or_is_done, what)
-    finally:
-        await watcher.close()
-
-
-async def test_a_reader_never_skips_a_transaction_that_commits_after_a_later_one(
-    pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
+async def test_a_transaction_held_open_on_one_core_does_not_delay_a_commit_on_another(
+    cores: tuple[PostgresStore, PostgresStore],
 ) -> None:
+    """Commits of different cores are concurrent, and readers still never skip: the
+    transaction that drew the smaller number commits last, and a pager and a stream
+    both see the two events in one order, none missing."""
     one, two = cores
     acme = (await one.ensure_account("acme")).id
-    # Core one's transaction has its seq and its row, and is held just before COMMIT.
-    first, release = await held_before_commit(one, [write(acme, track("earlier"))])
-    # Core two's transaction starts later. With a plain sequence it would take the next
-    # number and commit now; here it must wait for core one's to commit.
-    second = asyncio.create_task(two.write_events([write(acme, track("later"))]))
-    await until_blocked(pg_dsn, second, "core two's transaction to block or commit")
-    # A subscriber reads now, between the two commits, and keeps its cursor.
-    seen = await one.list_events(EventQuery(acme, after=0))
-    cursor = max((r.seq for r in seen), default=0)
+    # Core one's transaction has drawn its number and written its row, and is held
+    # just before COMMIT.
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        held.set()
+        await release.wait()
+
+    one.before_commit = hold
+    first = asyncio.create_task(one.write_events([write(acme, track("earlier"))]))
+    await asyncio.wait_for(held.wait(), LONG)
+    stream = Feed(two, poll_s=LONG).follow(acme, after=0)
+    streamed = asyncio.create_task(_take(stream, 2))
+    # Core two commits while core one's transaction is open (it used to wait for it).
+    (later,) = await asyncio.wait_for(two.write_events([write(acme, track("later"))]), LONG)
+    assert later is not None
+    # Readers stop below the open transaction's number: a page, "now", the stream.
+    assert await two.list_events(EventQuery(acme, after=0)) == []
+    assert await two.list_events(EventQuery(acme, newest_first=True)) == []
+    now = await two.latest_sequence()
+    assert not streamed.done()
     release.set()
-    await asyncio.wait_for(asyncio.gather(first, second), LONG)
-    seen += await one.list_events(EventQuery(acme, after=cursor))
-    assert [r.message_id for r in seen] == ["earlier", "later"]
-    assert seen[0].seq < seen[1].seq
+    (earlier,) = await asyncio.wait_for(first, LONG)
+    assert earlier is not None and now < earlier < later
+    page = await two.list_events(EventQuery(acme, after=now))
+    assert [r.message_id for r in page] == ["earlier", "later"]
+    assert [r.message_id for r in await asyncio.wait_for(streamed, LONG)] == ["earlier", "later"]
 
 
-async def test_a_late_event_racing_its_users_delete_on_another_core_is_suppressed(
+async def test_a_core_killed_in_the_middle_of_a_transaction_leaves_no_gap_and_no_stuck_reader(
     pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
 ) -> None:
-    """Core two checks the deleted ids as its statement's snapshot saw them, taken while
-    core one's delete was not committed yet: it must notice, once it has the counter's
-    lock, that a deletion committed meanwhile, and check again."""
     one, two = cores
     acme = (await one.ensure_account("acme")).id
-    await one.write_events([write(acme, at(track("old", "u1"), 0))])
-    deleting, release = await held_before_commit(
+    # Another core, in a process of its own, draws a number and stops before COMMIT.
+    core = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HELD_CORE, pg_dsn, str(acme),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert core.stdout is not None
+        line = await asyncio.wait_for(core.stdout.readline(), LONG)
+        assert line == b"held\n", line
+        # The stream's slow poll is far longer than the test may take: only the
+        # horizon's re-read can move it once the killed core's transaction is gone.
+        stream = Feed(one, poll_s=600).follow(acme, after=0)
+        streamed = asyncio.create_task(_take(stream, 1))
+        (after,) = await two.write_events([write(acme, track("after"))])
+        assert await one.list_events(EventQuery(acme, after=0)) == []  # held back
+        core.kill()
+        await core.wait()
+        (seen,) = await asyncio.wait_for(streamed, LONG)
+        assert (seen.message_id, seen.seq) == ("after", after)
+        page = await one.list_events(EventQuery(acme, after=0))
+        assert [r.message_id for r in page] == ["after"]  # the killed one never existed
+    finally:
+        if core.returncode is None:
+            core.kill()
+            await core.wait()
+
+
+# A core whose ingest transaction stops just before COMMIT, for ever: kill -9 ends it.
+_HELD_CORE = """
+import asyncio, sys
+from service.store.base import EventWrite
+from service.store.postgres import PostgresOptions, PostgresStore
+from tests.store.test_conformance import track, write
+
+async def main():
+    store = PostgresStore(sys.argv[1], PostgresOptions(pool_size=2))
+    await store.open(migrate=False)
+
+    async def hold():
+        print("held", flush=True)
+        await asyncio.Event().wait()
+
+    store.before_commit = hold
+    await store.write_events([write(int(sys.argv[2]), track("killed"))])
+
+asyncio.run(main())
+"""
+
+
+async def _take(stream: AsyncIterator[StoredRecord], count: int) -> list[StoredRecord]:
+    taken: list[StoredRecord] = []
+    async for record in stream:
+        taken.append(record)
+        if len(taken) == count:
+            break
+    return taken
+
+
+async def test_a_database_of_the_counter_schemas_migrates_and_cursors_keep_their_place(
+    pg_dsn: str,
+) -> None:
+    """Schemas 1 and 2 numbered events from a one-row counter. After the migration numbers go
+    on from it (a cursor a client holds still points where it did), and a core of the
+    old version still running gets a transient error (503: Segment retries), rather
+    than numbering events twice."""
+    old = await asyncpg.connect(pg_dsn)
+    try:
+        async with old.transaction():
+            await old.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+            for script in pg_schema.MIGRATIONS[:2]:  # schema 2: numbered by the counter
+                await old.execute(script)
+            await old.execute("INSERT INTO schema_version VALUES (2)")
+            acme = await old.fetchval(
+                "INSERT INTO accounts (name, created_at_us) VALUES ('acme', 0) RETURNING id"
+            )
+        for n in range(3):  # what a core of schema 2 wrote
+            async with old.transaction():
+                seq = await old.fetchval(
+                    "UPDATE event_counter SET last_seq = last_seq + 1 RETURNING last_seq"
+                )
+                await old.execute(
+                    "INSERT INTO events (seq, account_id, message_id, type, timestamp_us, "
+                    "received_at_us, key_id, payload, subject) "
+                    "VALUES ($1, $2, $3, 'track', 0, 0, 'k', '{}', 'u')",
+                    seq, acme, f"old-{n}",
+                )  # fmt: skip
+        store = PostgresStore(pg_dsn, PostgresOptions(pool_size=2))
+        await store.open()
+        try:
+            assert await store.latest_sequence() == 3
+            cursor = 2  # a client's cursor, from before the migration
+            (new,) = await store.write_events([write(acme, track("new"))])
+            assert new == 4
+            page = await store.list_events(EventQuery(acme, after=cursor))
+            assert [r.message_id for r in page] == ["old-2", "new"]
+            with pytest.raises(asyncpg.PostgresError) as refused:
+                await old.execute("UPDATE event_counter SET last_seq = last_seq + 1")
+            assert is_transient(refused.value)
+        finally:
+            await store.close()
+    finally:
+        await old.close()
+
+
+async def _identifies(pg_dsn: str) -> list[str]:
+    """The identify events in the table, behind the store's back (its readers leave out
+    what is being erased)."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT message_id FROM events WHERE type = 'identify'")
+    finally:
+        await conn.close()
+    return sorted(row[0] for row in rows)
+
+
+async def test_a_late_event_racing_its_users_delete_on_another_core_is_erased(
+    pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """Core two stores a pre-delete event while core one's delete is not committed yet:
+    its snapshot cannot see the deletion, so it commits the event. The eraser must wait
+    for that transaction (it announced its floor before the deletion committed) and then
+    erase what it stored, with the user's other events and profile."""
+    one, two = cores
+    acme = (await one.ensure_account("acme")).id
+    old = identify("old", "2026-01-01T00:00:00Z", "u1", plan="pro")
+    await one.write_events([write(acme, at(old, 0))])
+    deleting, release_delete = await held_before_commit(
         one, [write(acme, at({"type": "delete", "userId": "u1", "messageId": "del"}, 5))]
     )
-    late = asyncio.create_task(two.write_events([write(acme, at(track("old", "u1"), 0))]))
-    await until_blocked(pg_dsn, late, "core two's transaction to wait for core one's")
-    release.set()
+    late = identify("late", "2026-01-01T00:00:00Z", "u1", plan="max")
+    storing, release_late = await held_before_commit(two, [write(acme, at(late, 1))])
+    release_delete.set()
     assert isinstance((await asyncio.wait_for(deleting, LONG))[0], int)
-    assert await asyncio.wait_for(late, LONG) == [SUPPRESSED]
-    assert await one.get_event_payload(acme, "old") is None
+    # The eraser has looked several times since, and waits for core two's transaction.
+    checked = one.erase_checks
+
+    async def looked_again() -> bool:
+        return one.erase_checks >= checked + 3
+
+    try:
+        await until(looked_again, "the eraser to look at the deletion")
+        assert await _identifies(pg_dsn) == ["old"]  # not erased yet
+    finally:
+        release_late.set()
+    assert isinstance((await asyncio.wait_for(storing, LONG))[0], int)  # missed the record
+    await one.wait_erased(LONG)
+    assert await _identifies(pg_dsn) == []
+    assert await one.get_profile(acme, "u1") is None
+    # The deletion is in force: a late event now is suppressed at once.
+    again = identify("again", "2026-01-01T00:00:00Z", "u1", plan="x")
+    assert await two.write_events([write(acme, at(again, 1))]) == [SUPPRESSED]
 
 
 async def test_concurrent_groups_on_two_cores_commit_in_seq_order(
