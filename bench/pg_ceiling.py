@@ -56,6 +56,7 @@ _SCHEMA = """
         payload        bytea NOT NULL,
         settings       bytea,
         subject        text,
+        event_time_us  bigint,
         UNIQUE (account_id, message_id)
     );
     CREATE INDEX ceiling_events_account_seq ON ceiling_events(account_id, seq);
@@ -65,10 +66,10 @@ _DROP = "DROP TABLE IF EXISTS ceiling_events, ceiling_accounts"
 _INSERT = """
     INSERT INTO ceiling_events (account_id, message_id, type, user_id, anonymous_id, name,
                                 group_id, previous_id, timestamp_us, received_at_us, key_id,
-                                payload, settings, subject)
+                                payload, settings, subject, event_time_us)
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::bytea[], $13::bytea[], $14::text[])
+                         $11::text[], $12::bytea[], $13::bytea[], $14::text[], $15::bigint[])
     ON CONFLICT (account_id, message_id) DO NOTHING
     RETURNING seq
 """
@@ -96,6 +97,7 @@ def columns(prefix: str, batch: int, rng: random.Random, key_id: str) -> list[li
         [GRPC_TRACK.replace(PLACEHOLDER.encode(), i.encode()) for i in ids],
         [None] * batch,
         [_EVENT["userId"]] * batch,
+        [_TIMESTAMP_US] * batch,
     ]
 
 
