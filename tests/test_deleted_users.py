@@ -23,6 +23,7 @@ from inlet.v1 import (
 )
 from tests.service.test_grpc import bearer
 from tests.stack import Stack, basic, start_stack
+from tests.store.test_conformance import erased
 
 #: Segment's `receivedAt` of each event: the identify, the delete a minute later, and an
 #: event of the user coming back after it.
@@ -65,6 +66,7 @@ async def post(
 
 
 async def get_profile(stack: Stack, id: str) -> profiles_pb2.Profile | None:
+    await erased(stack.store)
     async with grpc.aio.insecure_channel(stack.core_target) as channel:
         stub = profiles_pb2_grpc.ProfileServiceStub(channel)
         try:
@@ -226,6 +228,7 @@ async def test_a_user_filter_lists_the_users_delete_event(stack: Stack) -> None:
         assert (await post(session, stack, identify("i-1", BEFORE)))[0] == 200
         assert (await post(session, stack, DELETE))[0] == 200
         assert (await post(session, stack, identify("i-2", AFTER)))[0] == 200
+    await erased(stack.store)
     async with grpc.aio.insecure_channel(stack.core_target) as channel:
         stub = events_pb2_grpc.EventServiceStub(channel)
         key = bearer(stack.keys["admin"])

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 import asyncpg
 import orjson
 
-from service.errors import StoreUnavailable
+from service.errors import InletError, StoreUnavailable
 from service.logs import RateLimitedLog
 from service.projections import GROUP, USER, Projection, project
 from service.store import pg_schema
@@ -454,76 +454,101 @@ class _Eraser:
             state = await _feed_state(conn)
         next_seq, floor = state.next_seq, state.floor
         self._fences = {id: self._fences.get(id, next_seq) for id in pending}
-        waiting = False
-        for id in pending:
-            if floor is None or floor > self._fences[id]:
-                await self._erase(id)
+        ready = [id for id in pending if floor is None or floor > self._fences[id]]
+        if ready:
+            await self._erase(ready)
+            for id in ready:
                 del self._fences[id]
-            else:
-                waiting = True
-        return waiting
+        return len(ready) < len(pending)
 
-    async def _erase(self, deletion_id: int) -> None:
+    async def _erase(self, deletion_ids: list[int]) -> None:
+        """Erase these deletions, in one transaction (a burst of deletes costs a few
+        statements, not a few per delete)."""
         async with self._store._connection() as conn, conn.transaction():
             # Generic plans of these statements scan the whole account on a database
             # without statistics (every new one): plan each with its values.
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            row = await conn.fetchrow(
-                "SELECT d.account_id, d.seq, d.deleted_at_us, a.suppress_deleted_users "
-                "FROM deletions d JOIN accounts a ON a.id = d.account_id "
-                "WHERE d.id = $1 AND d.erased_at_us IS NULL FOR UPDATE OF d SKIP LOCKED",
-                deletion_id,
-            )
-            if row is None:
+            claimed = await conn.fetch(_CLAIM_DELETIONS, deletion_ids)
+            if not claimed:
                 return  # erased by another core, or being erased right now
-            account, seq, deleted_at, everything = row
-            ids = [
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT id FROM deleted_ids WHERE deletion_id = $1", deletion_id
-                )
-            ]
-            erased = _count(
-                await conn.execute(
-                    "DELETE FROM events WHERE account_id = $1 AND subject = ANY($2::text[]) "
-                    "AND type != 'delete' AND ($5 OR seq < $3 OR event_time_us < $4)",
-                    account, ids, seq, deleted_at, everything,
-                )
-            )  # fmt: skip
-            await conn.execute(
-                f"DELETE FROM traits WHERE account_id = $1 AND subject_kind = '{USER}' "
-                "AND subject_id = ANY($2::text[])",
-                account, ids,
-            )  # fmt: skip
-            await conn.execute(
-                "DELETE FROM memberships WHERE account_id = $1 AND member_id = ANY($2::text[])",
-                account, ids,
-            )  # fmt: skip
-            await conn.execute(
-                "DELETE FROM identity_links WHERE account_id = $1 AND id = ANY($2::text[])",
-                account, ids,
-            )  # fmt: skip
+            erased: dict[int, int] = {row[0]: 0 for row in claimed}
+            for (deletion,) in await conn.fetch(_ERASE_EVENTS, list(erased)):
+                erased[deletion] += 1
+            subjects = await conn.fetch(_ERASE_PROFILES, list(erased))
             kept = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE account_id = $1 "
-                "AND subject = ANY($2::text[]) AND type != 'delete' ORDER BY seq",
-                account, ids,
+                f"SELECT {_EVENT_COLUMNS}, account_id FROM events e "
+                "WHERE (account_id, subject) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) "
+                "AND type != 'delete' ORDER BY seq",
+                [row[0] for row in subjects], [row[1] for row in subjects],
             )  # fmt: skip
             rebuilt = _Projected()
-            for record in map(_stored, kept):
-                event = canonicalise(
-                    record.payload, received_at_us=record.received_at_us,
-                    settings=record.settings,
-                )  # fmt: skip
-                rebuilt.add(EventWrite(account, record.key_id, event), project(event))
+            for row in kept:
+                record = _stored(row)
+                try:
+                    event = canonicalise(
+                        record.payload, received_at_us=record.received_at_us,
+                        settings=record.settings,
+                    )  # fmt: skip
+                except InletError as exc:  # stored by an older version, refused by this one
+                    log.warning("event %s not projected again: %s", record.message_id, exc)
+                    continue
+                rebuilt.add(EventWrite(row[-1], record.key_id, event), project(event))
             await rebuilt.write(conn)
             await conn.execute(
-                "UPDATE deletions SET erased_at_us = $2, erased_events = $3 WHERE id = $1",
-                deletion_id, now_us(), erased,
+                "UPDATE deletions d SET erased_at_us = $3, erased_events = x.n "
+                "FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE d.id = x.id",
+                list(erased), list(erased.values()), now_us(),
             )  # fmt: skip
-        log.info(
-            "deletion %s in account %d erased: %d ids, %d events, %d kept (stored after it)",
-            seq, account, len(ids), erased, len(kept),
-        )  # fmt: skip
+        for deletion_id, account, seq in claimed:
+            log.info(
+                "deletion %s in account %d erased: %d events",
+                seq, account, erased[deletion_id],
+            )  # fmt: skip
+        if kept:
+            log.info("profiles rebuilt from %d events stored after their deletion", len(kept))
+
+
+# The deletions to erase that no other core is erasing: (id, account, the delete's seq).
+_CLAIM_DELETIONS: Final = """
+    SELECT id, account_id, seq FROM deletions
+    WHERE id = ANY($1::bigint[]) AND erased_at_us IS NULL
+    FOR UPDATE SKIP LOCKED
+"""
+# The deleted ids' events stored before the delete or from before it (all of them where
+# the account suppresses deleted users): one row, the deletion's id, per event erased.
+_ERASE_EVENTS: Final = """
+    WITH covered AS (
+        SELECT d.id AS deletion, di.account_id, di.id, d.seq, d.deleted_at_us,
+               a.suppress_deleted_users AS everything
+        FROM deletions d
+        JOIN deleted_ids di ON di.deletion_id = d.id
+        JOIN accounts a ON a.id = d.account_id
+        WHERE d.id = ANY($1::bigint[])
+    )
+    DELETE FROM events e USING covered c
+    WHERE e.account_id = c.account_id AND e.subject = c.id AND e.type != 'delete'
+      AND (c.everything OR e.seq < c.seq OR e.event_time_us < c.deleted_at_us)
+    RETURNING c.deletion
+"""
+# Their profiles (traits, memberships, links), rebuilt afterwards from the events that
+# stay; returns the (account, id) pairs.
+_ERASE_PROFILES: Final = f"""
+    WITH ids AS (
+        SELECT DISTINCT di.account_id, di.id FROM deleted_ids di
+        WHERE di.deletion_id = ANY($1::bigint[])
+    ), traits_gone AS (
+        DELETE FROM traits t USING ids
+        WHERE t.account_id = ids.account_id AND t.subject_kind = '{USER}'
+          AND t.subject_id = ids.id
+    ), memberships_gone AS (
+        DELETE FROM memberships m USING ids
+        WHERE m.account_id = ids.account_id AND m.member_id = ids.id
+    ), links_gone AS (
+        DELETE FROM identity_links l USING ids
+        WHERE l.account_id = ids.account_id AND l.id = ids.id
+    )
+    SELECT account_id, id FROM ids
+"""
 
 
 class PostgresStore:
