@@ -102,7 +102,14 @@ def _iso(created: float) -> str:
 
 class LineFormatter(logging.Formatter):
     """A formatter whose line depends only on a record's time, level, logger, message,
-    fields and error text, so `log_fields` can make it without a LogRecord."""
+    fields and error text, so `log_fields` can make it without a LogRecord.
+
+    `worker`: the process's number among `inlet serve --workers` (0: their supervisor),
+    put on every line; None for a process that is neither."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         error = self.formatException(record.exc_info) if record.exc_info else None
@@ -140,6 +147,8 @@ class JsonFormatter(LineFormatter):
             "logger": logger,
             "message": message,
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         request_id = REQUEST_ID.get()
         if request_id is not None:
             line["request_id"] = request_id
@@ -163,6 +172,8 @@ class TextFormatter(LineFormatter):
         error: str | None = None,
     ) -> str:
         parts = [_iso(created), level, f"{logger}:", message]
+        if self.worker is not None:
+            parts.insert(1, f"w{self.worker}")
         if fields:
             parts.extend(f"{key}={value}" for key, value in fields.items())
         request_id = REQUEST_ID.get()
@@ -350,8 +361,14 @@ def flush() -> None:
         handler.flush()
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Send every logger's records to `stream` (stderr): JSON unless it is a terminal."""
+def configure(
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    worker: int | None = None,
+) -> None:
+    """Send every logger's records to `stream` (stderr): JSON unless it is a terminal;
+    `worker`: the number every line carries (LineFormatter)."""
     # Lines go out per request, so skip what the formatters never show (the Logging
     # HOWTO's "Optimization"): the caller's file and line, thread, process, task.
     logging._srcfile = None
@@ -363,7 +380,7 @@ def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | No
     if json is None:
         json = not stream.isatty()
     handler = LineBatchingHandler(stream)
-    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if json else TextFormatter(worker))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

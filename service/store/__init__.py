@@ -23,10 +23,16 @@ def is_postgres(database: str) -> bool:
 
 
 def open_store(
-    database: str, *, durable: bool = True, pool_size: int = 10, timeout_s: float = 5.0
+    database: str,
+    *,
+    durable: bool = True,
+    pool_size: int = 10,
+    timeout_s: float = 5.0,
+    sibling_writers: bool = False,
 ) -> Store:
     """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
-    URL or a file path. `pool_size` and `timeout_s` apply to PostgreSQL only."""
+    URL or a file path. `pool_size` and `timeout_s` apply to PostgreSQL only,
+    `sibling_writers` (other `--workers` processes write the file too) to SQLite only."""
     if is_postgres(database):
         # Imported here: SQLite deployments never load the driver.
         from service.store.postgres import PostgresOptions, PostgresStore
@@ -34,4 +40,4 @@ def open_store(
         options = PostgresOptions(pool_size=pool_size, timeout_s=timeout_s, durable=durable)
         return PostgresStore(database, options)
     path = database.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteStore(Path(path), durable=durable)
+    return SqliteStore(Path(path), durable=durable, sibling_writers=sibling_writers)
