@@ -449,3 +449,11 @@ def test_a_rate_limited_line_is_logged_once_an_interval_and_then_says_what_it_he
         "3 events refused; and 15 more in the 60 s since the previous line of this kind",
     ]
     assert [getattr(r, "fields", {}).get("suppressed") for r in full] == [None, 15, 15]
+
+
+def test_each_line_names_its_worker_in_json_and_in_text() -> None:
+    record = logging.makeLogRecord({"name": "inlet", "levelname": "INFO", "msg": "hello"})
+    assert json.loads(JsonFormatter(worker=2).format(record))["worker"] == 2
+    assert "worker" not in json.loads(JsonFormatter().format(record))  # not a worker
+    assert JsonFormatter(worker=0).format(record).count('"worker":0') == 1  # the supervisor
+    assert " w2 INFO inlet: hello" in TextFormatter(worker=2).format(record)
