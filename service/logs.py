@@ -19,10 +19,11 @@ import itertools
 import logging
 import os
 import re
+import select
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO
 
 import orjson
@@ -205,9 +206,14 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     #: Past this many queued lines, write them without waiting for the timer.
     max_pending = 256
 
-    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.05, shared: bool = False) -> None:
+        """`shared`: other processes write to the same stream (the workers of `inlet
+        serve --workers` share their supervisor's stderr): lines then go out in writes
+        of whole lines, each at most PIPE_BUF bytes, which the kernel never interleaves
+        with another process's on a pipe (nor on a file, a terminal)."""
         super().__init__(stream)
         self.interval = interval
+        self._shared_fd = stream.fileno() if shared else None
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None
 
@@ -251,13 +257,36 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             text = "\n".join(self._pending) + "\n" if self._pending else ""
             self._pending.clear()
             try:
-                if text:
+                if text and self._shared_fd is not None:
+                    super().flush()  # what was written through the stream itself first
+                    for chunk in whole_lines(text.encode("utf-8", "backslashreplace")):
+                        _write_all(self._shared_fd, chunk)
+                elif text:
                     self.stream.write(text)
                 super().flush()
             except Exception:  # noqa: BLE001 - as StreamHandler.emit: report, go on
                 self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
         finally:
             self.release()
+
+
+def whole_lines(data: bytes, limit: int = select.PIPE_BUF) -> Iterator[bytes]:
+    """`data` (lines ending in newlines) in pieces of whole lines of at most `limit`
+    bytes; a longer line is a piece of its own (and may then interleave)."""
+    start = 0
+    while start < len(data):
+        end = start + limit
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end) + 1
+            end = cut if cut > start else data.index(b"\n", start) + 1
+        yield data[start:end]
+        start = end
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _sole_handler(logger: logging.Logger, level: int) -> LineBatchingHandler | None:
@@ -379,7 +408,8 @@ def configure(
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    handler = LineBatchingHandler(stream)
+    # Workers share their supervisor's stderr (its own lines are few: written as usual).
+    handler = LineBatchingHandler(stream, shared=bool(worker))
     handler.setFormatter(JsonFormatter(worker) if json else TextFormatter(worker))
     root = logging.getLogger()
     for old in root.handlers[:]:

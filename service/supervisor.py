@@ -16,8 +16,8 @@ for all, and keeps the port Inlet's while a worker is replaced. Before that it b
 without SO_REUSEPORT once, so a port another program (or another Inlet) listens on is
 refused instead of shared.
 
-The workers' stderr comes through the supervisor, which writes whole lines only: lines
-of two processes written to one pipe at once could interleave mid-line.
+The workers write to the supervisor's stderr themselves, in writes of whole lines of
+at most PIPE_BUF bytes (service/logs.py), so lines of two workers never interleave.
 """
 
 from __future__ import annotations
@@ -106,29 +106,6 @@ def _describe(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def _forward_lines(stream: asyncio.StreamReader) -> None:
-    """Copy a worker's stderr to ours, whole lines at a time."""
-    pending = b""
-    while chunk := await stream.read(1 << 16):
-        data = pending + chunk
-        cut = data.rfind(b"\n") + 1
-        if len(data) - cut > 1 << 20:  # a "line" of a megabyte: out with it as it is
-            cut = len(data)
-        _write_all(2, data[:cut])
-        pending = data[cut:]
-    if pending:
-        _write_all(2, pending + b"\n")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except OSError:  # stderr gone: nowhere to say so
-            return
-
-
 @dataclass
 class Worker:
     """One started worker process."""
@@ -137,7 +114,6 @@ class Worker:
     process: asyncio.subprocess.Process
     ready: asyncio.StreamReader
     started: float
-    logs: asyncio.Task[None]
     serving: bool = False
 
     async def wait_ready(self) -> bool:
@@ -254,7 +230,7 @@ class Supervisor:
         }
         try:
             process = await asyncio.create_subprocess_exec(
-                *command, env=environ, stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,)
+                *command, env=environ, pass_fds=(write_end,)
             )
         finally:
             os.close(write_end)
@@ -262,9 +238,7 @@ class Supervisor:
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(ready), os.fdopen(read_end, "rb")
         )
-        assert process.stderr is not None
-        logs = asyncio.create_task(_forward_lines(process.stderr))
-        worker = Worker(index, process, ready, time.monotonic(), logs)
+        worker = Worker(index, process, ready, time.monotonic())
         self.workers[index] = worker
         return worker
 
@@ -273,7 +247,6 @@ class Supervisor:
         delay = RESTART_DELAY_S
         while True:
             code = await worker.process.wait()
-            await worker.logs
             mark_process_dead(worker.process.pid, str(run_dir / "metrics"))  # type: ignore[no-untyped-call]
             if self.stopping:
                 self.exit_codes[worker.index] = code

@@ -237,16 +237,8 @@ class WriterLock:
         self.path = database.with_name(database.name + "-writer-lock")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def acquire_at_once(self) -> bool:
-        """Take it if free; False if a sibling holds it."""
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
     def acquire(self) -> None:
-        """Wait for it (on the writer thread: it blocks until the holder releases it)."""
+        """Wait for it (on a writer thread: it blocks until the holder releases it)."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
@@ -530,41 +522,75 @@ class SqliteStore:
         async with self._lock():
             conn = self._db()
             new_links: list[tuple[int, str, str]] = []
-            writer_lock = self._writer_lock
             try:
-                # Released in `finally` (unlocking a lock not held is harmless).
-                if writer_lock is not None and not writer_lock.acquire_at_once():
-                    await self._on_writer_thread(writer_lock.acquire)
-                try:
-                    if not self._begin_at_once(conn):
-                        await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
-                    results: list[int | None] = []
-                    start = 0
-                    for index, write in enumerate(writes):
-                        if write.event.type == "delete":
-                            results += self._insert_events(conn, writes[start:index], new_links)
-                            results += await self._on_writer_thread(
-                                self._insert_events, conn, [write], new_links
-                            )
-                            start = index + 1
-                    results += self._insert_events(conn, writes[start:], new_links)
-                    await self._on_writer_thread(self._commit, conn)
-                except BaseException:  # cancellation included: never leave it open
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    # Events after a delete read the group's own deletion id, now undone
-                    # and free for another process's next deletion. Reading it emptied
-                    # the link cache already; still, never keep an uncommitted id.
-                    self._newest_deletion = _UNKNOWN_DELETION
-                    raise
+                if self._writer_lock is None:
+                    results = await self._group_on_loop(conn, writes, new_links)
+                else:
+                    results = await self._on_writer_thread(
+                        self._group_among_siblings, self._writer_lock, conn, writes, new_links
+                    )
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable() from exc  # as in _transaction
-            finally:
-                if writer_lock is not None:
-                    writer_lock.release()
         for link in new_links:  # only once committed: a rolled-back link is not stored
             self._remember_link(link)
         return results
+
+    async def _group_on_loop(
+        self,
+        conn: sqlite3.Connection,
+        writes: list[EventWrite],
+        new_links: list[tuple[int, str, str]],
+    ) -> list[int | None]:
+        try:
+            if not self._begin_at_once(conn):
+                await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
+            results: list[int | None] = []
+            start = 0
+            for index, write in enumerate(writes):
+                if write.event.type == "delete":
+                    results += self._insert_events(conn, writes[start:index], new_links)
+                    results += await self._on_writer_thread(
+                        self._insert_events, conn, [write], new_links
+                    )
+                    start = index + 1
+            results += self._insert_events(conn, writes[start:], new_links)
+            await self._on_writer_thread(self._commit, conn)
+        except BaseException:  # cancellation included: never leave it open
+            self._roll_back(conn)
+            raise
+        return results
+
+    def _group_among_siblings(
+        self,
+        lock: WriterLock,
+        conn: sqlite3.Connection,
+        writes: list[EventWrite],
+        new_links: list[tuple[int, str, str]],
+    ) -> list[int | None]:
+        """A group's whole transaction on the writer thread, inside the siblings' file
+        lock. The siblings wait for that lock: held only while this thread works, it
+        never waits for a turn of this process's busy event loop (inserting on the loop,
+        a sibling's commits queued behind this loop's HTTP work: bench/README.md)."""
+        lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = self._insert_events(conn, writes, new_links)
+                self._commit(conn)
+            except BaseException:
+                self._roll_back(conn)
+                raise
+        finally:
+            lock.release()
+        return results
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        # Events after a delete read the group's own deletion id, now undone and free
+        # for another process's next deletion. Reading it emptied the link cache
+        # already; still, never keep an uncommitted id.
+        self._newest_deletion = _UNKNOWN_DELETION
 
     def _begin_at_once(self, conn: sqlite3.Connection) -> bool:
         """BEGIN IMMEDIATE without waiting; False if another process holds the write lock
