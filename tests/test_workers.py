@@ -297,3 +297,23 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
     finally:
         if first.process.poll() is None:
             first.process.kill()
+
+
+def test_workers_on_postgresql_store_each_event_once(tmp_path: Path, pg_dsn: str) -> None:
+    # Each worker is a full core on the database; a redelivery is a duplicate whichever
+    # worker it reaches (the database's unique key).
+    key = inlet("keys", "create", "--database", pg_dsn, "--account", "acme",
+                cwd=tmp_path).stdout.strip()  # fmt: skip
+    served = serve_workers(tmp_path, "--database", pg_dsn)
+    try:
+        sent = until_both_answered(served, key, "pg")
+        again = {post(served.url, key, message_id) for message_id in sent}
+        assert {status for status, _ in again} == {200}
+        page = get(served.url + "/metrics")[1].decode()
+        stored = 'inlet_events_total{outcome="stored",reason="",type="track"}'
+        duplicate = 'inlet_events_total{outcome="duplicate",reason="",type="track"}'
+        assert metric(page, stored) == len(sent) and metric(page, duplicate) == len(sent)
+        assert served.stop() == 0
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
