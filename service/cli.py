@@ -288,9 +288,8 @@ def _supervise(args: argparse.Namespace, count: int, argv: list[str]) -> int:
         raise ValueError("--metrics-port: with --workers the bridge's /metrics shows them all")
     bridge = bridge_config(args, None)
     logs.configure(os.environ.get("INLET_LOG_LEVEL", "INFO"), worker=0)  # its lines: worker 0
-    supervisor = Supervisor(
-        count, argv, f"{bridge.host}:{bridge.port}", core.listen, environ=dict(os.environ)
-    )
+    scheme = "https" if bridge.tls_cert else "http"
+    supervisor = Supervisor(count, argv, f"{bridge.host}:{bridge.port}", core.listen, scheme)
     try:
         return asyncio.run(supervisor.run())
     finally:

@@ -131,6 +131,7 @@ class Supervisor:
     listen: str
     """host:port of the HTTP bridge."""
     grpc_listen: str
+    scheme: str = "http"
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     workers: dict[int, Worker] = field(default_factory=dict)
     stopping: bool = False
@@ -189,8 +190,8 @@ class Supervisor:
             if self.stopping:  # SIGTERM while starting: those serving now drain
                 self._signal_all(signal.SIGTERM)
             else:
-                log.info("%d workers serving on http://%s/segment, gRPC %s (supervisor pid %d)",
-                         self.count, http, grpc, os.getpid())  # fmt: skip
+                log.info("%d workers serving on %s://%s/segment, gRPC %s (supervisor pid %d)",
+                         self.count, self.scheme, http, grpc, os.getpid())  # fmt: skip
             watchers = [asyncio.create_task(self._watch(run_dir, command, w)) for w in first]
             await asyncio.gather(*watchers)
         finally:

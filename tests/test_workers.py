@@ -16,7 +16,9 @@ import os
 import queue
 import re
 import signal
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,10 +30,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 
 from tests.test_cli import inlet
 
-WORKERS_READY = r"(\d+) workers serving on http://127\.0\.0\.1:(\d+)/segment"
+WORKERS_READY = r"(\d+) workers serving on https?://127\.0\.0\.1:(\d+)/segment"
 
 
 @dataclass
@@ -313,6 +316,29 @@ def test_workers_on_postgresql_store_each_event_once(tmp_path: Path, pg_dsn: str
         stored = 'inlet_events_total{outcome="stored",reason="",type="track"}'
         duplicate = 'inlet_events_total{outcome="duplicate",reason="",type="track"}'
         assert metric(page, stored) == len(sent) and metric(page, duplicate) == len(sent)
+        assert served.stop() == 0
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+
+
+def test_sighup_reloads_every_workers_certificate(tmp_path: Path) -> None:
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    pem = tmp_path / "server.pem"
+    old_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    served = serve_workers(tmp_path, "--tls-cert", str(pem), "--tls-key", str(pem))
+    try:
+        new_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        served.process.send_signal(signal.SIGHUP)
+        reloaded = {served.wait_for_line(r"TLS certificate reloaded.*\"worker\":(\d)")[1]
+                    for _ in range(2)}  # fmt: skip
+        assert reloaded == {"1", "2"}
+        context = ssl.create_default_context()
+        new_ca.configure_trust(context)
+        for _ in range(30):  # new connections, spread over both workers: the new one
+            raw = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+            with raw, context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                pass
         assert served.stop() == 0
     finally:
         if served.process.poll() is None:
