@@ -19,6 +19,26 @@ from tests.stack import basic, start_stack
 from tests.test_cli import inlet, ready_line, start, stop
 
 
+async def send_load_event(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    n: int,
+    acknowledged: list[str],
+) -> None:
+    """POST event `load-N`; its messageId goes to `acknowledged` if answered 200."""
+    event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
+    try:
+        async with session.post(url + "/segment", data=json.dumps(event),
+                                headers=headers) as reply:  # fmt: skip
+            if reply.status == 200:
+                acknowledged.append((await reply.json())["messageId"])
+            else:
+                assert reply.status == 503, await reply.text()  # retried by Segment
+    except aiohttp.ClientError:
+        pass  # connection refused or dropped: Segment retries those too
+
+
 async def test_stop_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     stack = await start_stack(tmp_path)
     headers = {"Authorization": basic(stack.keys["ingest"]), "Content-Type": "application/json"}
@@ -26,18 +46,9 @@ async def test_stop_under_load_loses_nothing_acknowledged(tmp_path: Path) -> Non
     first_answers = asyncio.Event()
 
     async def send(session: aiohttp.ClientSession, n: int) -> None:
-        event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
-        try:
-            async with session.post(stack.url + "/segment", data=json.dumps(event),
-                                    headers=headers) as reply:  # fmt: skip
-                if reply.status == 200:
-                    acknowledged.append((await reply.json())["messageId"])
-                else:
-                    assert reply.status == 503, await reply.text()  # retried by Segment
-                if len(acknowledged) >= 50:
-                    first_answers.set()
-        except aiohttp.ClientError:
-            pass  # connection refused or dropped: Segment retries those too
+        await send_load_event(session, stack.url, headers, n, acknowledged)
+        if len(acknowledged) >= 50:
+            first_answers.set()
 
     async with aiohttp.ClientSession() as session:
         senders = [asyncio.create_task(send(session, n)) for n in range(400)]

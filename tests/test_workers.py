@@ -10,14 +10,12 @@ all reach one worker is 2**-199).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import queue
 import re
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -32,7 +30,9 @@ import aiohttp
 import pytest
 import trustme
 
+from tests.stack import basic
 from tests.test_cli import inlet
+from tests.test_lifecycle import send_load_event, stored_ids
 
 WORKERS_READY = r"(\d+) workers serving on https?://127\.0\.0\.1:(\d+)/segment"
 
@@ -103,10 +103,6 @@ def serve_workers(cwd: Path, *extra: str, count: int = 2) -> Served:
     return served
 
 
-def basic(key: str) -> str:
-    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-
-
 def post(url: str, key: str, message_id: str) -> tuple[int, str]:
     """POST one event on a new connection: (status, the answering worker's id prefix)."""
     body = {"type": "track", "userId": "u1", "event": "E", "messageId": message_id}
@@ -150,14 +146,6 @@ def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not in /metrics"
     return float(match[1])
-
-
-def stored_ids(cwd: Path) -> set[str]:
-    db = sqlite3.connect(cwd / "inlet-data" / "inlet.db")
-    try:
-        return {row[0] for row in db.execute("SELECT message_id FROM events")}
-    finally:
-        db.close()
 
 
 @pytest.fixture
@@ -246,18 +234,9 @@ def test_sigterm_under_load_loses_nothing_acknowledged(tmp_path: Path, operator_
         first_answers = asyncio.Event()
 
         async def send(n: int) -> None:
-            event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
             # A connection each: the kernel spreads them over both workers.
             async with aiohttp.ClientSession() as session:
-                try:
-                    async with session.post(served.url + "/segment", data=json.dumps(event),
-                                            headers=headers) as reply:  # fmt: skip
-                        if reply.status == 200:
-                            acknowledged.append((await reply.json())["messageId"])
-                        else:
-                            assert reply.status == 503, await reply.text()
-                except aiohttp.ClientError:
-                    pass  # refused or cut: Segment retries those
+                await send_load_event(session, served.url, headers, n, acknowledged)
             if len(acknowledged) >= 50:
                 first_answers.set()
 
