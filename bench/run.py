@@ -389,10 +389,11 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
 def serve_inlet(
     args: argparse.Namespace, data: Path, workers: int
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`inlet serve --workers N` on a new SQLite file in `data`: the process, its URL, a key."""
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`inlet serve --workers N` on a new database (SQLite in `data`, or PostgreSQL with
+    --postgres): the process, its URL, a key."""
     data.mkdir()
-    database = str(data / "inlet.db")
+    database = round_database(args, data)
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
@@ -408,19 +409,22 @@ def serve_inlet(
                 break
         threading.Thread(target=server.stderr.read, daemon=True).start()  # keep it drained
     wait_until_up(f"{url}/readyz")
-    return server, url, key
+    return server, url, key, database
 
 
 def workers_run(args: argparse.Namespace, work: Path, loadgen: str, workers: int) -> dict[str, Any]:
     """One measured run of `inlet serve --workers N`, with its integrity check."""
     data = work / f"w{workers}-{time.time_ns()}"
-    server, url, key = serve_inlet(args, data, workers)
+    server, url, key, database = serve_inlet(args, data, workers)
     try:
         out, runs = measure(server.pid, url, key, args, work, loadgen)
     finally:
         server.terminate()
         out["exit_code"] = server.wait(timeout=60)
-    rows, distinct = count_events(str(data / "inlet.db"))
+    rows, distinct = count_events(database)
+    if args.postgres:
+        name = urllib.parse.urlsplit(database).path.lstrip("/")
+        postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
     acknowledged = sum(r["statuses"].get(200, 0) - r["duplicates"] for r in runs)
     out["integrity"] = {
         "acknowledged_new_events": acknowledged,

@@ -42,6 +42,10 @@ class Served:
     process: subprocess.Popen[str]
     port: int
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    """Lines not yet looked at by `wait_for_line`."""
+    log: list[str] = field(default_factory=list)
+    """Every line, once the process has ended and `reader` is done."""
+    reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -91,8 +95,10 @@ def serve_workers(cwd: Path, *extra: str, count: int = 2) -> Served:
         assert process.stderr is not None
         for line in process.stderr:
             served.lines.put(line)
+            served.log.append(line)
 
-    threading.Thread(target=read, daemon=True).start()
+    served.reader = threading.Thread(target=read, daemon=True)
+    served.reader.start()
     try:
         ready = served.wait_for_line(WORKERS_READY)
     except AssertionError:
@@ -161,6 +167,7 @@ def test_metrics_and_debugger_show_every_worker_and_a_killed_worker_is_replaced(
     served = serve_workers(tmp_path)
     try:
         sent = until_both_answered(served, operator_key, "m")
+        assert [get(served.url + "/readyz")[0] for _ in range(10)] == [200] * 10
         # /metrics, whichever worker answers it: the totals of both.
         for _ in range(4):
             status, text = get(served.url + "/metrics")
@@ -206,6 +213,11 @@ def test_metrics_and_debugger_show_every_worker_and_a_killed_worker_is_replaced(
         if served.process.poll() is None:
             served.process.kill()
     assert set(sent) | {f"during-{n}" for n in range(20)} | set(after) <= stored_ids(tmp_path)
+    # Every line is whole and says which worker wrote it (0: the supervisor).
+    assert served.reader is not None
+    served.reader.join(10)
+    lines = [json.loads(line) for line in served.log]
+    assert {line["worker"] for line in lines} == {0, 1, 2}
 
 
 def test_a_key_rate_limit_holds_across_workers(tmp_path: Path, operator_key: str) -> None:
