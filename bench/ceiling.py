@@ -4,7 +4,10 @@ It reads the body, parses it as JSON (orjson) and checks the Basic header, then
 answers 200. Inlet's throughput is reported as a ratio to this, measured in the
 same run on the same machine, because absolute numbers drift ±30 % here.
 
-    python bench/ceiling.py PORT KEY
+    python bench/ceiling.py PORT KEY [PROCESSES]
+
+With PROCESSES > 1 (the ceiling for `inlet serve --workers N`), that many processes
+serve the port together (SO_REUSEPORT), children of this one.
 """
 
 from __future__ import annotations
@@ -37,17 +40,35 @@ def make_app(key: str) -> web.Application:
     return app
 
 
-if __name__ == "__main__":
+def serve(port: int, key: str, reuse_port: bool) -> None:
     try:
         import uvloop
     except ImportError:
         uvloop = None  # type: ignore[assignment]
-    port, key = int(sys.argv[1]), sys.argv[2]
     web.run_app(
         make_app(key),
         host="127.0.0.1",
         port=port,
         access_log=None,
         print=None,
+        reuse_port=reuse_port,
         loop=uvloop.new_event_loop() if uvloop else None,
     )
+
+
+if __name__ == "__main__":
+    port, key = int(sys.argv[1]), sys.argv[2]
+    processes = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    if processes <= 1:  # 0: one of several, sharing the port
+        serve(port, key, reuse_port=processes == 0)
+    else:
+        import signal
+        import subprocess
+
+        children = [
+            subprocess.Popen([sys.executable, __file__, str(port), key, "0"])
+            for _ in range(processes)
+        ]
+        signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])
+        for child in children:
+            child.wait()

@@ -1,7 +1,7 @@
 """Inlet's benchmark: the webhook path against a bare-aiohttp ceiling, in the same run.
 
     python bench/run.py [--duration 10] [--warmup 3] [--connections 32] [--rounds 1]
-                        [--postgres postgresql://USER@HOST:PORT/DB]
+                        [--postgres postgresql://USER@HOST:PORT/DB] [--workers N]
 
 Starts `inlet serve` on its embedded default (SQLite, fsync on) in a temporary
 folder, creates a key, drives `POST /segment` with realistic Segment events from
@@ -13,6 +13,10 @@ nothing twice), and prints and writes everything as JSON (bench/results/).
 The machines are noisy: compare ratios from the same run, and medians of rounds.
 SQLite against PostgreSQL in the same run, and the scale-out figures: bench/mix.py
 (bench/README.md says which benchmark measures what).
+
+With `--workers N` each round instead measures `inlet serve --workers N` against
+`--workers 1` and a ceiling of N bare-aiohttp processes sharing the port, unpinned
+(the HTTP phase only; each Inlet run on a new database, integrity checked).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -385,6 +390,136 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
     return out
 
 
+# -- `--workers N`: inlet serve --workers N against --workers 1 and N bare processes ------
+
+
+def serve_inlet(
+    args: argparse.Namespace, data: Path, workers: int
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`inlet serve --workers N` on a new database (SQLite in `data`, or PostgreSQL with
+    --postgres): the process, its URL, a key."""
+    data.mkdir()
+    database = round_database(args, data)
+    key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
+    port, grpc_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
+         "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}",
+         "--workers", str(workers), *args.serve_args],
+        cwd=data, stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    if server.stderr is not None:  # the supervisor's word that every worker listens
+        for line in server.stderr:
+            if b"workers serving on" in line:
+                break
+        threading.Thread(target=server.stderr.read, daemon=True).start()  # keep it drained
+    wait_until_up(f"{url}/readyz")
+    return server, url, key, database
+
+
+def workers_run(args: argparse.Namespace, work: Path, loadgen: str, workers: int) -> dict[str, Any]:
+    """One measured run of `inlet serve --workers N`, with its integrity check."""
+    data = work / f"w{workers}-{time.time_ns()}"
+    server, url, key, database = serve_inlet(args, data, workers)
+    try:
+        out, runs = measure(server.pid, url, key, args, work, loadgen)
+    finally:
+        server.terminate()
+        out["exit_code"] = server.wait(timeout=60)
+    rows, distinct = count_events(database)
+    if args.postgres:
+        name = urllib.parse.urlsplit(database).path.lstrip("/")
+        postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
+    acknowledged = sum(r["statuses"].get(200, 0) - r["duplicates"] for r in runs)
+    out["integrity"] = {
+        "acknowledged_new_events": acknowledged,
+        "stored": rows,
+        "stored_twice": rows - distinct,
+        # wrk abandons requests in flight when its time is up: stored, never seen answered.
+        "ok": acknowledged <= rows <= acknowledged + 2 * args.connections and rows == distinct,
+    }
+    return out
+
+
+def workers_round(
+    args: argparse.Namespace, work: Path, loadgen: str, number: int
+) -> dict[str, Any]:
+    """The ceiling of N bare processes, `--workers 1` and `--workers N` (in turn first, so
+    neither always meets the machine's drift first), the ceiling again."""
+    n = args.workers
+    port = free_port()
+    ceiling = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port), "bench",
+                                str(n)])  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    try:
+        wait_until_up(f"{url}/segment", post=True)
+        time.sleep(1)  # all N listening (each binds as soon as it has imported aiohttp)
+        before, _ = measure(ceiling.pid, url, "bench", args, work, loadgen)
+        order = [1, n] if number % 2 == 0 else [n, 1]
+        for workers in order:
+            out[f"workers_{workers}"] = workers_run(args, work, loadgen, workers)
+        after, _ = measure(ceiling.pid, url, "bench", args, work, loadgen)
+        out["ceiling"] = bracketed(before, after)
+    finally:
+        ceiling.terminate()
+        ceiling.wait()
+    one, many = out["workers_1"], out[f"workers_{n}"]
+    out["order"] = order
+    out["speedup"] = many["events_per_s"] / one["events_per_s"]
+    out["ratio_to_ceiling"] = many["events_per_s"] / out["ceiling"]["events_per_s"]
+    return out
+
+
+def compare_workers(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, Any]:
+    rounds = []
+    n = args.workers
+    for number in range(args.rounds):
+        result = workers_round(args, work, loadgen, number)
+        rounds.append(result)
+        print(f"round {number + 1}: " + json.dumps({
+            "ceiling": round(result["ceiling"]["events_per_s"]),
+            "workers_1": round(result["workers_1"]["events_per_s"]),
+            f"workers_{n}": round(result[f"workers_{n}"]["events_per_s"]),
+            "speedup": round(result["speedup"], 3),
+            "p99_ms": [round(result[f"workers_{w}"]["latency_ms"]["p99"], 1) for w in (1, n)],
+            "cpu_us": [round(result[f"workers_{w}"]["cpu_us_per_event"]) for w in (1, n)],
+            "integrity": all(result[f"workers_{w}"]["integrity"]["ok"] for w in (1, n)),
+        }), flush=True)  # fmt: skip
+
+    def median(*path: str) -> float:
+        values = []
+        for r in rounds:
+            value: Any = r
+            for part in path:
+                value = value[part]
+            values.append(value)
+        return statistics.median(values)
+
+    summary: dict[str, Any] = {
+        "rounds": len(rounds),
+        "workers": n,
+        "ceiling_processes": n,
+        "ceiling_events_per_s": median("ceiling", "events_per_s"),
+        "speedup": median("speedup"),
+        "ratio_to_ceiling": median("ratio_to_ceiling"),
+        "integrity_ok": all(
+            r[f"workers_{w}"]["integrity"]["ok"] and r[f"workers_{w}"]["exit_code"] == 0
+            for r in rounds
+            for w in (1, n)
+        ),
+    }
+    for w in (1, n):
+        summary[f"workers_{w}"] = {
+            "events_per_s": median(f"workers_{w}", "events_per_s"),
+            "p50_ms": median(f"workers_{w}", "latency_ms", "p50"),
+            "p99_ms": median(f"workers_{w}", "latency_ms", "p99"),
+            "cpu_us_per_event": median(f"workers_{w}", "cpu_us_per_event"),
+        }
+    return {"summary": summary, "rounds": rounds}
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def median(path: tuple[str, ...]) -> float:
         values = []
@@ -445,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--postgres", help="run Inlet on PostgreSQL: a DSN; each round gets a new database"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="compare `inlet serve --workers N` with --workers 1 and a ceiling of N bare "
+        "processes, unpinned, in each round (HTTP phase only)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
@@ -452,8 +592,14 @@ def main(argv: list[str] | None = None) -> int:
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "python"
 
-    pin(not args.no_pin)
+    pin(not args.no_pin and not args.workers)  # workers: every process on every CPU
     work = Path(tempfile.mkdtemp(prefix="inlet-bench-"))
+    if args.workers:
+        try:
+            compared = compare_workers(args, work, loadgen)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return write_report(args, loadgen, compared["summary"], compared["rounds"], "workers")
     try:
         rounds = []
         for number in range(args.rounds):
@@ -473,6 +619,16 @@ def main(argv: list[str] | None = None) -> int:
             }), flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return write_report(args, loadgen, summarise(rounds), rounds)
+
+
+def write_report(
+    args: argparse.Namespace,
+    loadgen: str,
+    summary: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    comparison: str | None = None,
+) -> int:
     report = {
         "loadgen": loadgen,
         "connections": args.connections,
@@ -485,10 +641,11 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         ).stdout.strip(),
         "store": "postgresql" if args.postgres else "sqlite",
+        "comparison": comparison,
         "pinned": {"servers": sorted(SERVER_CPUS), "load": sorted(LOAD_CPUS or ())}
         if SERVER_CPUS
         else None,
-        "summary": summarise(rounds),
+        "summary": summary,
         "rounds": rounds,
     }
     out = args.out or ROOT / "bench" / "results" / time.strftime("%Y%m%dT%H%M%S.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,8 +24,11 @@ from http_bridge.keys import BATCHER, CONFIG, CORE, DRAIN, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder
 from http_bridge.sdk_routes import sdk_client_metrics, sdk_handler
+from http_bridge.siblings import SIBLINGS, Siblings
 from service.handoff import Submission, Verdict
 from service.logs import REQUEST_ID, call_request_id
+from service.metrics import SAMPLER
+from service.worker import WorkerContext
 
 #: The ingest routes the debugger shows (not their CORS preflights, which carry no
 #: event, nor analytics.js's client metrics, which are no event).
@@ -75,7 +79,7 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
             max_queue_delay=config.max_queue_delay_s,
             max_gather_delay=config.max_gather_delay_s,
         )
-        app[METRICS].pending.set_function(lambda: batcher.pending)
+        SAMPLER.gauge(app[METRICS].pending, lambda: batcher.pending)
         try:
             yield
         finally:
@@ -87,16 +91,33 @@ def core_connection(factory: CoreFactory) -> Callable[[web.Application], Any]:
     return connection
 
 
+def ring_for_siblings(recorder: Recorder, path: Path) -> Callable[[web.Application], Any]:
+    """The cleanup context serving this worker's debugger ring to its siblings."""
+
+    @contextlib.asynccontextmanager
+    async def ring(app: web.Application) -> AsyncIterator[None]:
+        runner = await debugger.serve_ring(recorder, path)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+            await app[SIBLINGS].close()
+
+    return ring
+
+
 def create_app(
     config: BridgeConfig,
     core: CoreFactory = GrpcCore,
     registry: CollectorRegistry | None = None,
+    worker: WorkerContext | None = None,
 ) -> web.Application:
     """The bridge application; `core` makes its connection to the core (gRPC by default).
 
     Its metrics go to `registry` (a new one by default); `inlet serve` passes the one the
-    core uses too, so /metrics shows both."""
-    recorder = Recorder(config.debugger_size)
+    core uses too, so /metrics shows both. `worker`: as one of `inlet serve --workers`,
+    the debugger shows the sibling workers' requests too (siblings.py)."""
+    recorder = Recorder(config.debugger_size, worker.index if worker is not None else 0)
     metrics = BridgeMetrics(registry or CollectorRegistry())
     access_log = AccessLog(
         metrics, Forwarding(config.trusted_proxies), errors_only=config.access_log == "errors"
@@ -116,6 +137,9 @@ def create_app(
     app[VIEWERS] = {}
     app[METRICS] = metrics
     app[DRAIN] = drain
+    if worker is not None:
+        app[SIBLINGS] = Siblings({i: worker.debugger_path(i) for i in worker.siblings})
+        app.cleanup_ctx.append(ring_for_siblings(recorder, worker.debugger_path(worker.index)))
     app.cleanup_ctx.append(core_connection(core))
     app.router.add_post("/segment", handlers.segment_event, expect_handler=handlers.expect)
     # Segment's Tracking API, for apps that use Segment's SDKs with their host set here.

@@ -12,12 +12,16 @@ The key goes in `Authorization: Bearer <key>` (or Basic) and needs the `admin`
 scope, which shows its own account's requests, or `operator`, which shows all
 (including requests whose key was not valid). The page takes the key from its
 URL fragment (`/debugger#key=...`, never sent to the server) or asks for it.
+
+With `inlet serve --workers N` each worker keeps its own ring; the worker that answers
+asks its siblings for theirs (http_bridge/siblings.py) and merges them by id.
 """
 
 from __future__ import annotations
 
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -27,8 +31,9 @@ from http_bridge import sdk
 from http_bridge.errors import BadRequest, Forbidden, NotFound
 from http_bridge.handlers import json_response
 from http_bridge.keys import CORE, RECORDER, VIEWERS
-from http_bridge.recorder import Exchange
+from http_bridge.recorder import Exchange, Recorder, worker_of
 from http_bridge.segment import key_from_authorization
+from http_bridge.siblings import ALL, SIBLINGS
 
 _PAGE: Final = resources.files("http_bridge").joinpath("debugger.html").read_bytes()
 _MAX_LISTED: Final = 200
@@ -104,19 +109,23 @@ def _visible(exchange: Exchange, viewer: str | None) -> bool:
     return viewer is None or exchange.account == viewer
 
 
-async def exchanges(request: web.Request) -> web.Response:
-    viewer = await _viewer(request)
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError:
-        raise BadRequest("`after` must be an integer", "invalid_query") from None
-    account = request.query.get("account")
-    kind = request.query.get("type")
-    outcome = request.query.get("outcome")
+def listing(
+    recorder: Recorder,
+    viewer: str | None,
+    after: int = 0,
+    before: int | None = None,
+    account: str | None = None,
+    kind: str | None = None,
+    outcome: str | None = None,
+) -> list[dict[str, Any]]:
+    """Summaries of the ring's exchanges with `after < id < before` that `viewer` may
+    see and the filters keep, newest first, at most _MAX_LISTED."""
     listed: list[dict[str, Any]] = []
-    for exchange in request.app[RECORDER].newest_first():
+    for exchange in recorder.newest_first():
         if exchange.id <= after or len(listed) >= _MAX_LISTED:
             break
+        if before is not None and exchange.id >= before:
+            continue
         if not _visible(exchange, viewer) or (account and exchange.account != account):
             continue
         if outcome and exchange.outcome != outcome:
@@ -125,31 +134,111 @@ async def exchanges(request: web.Request) -> web.Response:
         if kind and summary["type"] != kind:
             continue
         listed.append(summary)
+    return listed
+
+
+def detail(recorder: Recorder, id: int, viewer: str | None) -> dict[str, Any] | None:
+    """One exchange as the debugger shows it, if in the ring and `viewer` may see it."""
+    found = recorder.get(id)
+    if found is None or not _visible(found, viewer):
+        return None
+    return {
+        **_summary(found),
+        "request": {
+            "method": found.method,
+            "path": found.path,
+            "headers": [list(h) for h in found.headers],
+            "body": found.body.decode("utf-8", "replace"),
+            "bodyTruncated": found.body_truncated,
+        },
+        "response": {"status": found.status, "body": found.response.decode("utf-8", "replace")},
+    }
+
+
+async def exchanges(request: web.Request) -> web.Response:
+    viewer = await _viewer(request)
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise BadRequest("`after` must be an integer", "invalid_query") from None
+    account, kind = request.query.get("account"), request.query.get("type")
+    outcome = request.query.get("outcome")
+    recorder = request.app[RECORDER]
+    siblings = request.app.get(SIBLINGS)
+    if siblings is None:
+        listed = listing(recorder, viewer, after, None, account, kind, outcome)
+    else:
+        # Every worker's ring up to one moment: an exchange a sibling records while
+        # this gathers has a later id than all listed, so `after` finds it next time.
+        before = recorder.id_before(time.time_ns())
+        listed = listing(recorder, viewer, after, before, account, kind, outcome)
+        listed += await siblings.listing(viewer, after, before, account, kind, outcome)
+        listed.sort(key=lambda summary: -int(summary["id"]))
+        del listed[_MAX_LISTED:]
     return json_response(200, {"exchanges": listed, "viewer": viewer or "*"})
 
 
 async def exchange(request: web.Request) -> web.Response:
     viewer = await _viewer(request)
     try:
-        found = request.app[RECORDER].get(int(request.match_info["id"]))
+        id = int(request.match_info["id"])
     except ValueError:
-        found = None
-    if found is None or not _visible(found, viewer):
+        id = None
+    found = None
+    if id is not None:
+        recorder = request.app[RECORDER]
+        siblings = request.app.get(SIBLINGS)
+        if siblings is None or worker_of(id) == recorder.worker:
+            found = detail(recorder, id, viewer)
+        else:
+            found = await siblings.detail(worker_of(id), id, viewer)
+    if found is None:
         raise NotFound("no such request among the recent ones", "not_found")
-    return json_response(
-        200,
-        {
-            **_summary(found),
-            "request": {
-                "method": found.method,
-                "path": found.path,
-                "headers": [list(h) for h in found.headers],
-                "body": found.body.decode("utf-8", "replace"),
-                "bodyTruncated": found.body_truncated,
-            },
-            "response": {"status": found.status, "body": found.response.decode("utf-8", "replace")},
-        },
+    return json_response(200, found)
+
+
+def _queried_viewer(request: web.Request) -> str | None:
+    viewer = request.query.get("viewer", ALL)
+    return None if viewer == ALL else viewer
+
+
+def _int(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    return None if value is None else int(value)
+
+
+async def _ring_listing(request: web.Request) -> web.Response:
+    listed = listing(
+        request.app[RECORDER],
+        _queried_viewer(request),
+        after=_int(request, "after") or 0,
+        before=_int(request, "before"),
+        account=request.query.get("account"),
+        kind=request.query.get("type"),
+        outcome=request.query.get("outcome"),
     )
+    return web.Response(body=orjson.dumps(listed), content_type="application/json")
+
+
+async def _ring_detail(request: web.Request) -> web.Response:
+    found = detail(request.app[RECORDER], int(request.match_info["id"]), _queried_viewer(request))
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.Response(body=orjson.dumps(found), content_type="application/json")
+
+
+async def serve_ring(recorder: Recorder, path: Path) -> web.AppRunner:
+    """Serve this worker's ring to its siblings (siblings.py) on the Unix socket `path`:
+    the viewer they name is trusted, so only the user running Inlet may reach it."""
+    app = web.Application()
+    app[RECORDER] = recorder
+    app.router.add_get("/exchanges", _ring_listing)
+    app.router.add_get("/exchanges/{id}", _ring_detail)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    path.unlink(missing_ok=True)  # the socket of the worker this one replaces
+    await web.UnixSite(runner, str(path)).start()
+    return runner
 
 
 def add_routes(app: web.Application) -> None:

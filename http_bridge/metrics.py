@@ -20,6 +20,7 @@ from prometheus_client.metrics import Counter, Gauge, Histogram
 from http_bridge import client_metrics
 from http_bridge.errors import Unauthorized
 from http_bridge.keys import CONFIG
+from service.metrics import SAMPLER, exposition
 from service.metrics_http import BEARER_CHALLENGE, TOKEN_MISSING, token_accepted
 
 # Seconds. Segment gives a destination 5 s; Inlet answers 503 at 4 s.
@@ -69,11 +70,13 @@ class BridgeMetrics:
             registry=registry,
         )
         self.in_flight = 0
-        Gauge(
+        in_flight = Gauge(
             "inlet_http_requests_in_flight",
             "HTTP requests being handled now.",
             registry=registry,
-        ).set_function(lambda: self.in_flight)
+            multiprocess_mode="livesum",
+        )
+        SAMPLER.gauge(in_flight, lambda: self.in_flight)
         core_calls = Histogram(
             "inlet_core_call_duration_seconds",
             "Duration of one batch call from the bridge to the core (the gRPC hop, or the "
@@ -94,6 +97,7 @@ class BridgeMetrics:
             "inlet_bridge_queued_requests",
             "Requests waiting for a batch call to the core.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self._errors = Counter(
             "inlet_http_errors",
@@ -147,5 +151,5 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     with `credentials`)."""
     if not token_accepted(request.headers.get("Authorization"), request.app[CONFIG].metrics_token):
         raise Unauthorized(TOKEN_MISSING, "invalid_metrics_token", BEARER_CHALLENGE)
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(exposition(request.app[METRICS].registry))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

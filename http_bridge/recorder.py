@@ -9,7 +9,6 @@ The `Authorization` value never enters it: only the key's public id.
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from collections import deque
@@ -130,10 +129,40 @@ def _exchange(entry: _Entry) -> Exchange:
     )
 
 
+#: Exchange ids count in units of 10 µs since this moment (2025-01-01 UTC).
+_ID_EPOCH_NS: Final = 1_735_689_600 * 10**9
+_ID_UNIT_NS: Final = 10_000
+#: Ids keep the worker's number (0-63) in their low bits.
+_WORKER_SLOTS: Final = 64
+
+
+def worker_of(exchange_id: int) -> int:
+    """The number of the worker that recorded `exchange_id` (0: no `--workers`)."""
+    return exchange_id % _WORKER_SLOTS
+
+
 class Recorder:
-    def __init__(self, size: int) -> None:
+    """The ring of one process. Ids grow with the time of recording, also across the
+    workers of `inlet serve --workers` (each puts its number in the low bits), so the
+    debugger merges their rings by id and `after=ID` means "recorded later" for all.
+    They stay below 2**53 (exact in JavaScript) until about 2069."""
+
+    def __init__(self, size: int, worker: int = 0) -> None:
+        if not 0 <= worker < _WORKER_SLOTS:
+            raise ValueError(f"worker number {worker} out of 0-{_WORKER_SLOTS - 1}")
         self._ring: deque[_Entry] = deque(maxlen=size)
-        self._ids = itertools.count(1)
+        self.worker = worker
+        self._last = 0
+
+    def _next_id(self) -> int:
+        # The time in 10 µs units, or one more than the last when recording faster.
+        now = (time.time_ns() - _ID_EPOCH_NS) // _ID_UNIT_NS
+        self._last = now if now > self._last else self._last + 1
+        return self._last * _WORKER_SLOTS + self.worker
+
+    def id_before(self, at_ns: int) -> int:
+        """An id below every id recorded from `at_ns` on (by any worker)."""
+        return (at_ns - _ID_EPOCH_NS) // _ID_UNIT_NS * _WORKER_SLOTS
 
     def add(self, request: web.Request, response: web.StreamResponse, started: float) -> None:
         """Record one exchange; `started` is its `time.perf_counter()` at arrival."""
@@ -141,7 +170,7 @@ class Recorder:
         answer = response.body if isinstance(response, web.Response) else b""
         self._ring.append(
             (
-                next(self._ids),
+                self._next_id(),
                 time.time(),
                 request.method,
                 request.path,

@@ -17,6 +17,7 @@ from http_bridge.core_client import GrpcCore
 from http_bridge.drain import AFTER_GRACE_S, drain
 from http_bridge.keys import CORE, DRAIN
 from http_bridge.tls import reload_certificate, server_context
+from service.worker import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,14 @@ async def start_bridge(
     config: BridgeConfig,
     core: CoreFactory = GrpcCore,
     registry: CollectorRegistry | None = None,
+    worker: WorkerContext | None = None,
 ) -> BridgeServer:
+    """Serve; `worker`: as one of `inlet serve --workers`, on the port its siblings
+    share (SO_REUSEPORT: the kernel spreads new connections over them)."""
     context = tls_context(config)
     quiet_malformed_requests()
     runner = web.AppRunner(
-        create_app(config, core, registry),
+        create_app(config, core, registry, worker),
         access_log=None,
         # The grace is the drain's (BridgeServer.stop); aiohttp's shutdown only cuts off
         # what is left after it.
@@ -83,7 +87,9 @@ async def start_bridge(
         keepalive_timeout=config.header_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+    site = web.TCPSite(
+        runner, config.host, config.port, ssl_context=context, reuse_port=worker is not None
+    )
     try:
         await site.start()
     except OSError:

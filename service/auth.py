@@ -47,6 +47,9 @@ class Authenticator:
         # Bumped by invalidate(): a look-up that started before a revocation must not
         # put the old record back into the cache when it finishes.
         self._generation = 0
+        #: Told of every `invalidate` (the sibling workers of `inlet serve --workers`
+        #: forget the key too, service/worker.py).
+        self.announce: Callable[[str | None], None] | None = None
 
     async def authenticate(self, api_key: str | None, scope: str | None) -> KeyRecord:
         """Return the record of a valid, unexpired, unrevoked key that has `scope` (any
@@ -77,8 +80,11 @@ class Authenticator:
             raise PermissionDenied("the account is suspended", "account_suspended")
         return record
 
-    def invalidate(self, key_id: str | None = None) -> None:
-        """Forget one cached key (or all), e.g. after revoking it."""
+    def invalidate(self, key_id: str | None = None, *, announce: bool = True) -> None:
+        """Forget one cached key (or all), e.g. after revoking it; `announce`: tell
+        `self.announce` (False for what a sibling announced)."""
+        if announce and self.announce is not None:
+            self.announce(key_id)
         self._generation += 1
         if key_id is None:
             self._cache.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -27,9 +28,12 @@ from http_bridge.server import BridgeServer, start_bridge
 from service import cli_admin, cli_client, keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.in_process import InProcessCore
-from service.server import CoreServer, start_core, wait_for_signal
+from service.metrics import SAMPLER, count_worker
+from service.server import CoreServer, start_core, stop_on_signal
 from service.store import Store, StoreError
+from service.supervisor import Supervisor, worker_count
 from service.timestamps import format_micros, parse_duration_s, parse_timestamp
+from service.worker import WorkerContext, die_with_parent
 
 log = logging.getLogger("inlet")
 
@@ -47,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "serve", parents=[database], help="run the service (default: core and bridge together)"
     )
     serve.add_argument("part", nargs="?", choices=("all", "core", "bridge"), default="all")
+    serve.add_argument(
+        "--workers",
+        help="worker processes, each a whole `inlet serve` on the same ports and database: "
+        "a number or `auto` (one per CPU) (env INLET_WORKERS, default 1)",
+    )
     serve.add_argument(
         "--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)"
     )
@@ -162,10 +171,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.configure(os.environ.get("INLET_LOG_LEVEL", "INFO"))
+    worker = WorkerContext.from_env(os.environ)
+    level = os.environ.get("INLET_LOG_LEVEL", "INFO")
+    if worker is None:
+        logs.configure(level)
+    else:
+        logs.configure(level, json=worker.log_json, worker=worker.index)
     try:
         if args.command == "serve":
-            _run(_serve(args))
+            count = worker_count(args.workers or os.environ.get("INLET_WORKERS"))
+            if worker is None and count > 1:
+                return _supervise(args, count, sys.argv[1:] if argv is None else list(argv))
+            _run(_serve(args, worker))
             return 0
         if args.command == "contract-test":
             return contract_test(args)
@@ -246,42 +263,79 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def bridge_config(args: argparse.Namespace, core_target: str | None) -> BridgeConfig:
+    return BridgeConfig.from_env(
+        os.environ,
+        core_target=core_target,
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_body_bytes=args.max_body_bytes,
+        trusted_proxies=tuple(args.trusted_proxies) if args.trusted_proxies else None,
+        core_tls_ca=args.core_tls_ca,
+        core_tls_cert=args.core_tls_cert,
+        core_tls_key=args.core_tls_key,
+    )
+
+
+def _supervise(args: argparse.Namespace, count: int, argv: list[str]) -> int:
+    """`inlet serve --workers N` (N > 1): check the settings here, so that a mistake is
+    said once, then run the supervisor (service/supervisor.py)."""
+    if args.part != "all":
+        raise ValueError("--workers is for `inlet serve` (core and bridge together)")
+    core = core_config(args)
+    if core.metrics_port is not None:
+        raise ValueError("--metrics-port: with --workers the bridge's /metrics shows them all")
+    bridge = bridge_config(args, None)
+    logs.configure(os.environ.get("INLET_LOG_LEVEL", "INFO"), worker=0)  # its lines: worker 0
+    scheme = "https" if bridge.tls_cert else "http"
+    supervisor = Supervisor(count, argv, f"{bridge.host}:{bridge.port}", core.listen, scheme)
+    try:
+        return asyncio.run(supervisor.run())
+    finally:
+        logs.flush()
+
+
+async def _serve(args: argparse.Namespace, worker: WorkerContext | None = None) -> None:
     core = None
     bridge = None
+    # Installed first: a SIGTERM while starting stops the process once it serves.
+    stop = stop_on_signal()
     # One registry for the process (with Python's process and GC collectors): in
-    # `inlet serve` the bridge's /metrics shows the core's metrics too.
+    # `inlet serve` the bridge's /metrics shows the core's metrics too. Workers of
+    # `--workers` keep their values in prometheus_client's multiprocess files.
     registry = prometheus_client.REGISTRY
+    background: list[asyncio.Task[None]] = []
     try:
+        if worker is not None:
+            die_with_parent(os.environ)
+            count_worker(registry, worker.replaces)
         if args.part in ("all", "core"):
-            core = await start_core(core_config(args), registry=registry)
+            settings = core_config(args)
+            if worker is not None:
+                settings = dataclasses.replace(settings, reuse_port=True, sibling_writers=True)
+            core = await start_core(settings, registry=registry, worker=worker)
         if args.part in ("all", "bridge"):
             target = args.core
             if core is not None:
                 target = f"127.0.0.1:{core.port}"
-            config = BridgeConfig.from_env(
-                os.environ,
-                core_target=target,
-                host=args.host,
-                port=args.port,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-                max_body_bytes=args.max_body_bytes,
-                trusted_proxies=tuple(args.trusted_proxies) if args.trusted_proxies else None,
-                core_tls_ca=args.core_tls_ca,
-                core_tls_cert=args.core_tls_cert,
-                core_tls_key=args.core_tls_key,
-            )
+            config = bridge_config(args, target)
             if core is None:
                 bridge = await start_bridge(config, registry=registry)
             else:  # same process: no gRPC hop between bridge and core
                 local = InProcessCore(core, config.retry_after_s)
-                bridge = await start_bridge(config, lambda _: local, registry)
+                bridge = await start_bridge(config, lambda _: local, registry, worker)
         reload_tls_on_sighup(bridge, core)
         tune_gc()
-        await wait_for_signal()
+        if worker is not None:
+            background.append(asyncio.create_task(SAMPLER.follow(), name="inlet-sampler"))
+            worker.announce_ready()
+        await stop.wait()
         log.info("shutting down: draining in-flight requests")
     finally:
+        for task in background:
+            task.cancel()
         # Bridge first: it stops accepting and flushes its batches into the core,
         # which is still serving; then the core drains and closes the store.
         if bridge is not None:

@@ -107,6 +107,15 @@ class CoreConfig:
     prune_interval_s: float = 60.0
     """How often a core with a retention deletes what has aged out."""
 
+    reuse_port: bool = False
+    """Share the gRPC port with the sibling workers of `inlet serve --workers`
+    (SO_REUSEPORT: the kernel spreads connections over them). Off, a second core on a
+    taken port fails to start instead of splitting traffic with the first."""
+
+    sibling_writers: bool = False
+    """Sibling workers write the same SQLite file: each write transaction first takes a
+    file lock, which wakes the next writer as soon as it is free (service/store/sqlite.py)."""
+
     def __post_init__(self) -> None:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             raise ValueError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
@@ -169,4 +178,5 @@ def open_configured_store(config: CoreConfig) -> Store:
         pool_size=config.pg_pool_size,
         commits_in_flight=config.pg_commits_in_flight,
         timeout_s=config.pg_timeout_s,
+        sibling_writers=config.sibling_writers,
     )

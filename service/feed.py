@@ -5,7 +5,8 @@ up, sleeps until the store signals a commit. Nothing is pushed to streams: the
 writer only flips a flag, so a stalled reader costs ingestion nothing, and a
 stream holds at most one page in memory (gRPC flow control stops `write` when
 the client does not read). A slow poll covers commits the signal cannot see
-(another process writing to the same database).
+(another process writing to the same database; sibling workers of `inlet serve
+--workers` signal theirs, service/worker.py).
 """
 
 from __future__ import annotations
@@ -77,4 +78,4 @@ class Feed:
     def close(self) -> None:
         """End every stream (at shutdown): each gets UNAVAILABLE and may resume elsewhere."""
         self._closing = True
-        self._store.commits.publish()
+        self._store.commits.wake()

@@ -19,10 +19,11 @@ import itertools
 import logging
 import os
 import re
+import select
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO
 
 import orjson
@@ -102,7 +103,14 @@ def _iso(created: float) -> str:
 
 class LineFormatter(logging.Formatter):
     """A formatter whose line depends only on a record's time, level, logger, message,
-    fields and error text, so `log_fields` can make it without a LogRecord."""
+    fields and error text, so `log_fields` can make it without a LogRecord.
+
+    `worker`: the process's number among `inlet serve --workers` (0: their supervisor),
+    put on every line; None for a process that is neither."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         error = self.formatException(record.exc_info) if record.exc_info else None
@@ -140,6 +148,8 @@ class JsonFormatter(LineFormatter):
             "logger": logger,
             "message": message,
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         request_id = REQUEST_ID.get()
         if request_id is not None:
             line["request_id"] = request_id
@@ -163,6 +173,8 @@ class TextFormatter(LineFormatter):
         error: str | None = None,
     ) -> str:
         parts = [_iso(created), level, f"{logger}:", message]
+        if self.worker is not None:
+            parts.insert(1, f"w{self.worker}")
         if fields:
             parts.extend(f"{key}={value}" for key, value in fields.items())
         request_id = REQUEST_ID.get()
@@ -194,9 +206,14 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     #: Past this many queued lines, write them without waiting for the timer.
     max_pending = 256
 
-    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.05, shared: bool = False) -> None:
+        """`shared`: other processes write to the same stream (the workers of `inlet
+        serve --workers` share their supervisor's stderr): lines then go out in writes
+        of whole lines, each at most PIPE_BUF bytes, which the kernel never interleaves
+        with another process's on a pipe (nor on a file, a terminal)."""
         super().__init__(stream)
         self.interval = interval
+        self._shared_fd = stream.fileno() if shared else None
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None
 
@@ -240,13 +257,36 @@ class LineBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             text = "\n".join(self._pending) + "\n" if self._pending else ""
             self._pending.clear()
             try:
-                if text:
+                if text and self._shared_fd is not None:
+                    super().flush()  # what was written through the stream itself first
+                    for chunk in whole_lines(text.encode("utf-8", "backslashreplace")):
+                        _write_all(self._shared_fd, chunk)
+                elif text:
                     self.stream.write(text)
                 super().flush()
             except Exception:  # noqa: BLE001 - as StreamHandler.emit: report, go on
                 self.handleError(logging.makeLogRecord({"msg": "writing log lines"}))
         finally:
             self.release()
+
+
+def whole_lines(data: bytes, limit: int = select.PIPE_BUF) -> Iterator[bytes]:
+    """`data` (lines ending in newlines) in pieces of whole lines of at most `limit`
+    bytes; a longer line is a piece of its own (and may then interleave)."""
+    start = 0
+    while start < len(data):
+        end = start + limit
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end) + 1
+            end = cut if cut > start else data.index(b"\n", start) + 1
+        yield data[start:end]
+        start = end
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _sole_handler(logger: logging.Logger, level: int) -> LineBatchingHandler | None:
@@ -350,8 +390,14 @@ def flush() -> None:
         handler.flush()
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Send every logger's records to `stream` (stderr): JSON unless it is a terminal."""
+def configure(
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    worker: int | None = None,
+) -> None:
+    """Send every logger's records to `stream` (stderr): JSON unless it is a terminal;
+    `worker`: the number every line carries (LineFormatter)."""
     # Lines go out per request, so skip what the formatters never show (the Logging
     # HOWTO's "Optimization"): the caller's file and line, thread, process, task.
     logging._srcfile = None
@@ -362,8 +408,9 @@ def configure(level: str = "INFO", stream: TextIO | None = None, json: bool | No
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    handler = LineBatchingHandler(stream)
-    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    # Workers share their supervisor's stderr (its own lines are few: written as usual).
+    handler = LineBatchingHandler(stream, shared=bool(worker))
+    handler.setFormatter(JsonFormatter(worker) if json else TextFormatter(worker))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

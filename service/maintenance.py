@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -37,6 +38,9 @@ class MaintenanceMode:
         self._store = store
         self._refresh_s = refresh_s
         self.state = State()
+        #: Told when the switch is set through this process (the sibling workers of
+        #: `inlet serve --workers` re-read it at once, service/worker.py).
+        self.announce: Callable[[], None] | None = None
 
     @property
     def on(self) -> bool:
@@ -59,6 +63,8 @@ class MaintenanceMode:
     async def set(self, on: bool, message: str = "") -> State:
         value = orjson.dumps({"on": on, "message": message}).decode()
         await self._store.set_switch(SWITCH, value)
+        if self.announce is not None:
+            self.announce()
         return await self.refresh()
 
     async def follow(self) -> None:

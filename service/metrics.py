@@ -10,12 +10,14 @@ once and kept in a small dict (bounded by types x reasons).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.metrics import Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -29,6 +31,75 @@ STORE_BUCKETS: Final = (
 RPC_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+#: prometheus_client's multiprocess mode (the workers of `inlet serve --workers`, whose
+#: supervisor sets PROMETHEUS_MULTIPROC_DIR): every value is kept in a file of its
+#: process, and /metrics adds up the files of all workers, those of workers that died
+#: included, so counters never go back. Decided by prometheus_client when imported.
+MULTIPROCESS: Final = bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def exposition(registry: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics shows: `registry`; in multiprocess mode the totals of every worker
+    (MultiProcessCollector over the folder), after this worker's samples are fresh."""
+    if not MULTIPROCESS:
+        return registry
+    SAMPLER.sample()
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
+
+
+class Sampler:
+    """Values that live in a process's memory and are read when scraped (a count kept
+    as a plain integer on the hot path, the checkpoint thread's tallies): in
+    multiprocess mode /metrics reads files, so each worker copies them into its file
+    every `interval_s` (1 s) and when it answers a scrape itself."""
+
+    def __init__(self) -> None:
+        self._samples: list[Callable[[], None]] = []
+
+    def add(self, sample: Callable[[], None]) -> None:
+        self._samples.append(sample)
+
+    def gauge(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """`gauge` shows `read()`: at each scrape, or sampled in multiprocess mode."""
+        if MULTIPROCESS:
+            self.add(lambda: gauge.set(read()))
+        else:
+            gauge.set_function(read)
+
+    def sample(self) -> None:
+        for sample in self._samples:
+            sample()
+
+    async def follow(self, interval_s: float = 1.0) -> None:
+        """Sample forever (a task; cancel it to stop)."""
+        while True:
+            self.sample()
+            await asyncio.sleep(interval_s)
+
+
+SAMPLER: Final = Sampler()
+
+
+def count_worker(registry: CollectorRegistry, replaces: bool) -> None:
+    """A worker of `inlet serve --workers` counts itself: live workers, and those
+    started to replace one that died (their sum over all workers' files)."""
+    Gauge(
+        "inlet_workers",
+        "Worker processes of `inlet serve --workers` serving now.",
+        registry=registry,
+        multiprocess_mode="livesum",
+    ).set(1)
+    restarts = Counter(
+        "inlet_worker_restarts",
+        "Workers of `inlet serve --workers` started to replace one that died.",
+        registry=registry,
+    )
+    if replaces:
+        restarts.inc()
+
 
 UNKNOWN_TYPE: Final = "unknown"
 """The type label of events rejected before their type was known (bad key, bad JSON)."""
@@ -67,6 +138,7 @@ class CoreMetrics:
             "inlet_core_events_in_flight",
             "Events being validated and committed now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self._rpcs = Counter(
             "inlet_grpc_requests",
@@ -91,6 +163,7 @@ class CoreMetrics:
             "inlet_subscribe_streams",
             "Subscribe streams open now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.subscribe_delay = Histogram(
             "inlet_subscribe_delivery_delay_seconds",
@@ -126,8 +199,12 @@ class CoreMetrics:
         return child
 
     def watch_checkpoints(self, checkpointer: WalCheckpointer) -> None:
-        """Export a SQLite store's checkpoint thread (read when scraped)."""
-        self.registry.register(CheckpointCollector(checkpointer))
+        """Export a SQLite store's checkpoint thread (read when scraped, or sampled)."""
+        collector = CheckpointCollector(checkpointer)
+        if MULTIPROCESS:
+            sample_collector(collector, self.registry)
+        else:
+            self.registry.register(collector)
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """Per call, not per event: labelling on the fly is cheap enough here."""
@@ -172,3 +249,38 @@ class CheckpointCollector(Collector):
             "zero once all are copied and no reader needs them).",
             value=max(last.log_pages, 0) if last is not None else 0,
         )
+
+
+#: How the values of a process's collector add up over the workers (multiprocess mode).
+_GAUGE_MODES: Final = {
+    "inlet_sqlite_checkpoint_thread_up": "livemin",  # 1 while every worker's thread runs
+    "inlet_sqlite_wal_pages": "livemax",  # one log for all: the latest length any saw
+}
+
+
+def sample_collector(collector: Collector, registry: CollectorRegistry) -> None:
+    """Copy an unlabelled collector's values into metrics of the multiprocess files
+    (SAMPLER): counters grow by what the collector's grew by, gauges take its value."""
+    counters: dict[str, tuple[Counter, list[float]]] = {}
+    gauges: dict[str, Gauge] = {}
+    for family in collector.collect():
+        if family.type == "counter":
+            counter = Counter(family.name, family.documentation, registry=registry)
+            counters[family.name] = (counter, [0.0])
+        else:
+            gauges[family.name] = Gauge(
+                family.name, family.documentation, registry=registry,
+                multiprocess_mode=_GAUGE_MODES.get(family.name, "livesum"),  # type: ignore[arg-type]
+            )  # fmt: skip
+
+    def sample() -> None:
+        for family in collector.collect():
+            value = family.samples[0].value
+            if family.name in counters:
+                counter, last = counters[family.name]
+                counter.inc(max(value - last[0], 0.0))
+                last[0] = value
+            elif family.name in gauges:
+                gauges[family.name].set(value)
+
+    SAMPLER.add(sample)

@@ -13,6 +13,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.metrics import exposition
+
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="inlet-metrics"'}
 TOKEN_MISSING = "/metrics needs `Authorization: Bearer <INLET_METRICS_TOKEN>`"
 
@@ -37,7 +39,8 @@ def metrics_app(registry: CollectorRegistry, token: str | None) -> web.Applicati
                 status=401, body=body, content_type="application/json", headers=BEARER_CHALLENGE
             )
         return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(exposition(registry)),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
     app = web.Application()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import urllib.parse
@@ -25,6 +26,7 @@ from inlet.v1 import (
 from service.admin import AdminServicer
 from service.auth import Authenticator
 from service.config import CoreConfig, open_configured_store
+from service.errors import StoreUnavailable
 from service.feed import Feed
 from service.grpc_tls import ReloadableCredentials
 from service.ingest import Ingestor
@@ -33,10 +35,11 @@ from service.maintenance import MaintenanceMode
 from service.metrics import CoreMetrics
 from service.metrics_http import start_metrics_server
 from service.profiles import ProfileServicer
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimiter, SharedBuckets
 from service.retention import Retention
 from service.servicer import EventServicer
 from service.store import SqliteStore, Store
+from service.worker import Notices, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,9 @@ def server_options(config: CoreConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 1),
         # grpc sets SO_REUSEPORT by default: a second core on the same port would
-        # start "successfully" and split traffic with the first. Fail instead.
-        ("grpc.so_reuseport", 0),
+        # start "successfully" and split traffic with the first. Fail instead, unless
+        # sharing is meant (the workers of `inlet serve --workers`).
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         # A batch call from the bridge names each of its requests in `x-request-id`
         # (up to 32 KiB); the default 8 KiB metadata limit would refuse it.
         ("grpc.max_metadata_size", 64 * 1024),
@@ -118,19 +122,27 @@ class CoreServer:
 
 
 async def start_core(
-    config: CoreConfig, store: Store | None = None, registry: CollectorRegistry | None = None
+    config: CoreConfig,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+    worker: WorkerContext | None = None,
 ) -> CoreServer:
     """Open the store and start serving; return once the port is bound.
 
     Metrics go to `registry` (a new one by default): `inlet serve` shares one with the
-    bridge, whose /metrics then shows both."""
+    bridge, whose /metrics then shows both. `worker`: as one of `inlet serve --workers`,
+    the core shares its rate-limit buckets with its siblings, tells them of commits and
+    of key and switch changes, and hears theirs (service/worker.py)."""
     metrics = CoreMetrics(registry or CollectorRegistry())
     store = store or open_configured_store(config)
     await store.open()
     if isinstance(store, SqliteStore):
         metrics.watch_checkpoints(store.checkpointer)
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)
-    limiter = RateLimiter(config.rate_limit_per_key) if config.rate_limit_per_key else None
+    limiter = None
+    if config.rate_limit_per_key:
+        shared = SharedBuckets(worker.rate_limit_path) if worker is not None else None
+        limiter = RateLimiter(config.rate_limit_per_key, buckets=shared)
     maintenance = MaintenanceMode(store, config.switch_refresh_s)
     await maintenance.refresh()
     ingestor = Ingestor(
@@ -189,6 +201,8 @@ async def start_core(
     if metrics_port is not None:
         log.info("core metrics on http://%s:%d/metrics", host, metrics_port)
     background = [asyncio.create_task(maintenance.follow(), name="inlet-maintenance")]
+    if worker is not None:
+        background.append(_hear_siblings(Notices(worker), store, auth, maintenance))
     if config.retention_s is not None:
         retention = Retention(store, config.retention_s, interval_s=config.prune_interval_s,
                               pruned=metrics.events_pruned)  # fmt: skip
@@ -197,6 +211,40 @@ async def start_core(
         server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
         background, metrics, metrics_server, metrics_port, credentials,
     )  # fmt: skip
+
+
+def _hear_siblings(
+    notices: Notices, store: Store, auth: Authenticator, maintenance: MaintenanceMode
+) -> asyncio.Task[None]:
+    """Tell the sibling workers what happens here, and act on what they tell (a task
+    that stops hearing them when cancelled at shutdown)."""
+    store.commits.relay = notices.commit
+    auth.announce = notices.key
+    maintenance.announce = notices.maintenance
+    refreshes: set[asyncio.Task[None]] = set()
+
+    async def refresh() -> None:
+        with contextlib.suppress(StoreUnavailable):  # the 2 s refresh will see it
+            await maintenance.refresh()
+
+    def refresh_maintenance() -> None:
+        task = asyncio.create_task(refresh())
+        refreshes.add(task)
+        task.add_done_callback(refreshes.discard)
+
+    notices.listen(
+        on_commit=store.commits.wake,
+        on_key=lambda key_id: auth.invalidate(key_id, announce=False),
+        on_maintenance=refresh_maintenance,
+    )
+
+    async def hear() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            notices.close()
+
+    return asyncio.create_task(hear(), name="inlet-sibling-notices")
 
 
 def redact(database: str) -> str:
@@ -213,14 +261,10 @@ def _with_port(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def wait_for_signal() -> None:
-    """Return on SIGTERM or SIGINT."""
+def stop_on_signal() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT (the handlers stay for the process's loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    return stop

@@ -244,3 +244,17 @@ def test_the_pg_ceiling_table_is_inlets_events_table(pg_dsn: str) -> None:
     events_columns, events_indexes, ceiling_columns, ceiling_indexes = in_thread(shapes)
     assert ceiling_columns == events_columns
     assert ceiling_indexes == events_indexes and len(events_indexes) == 4
+def test_the_workers_comparison_runs_and_checks_integrity(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--workers", "2", "--duration", "1",
+         "--warmup", "1", "--connections", "8", "--loadgen", "python", "--out", str(out)],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["integrity_ok"] is True and summary["workers"] == 2
+    assert summary["workers_1"]["events_per_s"] > 0 and summary["workers_2"]["events_per_s"] > 0
+    assert summary["speedup"] > 0 and summary["ceiling_events_per_s"] > 0
+    (round_,) = report["rounds"]
+    assert round_["workers_2"]["exit_code"] == 0 and round_["workers_2"]["processes"] == 3

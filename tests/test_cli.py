@@ -113,15 +113,23 @@ def stop(process: subprocess.Popen[str]) -> int:
 
 BRIDGE_READY = r"bridge listening on http://127\.0\.0\.1:(\d+)/segment"
 CORE_READY = r"core listening on 127\.0\.0\.1:(\d+) \(gRPC\)"
+#: `inlet serve --workers N`, once every worker serves.
+WORKERS_READY = r"\d+ workers serving on http://127\.0\.0\.1:(\d+)/segment"
 
 
-def test_serve_stores_events_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def ready_line(workers: int) -> str:
+    return BRIDGE_READY if workers == 1 else WORKERS_READY
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_stores_events_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: int) -> None:
     key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
     server, ready = start(
-        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0"],
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0",
+         "--workers", str(workers)],
         tmp_path,
-        BRIDGE_READY,
-    )
+        ready_line(workers),
+    )  # fmt: skip
     url = f"http://127.0.0.1:{ready[1]}/segment"
     identify = {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}}
     status, body = post(url, key, identify)

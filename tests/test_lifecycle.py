@@ -16,7 +16,27 @@ import aiohttp
 import pytest
 
 from tests.stack import basic, start_stack
-from tests.test_cli import BRIDGE_READY, inlet, start, stop
+from tests.test_cli import inlet, ready_line, start, stop
+
+
+async def send_load_event(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    n: int,
+    acknowledged: list[str],
+) -> None:
+    """POST event `load-N`; its messageId goes to `acknowledged` if answered 200."""
+    event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
+    try:
+        async with session.post(url + "/segment", data=json.dumps(event),
+                                headers=headers) as reply:  # fmt: skip
+            if reply.status == 200:
+                acknowledged.append((await reply.json())["messageId"])
+            else:
+                assert reply.status == 503, await reply.text()  # retried by Segment
+    except aiohttp.ClientError:
+        pass  # connection refused or dropped: Segment retries those too
 
 
 async def test_stop_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -26,18 +46,9 @@ async def test_stop_under_load_loses_nothing_acknowledged(tmp_path: Path) -> Non
     first_answers = asyncio.Event()
 
     async def send(session: aiohttp.ClientSession, n: int) -> None:
-        event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
-        try:
-            async with session.post(stack.url + "/segment", data=json.dumps(event),
-                                    headers=headers) as reply:  # fmt: skip
-                if reply.status == 200:
-                    acknowledged.append((await reply.json())["messageId"])
-                else:
-                    assert reply.status == 503, await reply.text()  # retried by Segment
-                if len(acknowledged) >= 50:
-                    first_answers.set()
-        except aiohttp.ClientError:
-            pass  # connection refused or dropped: Segment retries those too
+        await send_load_event(session, stack.url, headers, n, acknowledged)
+        if len(acknowledged) >= 50:
+            first_answers.set()
 
     async with aiohttp.ClientSession() as session:
         senders = [asyncio.create_task(send(session, n)) for n in range(400)]
@@ -58,14 +69,15 @@ FULL = b'{"type": "track", "userId": "u", "event": "Drained", "messageId": "%s"}
 
 
 def serve(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grace_s: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grace_s: float, workers: int = 1
 ) -> tuple[subprocess.Popen[str], int, str]:
     """`inlet serve` on a free port: the process, its port and an ingest key."""
     monkeypatch.setenv("INLET_SHUTDOWN_GRACE_S", str(grace_s))
     monkeypatch.setenv("INLET_BODY_TIMEOUT_S", "120")
     key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
-    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0"]
-    process, ready = start(args, tmp_path, BRIDGE_READY)
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0",
+            "--workers", str(workers)]  # fmt: skip
+    process, ready = start(args, tmp_path, ready_line(workers))
     return process, int(ready[1]), key
 
 
@@ -117,10 +129,11 @@ def stored_ids(tmp_path: Path) -> set[str]:
         db.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_lets_a_body_still_arriving_finish_and_closes_idle_connections(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    server, port, key = serve(tmp_path, monkeypatch, GRACE_S)
+    server, port, key = serve(tmp_path, monkeypatch, GRACE_S, workers)
     try:
         idle = socket.create_connection(("127.0.0.1", port), timeout=10)
         idle.sendall(request_head(key, len(FULL % b"before")) + FULL % b"before")
@@ -150,11 +163,12 @@ def test_sigterm_lets_a_body_still_arriving_finish_and_closes_idle_connections(
     assert {"before", "in-flight"} <= stored_ids(tmp_path)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_request_unfinished_at_the_end_of_the_grace_is_cut_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     grace_s = 1.0
-    server, port, key = serve(tmp_path, monkeypatch, grace_s)
+    server, port, key = serve(tmp_path, monkeypatch, grace_s, workers)
     try:
         body = FULL % b"too-late"
         slow = begin_slow_request(port, key, body)

@@ -29,10 +29,12 @@ def open_store(
     pool_size: int = 10,
     commits_in_flight: int = 4,
     timeout_s: float = 5.0,
+    sibling_writers: bool = False,
 ) -> Store:
     """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
     URL or a file path. `pool_size`, `commits_in_flight` and `timeout_s` apply to
-    PostgreSQL only."""
+    PostgreSQL only, `sibling_writers` (other `--workers` processes write the file too)
+    to SQLite only."""
     if is_postgres(database):
         # Imported here: SQLite deployments never load the driver.
         from service.store.postgres import PostgresOptions, PostgresStore
@@ -45,4 +47,4 @@ def open_store(
         )
         return PostgresStore(database, options)
     path = database.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteStore(Path(path), durable=durable)
+    return SqliteStore(Path(path), durable=durable, sibling_writers=sibling_writers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
@@ -157,11 +157,21 @@ class CommitSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        #: Called on every `publish`: `inlet serve --workers` tells the sibling processes
+        #: (service/worker.py), whose streams this process's commits cannot wake.
+        self.relay: Callable[[], None] | None = None
 
     def current(self) -> asyncio.Event:
         return self._event
 
     def publish(self) -> None:
+        """Events were committed here."""
+        self.wake()
+        if self.relay is not None:
+            self.relay()
+
+    def wake(self) -> None:
+        """Wake the waiting streams (a commit here, or another process's)."""
         event, self._event = self._event, asyncio.Event()
         event.set()
 

@@ -23,6 +23,7 @@ from service.logs import (
     TextFormatter,
     configure,
     sane_request_id,
+    whole_lines,
 )
 from tests.stack import Stack, basic, start_stack
 
@@ -449,3 +450,19 @@ def test_a_rate_limited_line_is_logged_once_an_interval_and_then_says_what_it_he
         "3 events refused; and 15 more in the 60 s since the previous line of this kind",
     ]
     assert [getattr(r, "fields", {}).get("suppressed") for r in full] == [None, 15, 15]
+
+
+def test_each_line_names_its_worker_in_json_and_in_text() -> None:
+    record = logging.makeLogRecord({"name": "inlet", "levelname": "INFO", "msg": "hello"})
+    assert json.loads(JsonFormatter(worker=2).format(record))["worker"] == 2
+    assert "worker" not in json.loads(JsonFormatter().format(record))  # not a worker
+    assert JsonFormatter(worker=0).format(record).count('"worker":0') == 1  # the supervisor
+    assert " w2 INFO inlet: hello" in TextFormatter(worker=2).format(record)
+
+
+def test_workers_write_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    lines = [b"x" * n + b"\n" for n in (10, 3000, 2000, 5000, 1, 4095, 0)]
+    pieces = list(whole_lines(b"".join(lines), 4096))
+    assert b"".join(pieces) == b"".join(lines)
+    assert all(piece.endswith(b"\n") for piece in pieces)  # never cut inside a line
+    assert [len(p) for p in pieces] == [3012, 2001, 5001, 2, 4096, 1]  # the 5000 alone

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimiter, SharedBuckets
 
 
 class Clock:
@@ -52,3 +54,32 @@ def test_a_batch_larger_than_the_burst_gets_through_and_the_key_then_waits() -> 
     clock.now += 9.1
     assert limiter.admit("k", 1) is None
     assert limiter.admit("other", 1) is None  # other keys are not affected
+
+
+def test_workers_sharing_the_table_allow_a_key_its_rate_not_twice_it(tmp_path: Path) -> None:
+    # Two workers' limiters on one table (as `inlet serve --workers 2` has them): the
+    # key's burst and rate are spent across both, not once in each.
+    clock = Clock()
+    first, second = (
+        RateLimiter(rate=4, clock=clock, buckets=SharedBuckets(tmp_path / "rate-limit"))
+        for _ in range(2)
+    )
+    admitted = [limiter.admit("k", 1) is None for _ in range(4) for limiter in (first, second)]
+    assert admitted.count(True) == 4  # the one-second burst, in all
+    assert second.admit("k", 1) == pytest.approx(0.25)
+    clock.now += 0.25
+    assert first.admit("k", 1) is None
+    assert second.admit("k", 1) == pytest.approx(0.25)
+    assert first.admit("other", 1) is None  # its own bucket
+
+
+def test_a_full_shared_table_gives_up_the_longest_idle_key(tmp_path: Path) -> None:
+    clock = Clock()
+    limiter = RateLimiter(
+        rate=1, clock=clock, buckets=SharedBuckets(tmp_path / "rate-limit", slots=8)
+    )
+    assert limiter.admit("old", 1) is None
+    for n in range(20):  # more keys than slots
+        clock.now += 1
+        assert limiter.admit(f"k{n}", 1) is None
+        assert limiter.admit(f"k{n}", 1) is not None  # each still limited while kept

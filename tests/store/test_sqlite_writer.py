@@ -18,7 +18,7 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.store.base import EventQuery
-from service.store.sqlite import SqliteStore
+from service.store.sqlite import SqliteStore, WriterLock
 from tests.store.test_conformance import identify, track, write
 
 
@@ -200,3 +200,35 @@ async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
 
     await sqlite_store.write_events([write(acme, {**linking, "messageId": "link-2"})])
     assert set(await sqlite_store.linked_ids(acme, "u")) == {"u", "a"}
+
+
+async def test_a_sibling_worker_waits_for_the_writer_lock_instead_of_timing_out(
+    tmp_path: Path,
+) -> None:
+    # `inlet serve --workers`: a sibling holds the file lock (and SQLite's) for longer
+    # than the busy timeout. This worker waits for it on its writer thread, the loop
+    # free meanwhile, and commits once it is released: no 503 for a sibling's commit.
+    store = SqliteStore(tmp_path / "inlet.db", busy_timeout_ms=200, sibling_writers=True)
+    await store.open()
+    sibling = WriterLock(tmp_path / "inlet.db")
+    try:
+        acme = (await store.ensure_account("acme")).id
+        sibling.acquire()
+        other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO switches VALUES ('s', 'v', 0)")
+        stop = asyncio.Event()
+        ticker = asyncio.create_task(_loop_ticks(stop))
+        writing = asyncio.create_task(store.write_events([write(acme, track("after"))]))
+        await asyncio.sleep(0.5)  # the sibling's long transaction: past the busy timeout
+        assert not writing.done()
+        other.execute("COMMIT")
+        other.close()
+        sibling.release()
+        assert (await writing)[0] is not None
+        stop.set()
+        assert await ticker >= 30  # ~100 ticks of 5 ms in 0.5 s if nothing blocked the loop
+        assert await store.count_events(acme) == 1
+    finally:
+        sibling.close()
+        await store.close()
