@@ -140,6 +140,10 @@ def check_result(result: events_pb2.IngestResult) -> None:
     if result.outcome == events_pb2.OUTCOME_REJECTED:
         assert result.code != 0 and result.reason and result.message, result
         assert grpc_code(result.code) in ALLOWED - {S.OK}, result
+    elif result.outcome == events_pb2.OUTCOME_SUPPRESSED:
+        # An event of a user an earlier delete in the run covers: accepted, not stored.
+        assert result.code == 0 and result.reason == "user_deleted" and result.message_id, result
+        assert result.sequence == 0, result
     else:
         assert result.outcome in (events_pb2.OUTCOME_STORED, events_pb2.OUTCOME_DUPLICATE)
         assert result.code == 0 and result.message_id, result
