@@ -89,8 +89,10 @@ VALID_EVENTS: Final[dict[str, Callable[[], dict[str, Any]]]] = {
     "screen": lambda: event("screen", name="Home"),
     "group": lambda: event("group", groupId="group-1", traits={"name": "Initech"}),
     "alias": lambda: event("alias", previousId="507f191e810c19729de860ea"),
+    # A user of its own: the scenarios after it send contract-user-1's events, which a
+    # destination honouring the delete would rightly keep out (Inlet answers `suppressed`).
     "delete": lambda: {"type": "delete", "messageId": f"contract-{uuid.uuid4()}",
-                       "userId": "contract-user-1", "context": None, "integrations": None},
+                       "userId": "contract-user-deleted", "context": None, "integrations": None},
 }  # fmt: skip
 #: Segment's partner docs ask every destination for these four; others may answer 501.
 REQUIRED_TYPES: Final = ("identify", "track", "page", "group")

@@ -152,6 +152,10 @@ def test_inlet_passes_its_own_contract(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: 19/19 scenarios passed; property-based run passed" in result.stdout
     assert ET.parse(tmp_path / "junit.xml").getroot().tag == "testsuites"
+    # The redelivery is answered as one, not as an event of the user the delete scenario
+    # deleted: that one has a user of its own.
+    redelivery = next(line for line in result.stdout.splitlines() if "redelivered" in line)
+    assert '"already stored"' in redelivery, redelivery
 
 
 def strict_about_settings(target: str) -> web.Application:
