@@ -190,17 +190,24 @@ class _Projected:
             key3 = (account, _text(member) or "", _text(group) or "")
             self.members[key3] = max(self.members.get(key3, event.timestamp_us), event.timestamp_us)
 
-    async def write(self, conn: Conn) -> None:
+    # Rows go in key order: transactions of several cores upserting the same users' rows
+    # then lock them in one order and wait for each other, where any other order could
+    # deadlock them (the server notices after deadlock_timeout, 1 s, and aborts one).
+
+    async def write_links(self, conn: Conn) -> None:
         if self.links:
-            rows = [(*key, kind) for key, kind in self.links.items()]
+            rows = [(*key, kind) for key, kind in sorted(self.links.items())]
             await conn.execute(_LINKS, *map(list, zip(*rows, strict=True)))
+            self.links.clear()
+
+    async def write(self, conn: Conn) -> None:
+        await self.write_links(conn)
         if self.traits:
-            rows2 = [(*key, *held) for key, held in self.traits.items()]
+            rows2 = [(*key, *held) for key, held in sorted(self.traits.items())]
             await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows2, strict=True)))
         if self.members:
-            rows3 = [(*key, ts) for key, ts in self.members.items()]
+            rows3 = [(*key, ts) for key, ts in sorted(self.members.items())]
             await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows3, strict=True)))
-        self.links.clear()
         self.traits.clear()
         self.members.clear()
 
@@ -819,7 +826,10 @@ class PostgresStore:
                 continue
             pending.add(write, projection)
             if projection.erase is not None:
-                await pending.write(conn)  # the links the deletion follows
+                # The links the deletion follows. Traits and memberships wait for the
+                # end (each table written once, in one order): the eraser rebuilds the
+                # deleted ids' from the events that stay.
+                await pending.write_links(conn)
                 ids = await self._record_deletion(conn, account, event, seq)
                 recorded = True
                 at = event_time_us(event)

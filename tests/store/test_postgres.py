@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -339,3 +340,33 @@ async def _retry(call: object) -> object:
         except StoreUnavailable:
             continue
     return await call()  # type: ignore[operator]
+
+
+async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order() -> None:
+    """Cores upserting the same users' rows lock them in one order, so they wait for each
+    other instead of deadlocking (the server would abort one after deadlock_timeout, 1 s:
+    503s and second-long stalls with two cores)."""
+    from service.projections import project
+    from service.store.postgres import _Projected
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, ...]] = []
+
+        async def execute(self, sql: str, *args: Any) -> None:
+            self.calls.append(args)
+
+    written: list[list[tuple[Any, ...]]] = []
+    for users in (["u2", "u1", "u3"], ["u3", "u1", "u2"]):
+        projected = _Projected()
+        for user in users:
+            body = {**identify(f"m-{user}", "2026-01-01T00:00:00Z", user, plan="p", email="e"),
+                    "anonymousId": f"a-{user}"}  # fmt: skip
+            projected.add(write(1, body), project(write(1, body).event))
+        conn = Recorder()
+        await projected.write(conn)  # type: ignore[arg-type]
+        written.append(conn.calls)
+    assert written[0] == written[1]
+    for args in written[0]:
+        rows = list(zip(*args, strict=True))
+        assert rows == sorted(rows)
