@@ -1,50 +1,15 @@
 """Coalesces concurrent webhook requests into IngestBatch calls.
 
-A Python gRPC call costs ~200 µs of CPU on each side, so one call per event caps
-the bridge at a few thousand events/s; batches cost ~8 µs per event (DESIGN.md,
-"Performance"). The policy is adaptive, with no timer to tune: at most
-`max_inflight` calls are in flight; when one returns, the next batch is whatever
-queued meanwhile. Idle, an event goes alone at once; busy, batches grow with load.
-
-Left at that, a steady load settles into calls that alternate between nearly every
-request and a single one: a call returns with n requests' results just after one more
-request arrived, so that one goes alone at once, and the n senders, answered a moment
-later, queue behind it. Every other call then carries one event, and under `inlet
-serve` that is one SQLite commit (fsync) for one event (in the benchmark, half of all
-calls). So when a call of n requests returns with fewer than n queued, the next call
-waits for those n senders to send again (counted in requests: an SDK batch is one):
-until n more requests are queued, a call's caps are reached, or as long as the
-returned call took has passed (so a request never waits longer than the lone call it
-would have cost), and never longer than `max_gather_delay` (10 ms in the bridge). A
-call of one request never makes the next wait: a lone sender is never held. The
-senders come back through this same event loop, which on a saturated core takes a few
-milliseconds for 31 of them: a quarter of the call's duration and 2 ms at most worked
-on a fast machine and not on a slower one. Calls then carry all the senders (31.6
-events a call at 32 connections, instead of 16), and the ratio to the benchmark's
-ceiling rose 0.289 -> 0.334 (README "Performance").
-
-Each request awaits its own result. A request that gives up (its deadline passed)
-is dropped from the queue if it was not sent yet; if it was sent, the core may
-still store it, which is safe: the sender got a 503, retries, and the retry is
-deduplicated by messageId.
-
-`submit_many` queues a group of items (one SDK `/v1/batch` request) that always
-travels in one call, never split across two: the request then gets one verdict from
-one store transaction, the same queue caps (503 `overloaded`) and the same ordering
-as webhook events, which it may share a call with. A group larger than `max_items`
-or `max_bytes` goes alone; the caps bound coalescing, not what one request may send.
-
-Above capacity, the queue would grow until each request waited out its deadline
-(503 after `timeout`, seconds of latency for everyone). Instead, once the oldest
-queued request has waited `max_queue_delay`, new requests are refused at once
-(QueueFull: 503 + Retry-After): the queue stays about that long, so latency stays
-bounded and Segment retries the rest later (a CoDel-like rule on queueing delay,
-which, unlike a count, means the same at any event size or speed of the store).
-
-Each submission may carry a tag (the bridge's request id); while `send` runs, the
-tags of its items, in item order (a group's items share its tag), are in the
-`BATCH_TAGS` context variable, so the call to the core can name the requests it
-carries.
+One gRPC call per event would cap the bridge at a few thousand events/s, so requests
+queue while a call is in flight and the next call carries everything queued: idle, an
+event goes alone at once; busy, batches grow with load, with no timer to tune. After a
+call returns, the next one waits briefly (at most as long as that call took, and
+`max_gather_delay`) for the returned call's senders, so that calls do not alternate
+between many events and one. `submit_many` keeps a group (one SDK batch) in one call;
+once the oldest queued request has waited `max_queue_delay`, new ones are refused
+(QueueFull: 503 + Retry-After), so latency stays bounded above capacity. While `send`
+runs, its items' tags (request ids) are in `BATCH_TAGS`. Why each rule is as it is:
+docs/design.md, "The bridge's batcher".
 """
 
 from __future__ import annotations

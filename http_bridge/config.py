@@ -52,7 +52,7 @@ class BridgeConfig:
     """Caps on one IngestBatch call; the batch is otherwise whatever queued meanwhile."""
 
     max_inflight_batches: int = 1
-    """IngestBatch calls in flight at once. One keeps batches large under load (DESIGN.md)."""
+    """IngestBatch calls in flight at once. One keeps batches large under load (docs/design.md)."""
 
     max_gather_delay_s: float = 0.010
     """Longest the call after a returned one waits for that call's senders to come back

@@ -51,7 +51,7 @@ def error_response(
 def result_response(
     result: Verdict, retry_after_s: int, settings_dropped: bool = False
 ) -> web.Response:
-    """The HTTP answer for the core's verdict on one event (DESIGN.md's status table).
+    """The HTTP answer for the core's verdict on one event (docs/design.md, "The status table").
 
     `settings_dropped`: X-Segment-Settings had the documented form but was not JSON."""
     if result.outcome in (events_pb2.OUTCOME_STORED, events_pb2.OUTCOME_DUPLICATE):

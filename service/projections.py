@@ -2,7 +2,7 @@
 
 The store turns a `Projection` into writes in the same transaction that stores
 the event, so a profile never shows an event that is not stored, nor misses one
-that is. The rules (Segment Spec, and DESIGN.md "The core"):
+that is. The rules (Segment Spec, and docs/design.md "From the socket to the disk"):
 
 * identify merges its traits into the user's traits; per trait, the value from
   the event with the newest `timestamp` wins (Segment retries for hours and does

@@ -2,7 +2,7 @@
 
 Requests are written byte for byte on raw sockets (`Connection: close`, then read to
 EOF), so headers, framing and bodies are exactly what the strategies produce. Every
-example checks the webhook contract (DESIGN.md, "The webhook contract"):
+example checks the webhook contract (the README's status contract):
 
 * never a 5xx except 503 (retry later) and 501 (type not supported);
 * the answer is JSON (`Content-Type: application/json`) with a non-empty `message`,

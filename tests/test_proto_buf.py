@@ -172,7 +172,7 @@ def pascal(name: str) -> str:
 
 def expected_options(file: descriptor_pb2.FileDescriptorProto) -> dict[str, object]:
     """buf managed mode's defaults, with Inlet's domain (inlet.dev) as the Go import
-    prefix and, reversed, the Java package prefix (README: the gRPC API)."""
+    prefix and, reversed, the Java package prefix (docs/grpc-api.md)."""
     parts = file.package.split(".")
     stem = Path(file.name).stem
     namespace = [pascal(part) for part in parts]

@@ -1,6 +1,6 @@
 """`proto/` is a complete contract: a client generated from the .proto files alone
 (no import of `service/`, nor of Inlet's committed generated code) reads a live core.
-It runs the README's example, examples/read_api.py."""
+It runs docs/grpc-api.md's example, examples/read_api.py."""
 
 from __future__ import annotations
 

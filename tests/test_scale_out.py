@@ -1,4 +1,4 @@
-"""Scale-out as the README's "Running at scale" runs it: two `inlet serve core` and two
+"""Scale-out as docs/scaling.md runs it: two `inlet serve core` and two
 `inlet serve bridge` processes on one PostgreSQL database.
 
 Concurrent load sends every event to both bridges at once (Segment redelivering to

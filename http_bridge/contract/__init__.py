@@ -2,7 +2,7 @@
 
 Two parts, one report:
 
-* scenarios.py — Segment's own contract, row by row (DESIGN.md's status table):
+* scenarios.py — Segment's own contract, row by row (README's status contract):
   what a destination must answer, and what Segment then does with the answer.
 * property_run.py — a Schemathesis property-based run of an OpenAPI spec
   (Inlet's `openapi.yaml`, shipped in this package, by default).

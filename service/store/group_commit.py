@@ -1,8 +1,8 @@
 """Group commit: many concurrent writers, one transaction at a time.
 
 A commit with `synchronous=FULL` costs an fsync (~0.1-1 ms here); one per event
-caps ingestion at a few thousand events/s, one per group does not (see DESIGN.md,
-"Performance"). The policy is adaptive and needs no timer: while one commit runs,
+caps ingestion at a few thousand events/s, one per group does not (see docs/design.md,
+"Group commit"). The policy is adaptive and needs no timer: while one commit runs,
 new submissions queue; the next commit takes everything queued (up to a cap).
 Idle, a lone event commits at once; busy, groups grow with the load.
 """

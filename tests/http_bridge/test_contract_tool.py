@@ -142,7 +142,7 @@ def test_property_run_catches_a_server_error(tmp_path: Path) -> None:
 def test_inlet_passes_its_own_contract(
     live: LiveStack, tmp_path: Path, settings: list[str], seed: int
 ) -> None:
-    # Run as the README shows it, with and without --settings.
+    # Run as docs/contract-test.md shows it, with and without --settings.
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "contract-test", "--url", live.stack.url + "/segment",
          "--key", live.stack.keys["ingest"], *settings, "--seed", str(seed),

@@ -1,4 +1,4 @@
-"""Every row of DESIGN.md's status table, over real HTTP against a real core and store."""
+"""Every row of the README's status contract, over real HTTP against a real core and store."""
 
 from __future__ import annotations
 

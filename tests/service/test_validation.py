@@ -1,4 +1,4 @@
-"""service/validation.py: the webhook contract's rules for one Segment event (DESIGN.md)."""
+"""service/validation.py: the webhook contract's rules for one Segment event (docs/design.md)."""
 
 from __future__ import annotations
 
