@@ -49,6 +49,10 @@ class CoreConfig:
     pg_commits_in_flight: int = 4
     """PostgreSQL: ingest transactions one process runs at once (at most pg_pool_size)."""
 
+    pg_idle_transaction_timeout_s: float = 60.0
+    """PostgreSQL: the server ends a core's session idle inside a transaction this long
+    (a frozen core), so that it does not hold readers back for ever."""
+
     pg_timeout_s: float = 5.0
     """PostgreSQL: longest wait to connect, for a pooled connection or for a statement;
     past it the call fails with UNAVAILABLE (HTTP 503)."""
@@ -128,8 +132,14 @@ class CoreConfig:
             raise ValueError("max_batch_items must be >= 1, grace and ttl >= 0")
         if (self.feed_poll_s is not None and self.feed_poll_s <= 0) or self.switch_refresh_s <= 0:
             raise ValueError("feed_poll_s and switch_refresh_s must be > 0")
-        if self.pg_pool_size < 1 or self.pg_commits_in_flight < 1 or self.pg_timeout_s <= 0:
-            raise ValueError("pg_pool_size and pg_commits_in_flight must be >= 1, pg_timeout_s > 0")
+        if (
+            self.pg_pool_size < 1
+            or self.pg_commits_in_flight < 1
+            or min(self.pg_timeout_s, self.pg_idle_transaction_timeout_s) <= 0
+        ):
+            raise ValueError(
+                "pg_pool_size and pg_commits_in_flight must be >= 1, the PostgreSQL timeouts > 0"
+            )
         if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
             raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
         if self.retention_s is not None and self.retention_s < MIN_RETENTION_S:
@@ -151,6 +161,7 @@ class CoreConfig:
             "INLET_SWITCH_REFRESH_S": ("switch_refresh_s", float),
             "INLET_PG_POOL_SIZE": ("pg_pool_size", int),
             "INLET_PG_COMMITS_IN_FLIGHT": ("pg_commits_in_flight", int),
+            "INLET_PG_IDLE_TRANSACTION_TIMEOUT_S": ("pg_idle_transaction_timeout_s", float),
             "INLET_PG_TIMEOUT_S": ("pg_timeout_s", float),
             "INLET_GRPC_TLS_CERT": ("grpc_tls_cert", str),
             "INLET_GRPC_TLS_KEY": ("grpc_tls_key", str),
@@ -177,6 +188,7 @@ def open_configured_store(config: CoreConfig) -> Store:
         durable=config.durable,
         pool_size=config.pg_pool_size,
         commits_in_flight=config.pg_commits_in_flight,
+        idle_transaction_timeout_s=config.pg_idle_transaction_timeout_s,
         timeout_s=config.pg_timeout_s,
         sibling_writers=config.sibling_writers,
     )

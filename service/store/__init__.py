@@ -28,13 +28,14 @@ def open_store(
     durable: bool = True,
     pool_size: int = 10,
     commits_in_flight: int = 4,
+    idle_transaction_timeout_s: float = 60.0,
     timeout_s: float = 5.0,
     sibling_writers: bool = False,
 ) -> Store:
     """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
-    URL or a file path. `pool_size`, `commits_in_flight` and `timeout_s` apply to
-    PostgreSQL only, `sibling_writers` (other `--workers` processes write the file too)
-    to SQLite only."""
+    URL or a file path. `pool_size`, `commits_in_flight`, `idle_transaction_timeout_s`
+    and `timeout_s` apply to PostgreSQL only, `sibling_writers` (other `--workers`
+    processes write the file too) to SQLite only."""
     if is_postgres(database):
         # Imported here: SQLite deployments never load the driver.
         from service.store.postgres import PostgresOptions, PostgresStore
@@ -42,6 +43,7 @@ def open_store(
         options = PostgresOptions(
             pool_size=pool_size,
             commits_in_flight=commits_in_flight,
+            idle_transaction_timeout_s=idle_transaction_timeout_s,
             timeout_s=timeout_s,
             durable=durable,
         )

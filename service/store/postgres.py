@@ -113,6 +113,10 @@ class PostgresOptions:
     listener_check_s: float = 2.0
     """How often the LISTEN connection is checked (a `SELECT 1`) to notice a restart."""
 
+    idle_transaction_timeout_s: float = 60.0
+    """The server ends a session of this process that stays idle inside a transaction
+    this long (a frozen core): its transaction rolls back and readers move on."""
+
     horizon_recheck_s: float = 0.05
     """While ingest transactions are in flight, how soon a reader that stopped at the
     feed horizon is woken to read again (their commits wake it sooner, by NOTIFY)."""
@@ -124,7 +128,11 @@ class PostgresOptions:
     def __post_init__(self) -> None:
         if self.pool_size < 1 or min(self.timeout_s, self.feed_poll_s, self.listener_check_s) <= 0:
             raise ValueError("pool_size must be >= 1 and the timeouts > 0")
-        if self.commits_in_flight < 1 or self.horizon_recheck_s <= 0 or self.erase_poll_s <= 0:
+        if (
+            self.commits_in_flight < 1
+            or min(self.horizon_recheck_s, self.erase_poll_s, self.idle_transaction_timeout_s)
+            <= 0
+        ):
             raise ValueError("commits_in_flight must be >= 1 and the intervals > 0")
 
 
@@ -598,6 +606,12 @@ class PostgresStore:
         return {
             "synchronous_commit": "on" if self.options.durable else "off",
             "application_name": "inlet",
+            # A core frozen mid-transaction (SIGSTOP, a machine gone without closing its
+            # connections) would hold the feed horizon, and every reader, until it came
+            # back: the server ends such a session instead, and its lock goes with it.
+            "idle_in_transaction_session_timeout": str(
+                int(self.options.idle_transaction_timeout_s * 1000)
+            ),
         }
 
     async def open(self, *, migrate: bool = True) -> None:

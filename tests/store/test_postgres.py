@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.errors import StoreUnavailable
 from service.feed import Feed
 from service.store import pg_schema
 from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
@@ -161,6 +162,33 @@ async def _take(stream: AsyncIterator[StoredRecord], count: int) -> list[StoredR
         if len(taken) == count:
             break
     return taken
+
+
+async def test_a_core_frozen_in_the_middle_of_a_transaction_holds_readers_back_only_so_long(
+    pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """A frozen core (SIGSTOP, a machine gone without closing its connection) keeps its
+    transaction open: the server ends the session once it has been idle in it for
+    idle_transaction_timeout_s, and readers go on."""
+    one, two = cores
+    acme = (await one.ensure_account("acme")).id
+    frozen = PostgresStore(pg_dsn, PostgresOptions(pool_size=2, idle_transaction_timeout_s=1.0))
+    await frozen.open(migrate=False)
+    try:
+        holding, release = await held_before_commit(frozen, [write(acme, track("frozen"))])
+        try:
+            (after,) = await two.write_events([write(acme, track("after"))])
+            assert await one.list_events(EventQuery(acme, after=0)) == []  # held back
+            stream = Feed(one, poll_s=600).follow(acme, after=0)
+            (seen,) = await asyncio.wait_for(_take(stream, 1), LONG)
+            assert (seen.message_id, seen.seq) == ("after", after)
+        finally:
+            release.set()
+        with pytest.raises(StoreUnavailable):  # its session was ended: never acknowledged
+            await asyncio.wait_for(holding, LONG)
+        assert await one.get_event_payload(acme, "frozen") is None
+    finally:
+        await frozen.close()
 
 
 async def test_a_database_of_the_counter_schemas_migrates_and_cursors_keep_their_place(
