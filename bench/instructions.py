@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         database = str(work / "inlet.db")
         key = subprocess.run(
-            [sys.executable, "-m", "service.cli", "keys", "create", "--database", database,
+            [sys.executable, "-m", "inlet_app.cli", "keys", "create", "--database", database,
              "--account", "bench"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         command = (
             [sys.executable, str(HERE / "ceiling.py"), str(port), key]
             if args.ceiling
-            else [sys.executable, "-m", "service.cli", "serve", "--database", database,
+            else [sys.executable, "-m", "inlet_app.cli", "serve", "--database", database,
                   "--host", "127.0.0.1", "--port", str(port), "--grpc",
                   f"127.0.0.1:{grpc_port}", *args.serve_args]
         )  # fmt: skip

@@ -144,7 +144,7 @@ def start_servers(database: str, cores: int, data: Path, serve_args: list[str]) 
 ]:  # fmt: skip
     """`inlet serve` (one core) or N `serve core` + N `serve bridge`: processes, bridge
     URLs, the cores' gRPC addresses."""
-    python = [*run.pinned(run.SERVER_CPUS), sys.executable, "-m", "service.cli", "serve"]
+    python = [*run.pinned(run.SERVER_CPUS), sys.executable, "-m", "inlet_app.cli", "serve"]
     processes: list[subprocess.Popen[bytes]] = []
     urls, targets = [], []
     for _ in range(cores):

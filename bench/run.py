@@ -259,7 +259,7 @@ def overload(
 
 def inlet(*args: str, cwd: Path) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "inlet_app.cli", *args], cwd=cwd, capture_output=True, text=True,
         check=True,
     ).stdout.strip()  # fmt: skip
 
@@ -323,7 +323,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
         port, grpc_port = free_port(), free_port()
         server = subprocess.Popen(
-            [*pinned(SERVER_CPUS), sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
+            [*pinned(SERVER_CPUS), sys.executable, "-m", "inlet_app.cli", "serve", "--database", database, "--host",
              "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}", *args.serve_args],
             cwd=data, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -403,7 +403,7 @@ def serve_inlet(
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--database", database, "--host",
+        [sys.executable, "-m", "inlet_app.cli", "serve", "--database", database, "--host",
          "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}",
          "--workers", str(workers), *args.serve_args],
         cwd=data, stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,

@@ -4,7 +4,7 @@
 The channel is bound to the event loop that creates it (grpc.aio), and gRPC does
 not survive fork() after a channel exists; so it is opened in the app's startup
 (`cleanup_ctx`), never at import time. When core and bridge share a process
-(`inlet serve`), service/in_process.py provides the same protocol without the
+(`inlet serve`), inlet_app/in_process.py provides the same protocol without the
 network hop.
 """
 

@@ -1,5 +1,5 @@
 """One process of `inlet serve --workers N`: what it learns from its supervisor
-(service/supervisor.py), and the notices it exchanges with its siblings.
+(inlet_app/supervisor.py), and the notices it exchanges with its siblings.
 
 Every worker is a whole `inlet serve` (bridge and core) on the shared ports. What one
 worker does that the others must hear of at once travels as a datagram on a Unix

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import parse_expiry
+from inlet_app.cli import parse_expiry
 
 
 def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "inlet_app.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=60, check=check,
         env={**os.environ, "INLET_LOG_LEVEL": "INFO"},
     )  # fmt: skip
@@ -86,7 +86,7 @@ def test_parse_expiry() -> None:
 def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
     """Start `inlet ARGS`; return the process and the match of `ready` in its log."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args], cwd=cwd, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "inlet_app.cli", *args], cwd=cwd, stderr=subprocess.PIPE, text=True
     )
     assert process.stderr is not None
     deadline = time.monotonic() + 30

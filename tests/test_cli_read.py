@@ -97,7 +97,7 @@ def test_profile_get_prints_trait_values_as_sent(served: Served) -> None:
 
 def tail(served: Served, cursor_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "events", "tail", "--core", served.core,
+        [sys.executable, "-m", "inlet_app.cli", "events", "tail", "--core", served.core,
          "--key", served.key, "--all", "--cursor-file", str(cursor_file)],
         cwd=served.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -202,7 +202,7 @@ def test_operator_commands(served: Served) -> None:
 def test_read_commands_need_a_key(tmp_path: Path) -> None:
     env_without_key = {k: v for k, v in os.environ.items() if k != "INLET_API_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "profile", "get", "u1"],
+        [sys.executable, "-m", "inlet_app.cli", "profile", "get", "u1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env_without_key, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "INLET_API_KEY" in result.stderr

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def create_key(data: Path) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "create", "--account", "acme"],
+        [sys.executable, "-m", "inlet_app.cli", "keys", "create", "--account", "acme"],
         cwd=data, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
 
@@ -51,7 +51,7 @@ def create_key(data: Path) -> str:
 def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subprocess.Popen[str]]:
     """Run `inlet ARGS` until the block ends (SIGKILL if still alive)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args], cwd=cwd, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "inlet_app.cli", *args], cwd=cwd, stderr=subprocess.PIPE,
         text=True, env={**os.environ, **env},
     )  # fmt: skip
     assert proc.stderr is not None

@@ -30,7 +30,7 @@ EVENTS = 400
 
 def inlet(*args: str, cwd: Path) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "inlet_app.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.strip()  # fmt: skip
 

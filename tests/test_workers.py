@@ -85,7 +85,7 @@ class Served:
 
 def serve_workers(cwd: Path, *extra: str, count: int = 2) -> Served:
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--workers", str(count), "--host",
+        [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", str(count), "--host",
          "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0", *extra],
         cwd=cwd, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -270,7 +270,7 @@ def test_sigterm_under_load_loses_nothing_acknowledged(tmp_path: Path, operator_
 def test_workers_that_cannot_start_make_it_exit_non_zero(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--host", "127.0.0.1",
+        [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", "2", "--host", "127.0.0.1",
          "--port", "0", "--grpc", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing],
         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -282,7 +282,7 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
     first = serve_workers(tmp_path)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--host",
+            [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", "2", "--host",
              "127.0.0.1", "--port", str(first.port), "--grpc", "127.0.0.1:0"],
             check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -144,7 +144,7 @@ def test_inlet_passes_its_own_contract(
 ) -> None:
     # Run as docs/contract-test.md shows it, with and without --settings.
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "contract-test", "--url", live.stack.url + "/segment",
+        [sys.executable, "-m", "inlet_app.cli", "contract-test", "--url", live.stack.url + "/segment",
          "--key", live.stack.keys["ingest"], *settings, "--seed", str(seed),
          "--max-examples", "20", "--junit-xml", str(tmp_path / "junit.xml")],
         capture_output=True, text=True, timeout=300, check=False,

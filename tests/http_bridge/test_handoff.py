@@ -13,8 +13,8 @@ import pytest
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
 from inlet.v1 import events_pb2
+from inlet_app.in_process import InProcessCore
 from service.handoff import Submission, Verdict, batch_response, item_message, verdict_of
-from service.in_process import InProcessCore
 from service.store.base import EventQuery
 from tests.stack import Stack, start_stack
 

@@ -412,7 +412,7 @@ async def test_a_failing_log_stream_never_raises_into_the_caller_or_the_loop(
 
 
 def test_the_cli_writes_what_its_loop_logged_last_before_it_returns() -> None:
-    from service import cli
+    from inlet_app import cli
 
     stream = io.StringIO()
     root = logging.getLogger()

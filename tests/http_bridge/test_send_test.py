@@ -11,7 +11,7 @@ from tests.stack import LiveStack
 
 def send_test(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "send-test", *args],
+        [sys.executable, "-m", "inlet_app.cli", "send-test", *args],
         capture_output=True, text=True, timeout=120, check=False,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip

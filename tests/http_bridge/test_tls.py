@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from http_bridge.config import BridgeConfig
-from service.cli import reload_tls_on_sighup
+from inlet_app.cli import reload_tls_on_sighup
 from tests.stack import Stack, basic, start_stack
 
 EVENT = {"type": "track", "userId": "u1", "event": "Over TLS", "messageId": "tls-1"}

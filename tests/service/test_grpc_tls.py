@@ -14,7 +14,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from http_bridge.config import BridgeConfig
-from service.cli import reload_tls_on_sighup
+from inlet_app.cli import reload_tls_on_sighup
 from service.config import CoreConfig
 from service.server import start_core
 from service.store import SqliteStore

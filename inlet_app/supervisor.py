@@ -153,7 +153,7 @@ class Supervisor:
             http_port, grpc_port = (sock.getsockname()[1] for sock in held)
             (run_dir / "metrics").mkdir()
             command = [
-                sys.executable, "-m", "service.cli", *self.argv,
+                sys.executable, "-m", "inlet_app.cli", *self.argv,
                 "--port", str(http_port), "--grpc", _join(grpc_host, grpc_port),
             ]  # fmt: skip
             return await self._serve(run_dir, command, f"{http_host}:{http_port}",

@@ -25,13 +25,13 @@ from http_bridge.contract.report import render_text, write_junit
 from http_bridge.contract.runner import run_contract_test
 from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import BridgeServer, start_bridge
+from inlet_app.in_process import InProcessCore
+from inlet_app.supervisor import Supervisor, worker_count
 from service import cli_admin, cli_client, keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
-from service.in_process import InProcessCore
 from service.metrics import SAMPLER, count_worker
 from service.server import CoreServer, start_core, stop_on_signal
 from service.store import Store, StoreError
-from service.supervisor import Supervisor, worker_count
 from service.timestamps import format_micros, parse_duration_s, parse_timestamp
 from service.worker import WorkerContext, die_with_parent
 
@@ -281,7 +281,7 @@ def bridge_config(args: argparse.Namespace, core_target: str | None) -> BridgeCo
 
 def _supervise(args: argparse.Namespace, count: int, argv: list[str]) -> int:
     """`inlet serve --workers N` (N > 1): check the settings here, so that a mistake is
-    said once, then run the supervisor (service/supervisor.py)."""
+    said once, then run the supervisor (inlet_app/supervisor.py)."""
     if args.part != "all":
         raise ValueError("--workers is for `inlet serve` (core and bridge together)")
     core = core_config(args)

@@ -1,0 +1,6 @@
+"""The composition layer: the `inlet` command line, the in-process wiring of `inlet serve`
+(bridge and core in one process) and the `--workers` supervisor.
+
+It is the only layer that imports both halves: `proto/` (inlet.v1) <- `service/` (the
+core) <- `http_bridge/` (the HTTP side) <- `inlet_app/`. tests/test_layers.py keeps it so.
+"""
