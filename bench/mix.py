@@ -167,7 +167,7 @@ def start_servers(database: str, cores: int, data: Path, serve_args: list[str]) 
             cwd=data, stderr=subprocess.DEVNULL,
         ))  # fmt: skip
     for url in urls:
-        run.wait_until_up(f"{url}/readyz")
+        run.wait_until_up(f"{url}/readyz", servers=processes)
     return processes, urls, targets
 
 

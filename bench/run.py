@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_up(url: str, post: bool = False, timeout: float = 30) -> None:
-    """Until `url` answers at all (any HTTP status)."""
+def wait_until_up(
+    url: str,
+    post: bool = False,
+    timeout: float = 30,
+    servers: Sequence[subprocess.Popen[bytes]] = (),
+) -> None:
+    """Until `url` answers at all (any HTTP status); at once an error if one of `servers`
+    has exited meanwhile (a port taken since free_port() chose it, a bad flag)."""
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, data=b"{}" if post else None)
     while time.monotonic() < deadline:
+        if exited := [p.returncode for p in servers if p.poll() is not None]:
+            raise RuntimeError(f"{url}: the server exited with {exited} before it was up")
         try:
             with urllib.request.urlopen(request, timeout=1):
                 return
@@ -328,7 +337,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
             cwd=data, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            wait_until_up(f"http://127.0.0.1:{port}/readyz")
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", servers=[server])
             url = f"http://127.0.0.1:{port}"
             if args.prefill:  # a database in service for a while, not an empty one
                 filled = subprocess.run(
@@ -414,7 +423,7 @@ def serve_inlet(
             if b"workers serving on" in line:
                 break
         threading.Thread(target=server.stderr.read, daemon=True).start()  # keep it drained
-    wait_until_up(f"{url}/readyz")
+    wait_until_up(f"{url}/readyz", servers=[server])
     return server, url, key, database
 
 

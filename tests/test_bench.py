@@ -258,3 +258,14 @@ def test_the_workers_comparison_runs_and_checks_integrity(tmp_path: Path) -> Non
     assert summary["speedup"] > 0 and summary["ceiling_events_per_s"] > 0
     (round_,) = report["rounds"]
     assert round_["workers_2"]["exit_code"] == 0 and round_["workers_2"]["processes"] == 3
+
+
+def test_a_server_that_exits_before_it_is_up_is_reported_at_once() -> None:
+    """Not after the 30 s readiness wait, and with its exit code (a port taken since
+    free_port() chose it, a bad flag)."""
+    from run import free_port, wait_until_up
+
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match=r"exited with \[3\]"):
+        wait_until_up(f"http://127.0.0.1:{free_port()}/readyz", timeout=600, servers=[dead])
