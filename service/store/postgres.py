@@ -342,6 +342,15 @@ def _stored(row: asyncpg.Record) -> StoredRecord:
     )  # fmt: skip
 
 
+def _suppressed(event: CanonicalEvent, times: dict[str, int] | None, suppress_all: bool) -> bool:
+    """suppression.is_suppressed, given when the account's covered ids (as stored: _text)
+    were last deleted."""
+    if not times:
+        return False
+    deleted = {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times}
+    return is_suppressed(event, deleted, suppress_all)
+
+
 def _deleted_at(found: str | None) -> dict[int, dict[str, int]]:
     """_DELETED_AT's rows (JSON [[account, id, µs], ...] or NULL), per account and id."""
     deleted: dict[int, dict[str, int]] = {}
@@ -820,18 +829,10 @@ class PostgresStore:
                 # A duplicate: its projection was applied when it was stored. One that a
                 # deletion covers is being erased (the eraser runs after the commit):
                 # suppressed, as it is once the erasure is done.
-                if (times := deleted.get(account)) and is_suppressed(
-                    event,
-                    {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times},
-                    False,
-                ):
+                if _suppressed(event, deleted.get(account), suppress_all=False):
                     results[index] = SUPPRESSED
                 continue
-            if (times := deleted.get(account)) and is_suppressed(
-                event,
-                {id: times[t] for id in covered_ids(event) if (t := _text(id) or "") in times},
-                write.suppress_deleted_users,
-            ):
+            if _suppressed(event, deleted.get(account), write.suppress_deleted_users):
                 suppressed.append(seq)
                 results[index] = SUPPRESSED
                 continue
