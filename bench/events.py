@@ -148,10 +148,15 @@ def profile_templates(deletes: bool = True) -> list[bytes]:
         11: of("group", 11, groupId=f"group-{user}", traits={"name": "Initech", "employees": 329}),
         13: of("page", 13, name="Cart", properties={"path": "/cart"}),
         15: of("identify", 15, traits={"lastName": "Gibbons", "age": 41}),
-    }  # fmt: skip
+    }
     if deletes:
-        slots[18] = {"type": "delete", "messageId": PLACEHOLDER, "userId": f"user-{user}",
-                     "context": None, "integrations": None}  # fmt: skip
+        slots[18] = {
+            "type": "delete",
+            "messageId": PLACEHOLDER,
+            "userId": f"user-{user}",
+            "context": None,
+            "integrations": None,
+        }
     ids = {"userId": f"user-{user}", "anonymousId": f"anon-{user}"}
     return [orjson.dumps(slots.get(n) or {**_track(n), **ids}) for n in range(20)]
 
@@ -171,21 +176,35 @@ MIXES: Final[dict[str, tuple[Callable[[], list[bytes]], int]]] = {
 
 #: The track event bench/grpc_load.py sends to IngestBatch (and bench/pg_ceiling.py inserts
 #: as Inlet stores it): `__MID__` is where the messageId goes.
-GRPC_TRACK: Final = orjson.dumps({
-    "type": "track", "messageId": PLACEHOLDER, "userId": "user-1", "event": "Order Completed",
-    "timestamp": "2026-11-26T08:19:18.595Z", "context": {"library": {"name": "bench"}},
-    "properties": {"order_id": "50314b8e9bcf000000000000", "revenue": 25.0, "currency": "USD",
-                   "products": [{"product_id": "507f1f77bcf86cd799439011", "price": 19.0}]},
-})  # fmt: skip
+GRPC_TRACK: Final = orjson.dumps(
+    {
+        "type": "track",
+        "messageId": PLACEHOLDER,
+        "userId": "user-1",
+        "event": "Order Completed",
+        "timestamp": "2026-11-26T08:19:18.595Z",
+        "context": {"library": {"name": "bench"}},
+        "properties": {
+            "order_id": "50314b8e9bcf000000000000",
+            "revenue": 25.0,
+            "currency": "USD",
+            "products": [{"product_id": "507f1f77bcf86cd799439011", "price": 19.0}],
+        },
+    }
+)
 
 
 class EventSource:
     """Bodies with unique messageIds, plus `redeliver` of them re-sent (Segment retries)."""
 
     def __init__(
-        self, prefix: str, redeliver: float = 0.03, seed: int = 1, mix: str = "bench",
+        self,
+        prefix: str,
+        redeliver: float = 0.03,
+        seed: int = 1,
+        mix: str = "bench",
         users: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         make, default_users = MIXES[mix]
         self._templates = make()
         self._users = default_users if users is None else users

@@ -29,7 +29,7 @@ def _median(values: list[float | None]) -> float | None:
 
 def figures(
     phases: list[dict[str, Any]], connections: int, many: int, cores: list[int]
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The comparisons the benchmark is for, from the phases of every round: each is the
     median over rounds of the ratio taken within a round, beside the issue's target; None
     where its phases were not run."""
@@ -59,8 +59,12 @@ def figures(
             by[top][n]["events_per_s"] / max(by[bottom][n]["events_per_s"], 1e-9) for n in rounds
         ]
         value = statistics.median(per_round)
-        return {"ratio": value, "rounds": per_round, "target": f">= {target}",
-                "met": value >= target}  # fmt: skip
+        return {
+            "ratio": value,
+            "rounds": per_round,
+            "target": f">= {target}",
+            "met": value >= target,
+        }
 
     def http(store: str, mix: str, conns: int = connections, n: int = 1) -> str:
         return label(store, "http", mix, conns, n)
@@ -71,30 +75,40 @@ def figures(
         if compared is not None:
             pg = medians(http("postgresql", mix))
             assert pg is not None
-            compared.update(postgresql=pg, sqlite=medians(http("sqlite", mix)),
-                            p99_target_ms=25, p99_met=pg["p99_ms"] <= 25)  # fmt: skip
+            compared.update(
+                postgresql=pg,
+                sqlite=medians(http("sqlite", mix)),
+                p99_target_ms=25,
+                p99_met=pg["p99_ms"] <= 25,
+            )
         out[f"webhook_pg_to_sqlite_{mix}"] = compared
     for store in ("sqlite", "postgresql"):
         compared = ratio(http(store, MIX), http(store, NO_DELETES), 0.8)
         if compared is not None:
-            compared.update(with_deletes=medians(http(store, MIX)),
-                            without_deletes=medians(http(store, NO_DELETES)))  # fmt: skip
+            compared.update(
+                with_deletes=medians(http(store, MIX)),
+                without_deletes=medians(http(store, NO_DELETES)),
+            )
         out[f"deletes_{store}"] = compared
     compared = ratio(http("postgresql", MIX, many), http("postgresql", MIX), 1.0)
     if compared is not None:
         compared.update(
-            connections=many, base_connections=connections,
+            connections=many,
+            base_connections=connections,
             measured=medians(http("postgresql", MIX, many)),
-            no_retry_after=sum(p["no_retry_after"] for p in by[http("postgresql", MIX, many)]
-                               .values()),
-        )  # fmt: skip
+            no_retry_after=sum(
+                p["no_retry_after"] for p in by[http("postgresql", MIX, many)].values()
+            ),
+        )
     out["many_connections_pg"] = compared
     compared = ratio("postgresql grpc", "postgresql ceiling", 0.5)
     if compared is not None:
         ceiling = list(by["postgresql ceiling"].values())
-        compared.update(grpc=medians("postgresql grpc"), ceiling=medians("postgresql ceiling"),
-                        ceiling_statement_ms_p50=_median(
-                            [p["load"]["statement_ms"]["p50"] for p in ceiling]))  # fmt: skip
+        compared.update(
+            grpc=medians("postgresql grpc"),
+            ceiling=medians("postgresql ceiling"),
+            ceiling_statement_ms_p50=_median([p["load"]["statement_ms"]["p50"] for p in ceiling]),
+        )
     out["grpc_to_pg_ceiling"] = compared
     per_cores: dict[str, Any] = {}
     for n in sorted(set(cores) | {1}):
@@ -107,10 +121,12 @@ def figures(
             states = {s for sample in samples for s in sample["states"]}
             measured["backends"] = {
                 "busy_backends_mean": _median([s["busy_backends_mean"] for s in samples]),
-                "lock_wait_share": _median([
-                    sum(v["share"] for k, v in s["states"].items() if k.startswith("Lock:"))
-                    for s in samples
-                ]),
+                "lock_wait_share": _median(
+                    [
+                        sum(v["share"] for k, v in s["states"].items() if k.startswith("Lock:"))
+                        for s in samples
+                    ]
+                ),
                 "share_of_busy_time": {
                     state: _median([s["states"].get(state, {}).get("share", 0.0) for s in samples])
                     for state in sorted(states)
@@ -127,9 +143,10 @@ def checks(phases: list[dict[str, Any]]) -> dict[str, Any]:
     """What must hold whatever the figures: integrity, clean exits, only 200 and 503
     (with Retry-After) for the webhook."""
     unexpected = {
-        p["label"]: bad for p in phases
+        p["label"]: bad
+        for p in phases
         if (bad := {s: n for s, n in p.get("statuses", {}).items() if s not in (200, 503)})
-    }  # fmt: skip
+    }
     return {
         "integrity_ok": all(p["integrity"]["ok"] for p in phases),
         "exits_clean": all(code == 0 for p in phases for code in p.get("exit_codes", [])),
@@ -144,10 +161,13 @@ def setups_summary(phases: list[dict[str, Any]]) -> dict[str, Any]:
     for p in phases:
         by.setdefault(p["label"], []).append(p)
     return {
-        name: {key: _median([p.get(key) for p in mine])
-               for key in ("events_per_s", "p50_ms", "p99_ms") if key in mine[0]}
+        name: {
+            key: _median([p.get(key) for p in mine])
+            for key in ("events_per_s", "p50_ms", "p99_ms")
+            if key in mine[0]
+        }
         for name, mine in by.items()
-    }  # fmt: skip
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -174,27 +194,35 @@ def readable(figs: dict[str, Any]) -> list[str]:
             for n, m in fig.items():
                 cpu, to_1 = m["cpu_us_per_event"], m.get("to_1_core")
                 lines.append(
-                    f"cores_pg x{n}: " + (f"{_fmt(to_1['ratio'])} x 1 core ({to_1['target']}), "
-                                          if to_1 else "")
+                    f"cores_pg x{n}: "
+                    + (f"{_fmt(to_1['ratio'])} x 1 core ({to_1['target']}), " if to_1 else "")
                     + f"{rate(m)}, CPU/event Inlet {_fmt(cpu['inlet'], 0)} us + PostgreSQL "
                     f"{_fmt(cpu['postgres_backends'], 0)} us"
-                    + (f", lock waits {_fmt(100 * m['backends']['lock_wait_share'], 1)} % of "
-                       "busy backend time" if "backends" in m else "")
-                )  # fmt: skip
+                    + (
+                        f", lock waits {_fmt(100 * m['backends']['lock_wait_share'], 1)} % of "
+                        "busy backend time"
+                        if "backends" in m
+                        else ""
+                    )
+                )
             continue
         head = f"{key}: {_fmt(fig['ratio'])} ({fig['target']})"
         if "postgresql" in fig:
-            lines.append(f"{head}; PostgreSQL {rate(fig['postgresql'])} (p99 <= 25 ms), "
-                         f"SQLite {rate(fig['sqlite'])}")  # fmt: skip
+            lines.append(
+                f"{head}; PostgreSQL {rate(fig['postgresql'])} (p99 <= 25 ms), "
+                f"SQLite {rate(fig['sqlite'])}"
+            )
         elif "with_deletes" in fig:
-            lines.append(f"{head}; with {rate(fig['with_deletes'])}, "
-                         f"without {rate(fig['without_deletes'])}")  # fmt: skip
+            lines.append(
+                f"{head}; with {rate(fig['with_deletes'])}, without {rate(fig['without_deletes'])}"
+            )
         elif "measured" in fig:
             m = fig["measured"]
-            lines.append(f"{head}; {fig['connections']} connections {rate(m)}, shed "
-                         f"{_fmt(100 * m['shed_share'], 1)} % (503 without Retry-After: "
-                         f"{fig['no_retry_after']})")  # fmt: skip
+            lines.append(
+                f"{head}; {fig['connections']} connections {rate(m)}, shed "
+                f"{_fmt(100 * m['shed_share'], 1)} % (503 without Retry-After: "
+                f"{fig['no_retry_after']})"
+            )
         else:
-            lines.append(f"{head}; IngestBatch {rate(fig['grpc'])}, ceiling "
-                         f"{rate(fig['ceiling'])}")  # fmt: skip
+            lines.append(f"{head}; IngestBatch {rate(fig['grpc'])}, ceiling {rate(fig['ceiling'])}")
     return lines

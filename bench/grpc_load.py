@@ -74,14 +74,22 @@ async def main(
             counting, started = True, time.monotonic()
         await workers
         elapsed = time.monotonic() - started
-    print(orjson.dumps({**totals, "seconds": elapsed,
-                        "events_per_s": totals["stored"] / elapsed}).decode())  # fmt: skip
+    print(
+        orjson.dumps(
+            {**totals, "seconds": elapsed, "events_per_s": totals["stored"] / elapsed}
+        ).decode()
+    )
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     asyncio.run(
-        main(args[0], args[1], float(args[2]),
-             int(args[3]) if len(args) > 3 else 500, int(args[4]) if len(args) > 4 else 4,
-             float(args[5]) if len(args) > 5 else 1.0)
-    )  # fmt: skip
+        main(
+            args[0],
+            args[1],
+            float(args[2]),
+            int(args[3]) if len(args) > 3 else 500,
+            int(args[4]) if len(args) > 4 else 4,
+            float(args[5]) if len(args) > 5 else 1.0,
+        )
+    )

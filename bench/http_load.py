@@ -62,11 +62,18 @@ async def main(
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] * 1000
 
-    print(orjson.dumps({
-        "requests": len(latencies), "statuses": {str(k): v for k, v in statuses.items()},
-        "duplicates": duplicates, "no_retry_after": no_retry_after, "seconds": elapsed,
-        "latency_ms": {"p50": pct(50), "p99": pct(99), "p99.9": pct(99.9)},
-    }).decode())  # fmt: skip
+    print(
+        orjson.dumps(
+            {
+                "requests": len(latencies),
+                "statuses": {str(k): v for k, v in statuses.items()},
+                "duplicates": duplicates,
+                "no_retry_after": no_retry_after,
+                "seconds": elapsed,
+                "latency_ms": {"p50": pct(50), "p99": pct(99), "p99.9": pct(99.9)},
+            }
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,16 @@ def send(port: int, key: str, count: int, connections: int, prefix: str) -> int:
         conn = HTTPConnection("127.0.0.1", port, timeout=300)
         for n in range(index, count, connections):
             body = {**bodies[n % len(bodies)], "messageId": f"{prefix}-{n}"}
-            conn.request("POST", "/segment", json.dumps(body).encode(),
-                         {"Authorization": auth, "Content-Type": "application/json",
-                          "X-Segment-Settings": SETTINGS_HEADER})  # fmt: skip
+            conn.request(
+                "POST",
+                "/segment",
+                json.dumps(body).encode(),
+                {
+                    "Authorization": auth,
+                    "Content-Type": "application/json",
+                    "X-Segment-Settings": SETTINGS_HEADER,
+                },
+            )
             reply = conn.getresponse()
             reply.read()
             ok[index] += reply.status == 200
@@ -70,12 +77,16 @@ def total_instructions(out_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--ceiling", action="store_true",
-                        help="count bench/ceiling.py (the bare aiohttp endpoint) instead")  # fmt: skip
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="count bench/ceiling.py (the bare aiohttp endpoint) instead",
+    )
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -85,34 +96,64 @@ def main(argv: list[str] | None = None) -> int:
     try:
         database = str(work / "inlet.db")
         key = subprocess.run(
-            [sys.executable, "-m", "inlet_app.cli", "keys", "create", "--database", database,
-             "--account", "bench"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "inlet_app.cli",
+                "keys",
+                "create",
+                "--database",
+                database,
+                "--account",
+                "bench",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         port, grpc_port = free_port(), free_port()
         command = (
             [sys.executable, str(HERE / "ceiling.py"), str(port), key]
             if args.ceiling
-            else [sys.executable, "-m", "inlet_app.cli", "serve", "--database", database,
-                  "--host", "127.0.0.1", "--port", str(port), "--grpc",
-                  f"127.0.0.1:{grpc_port}", *args.serve_args]
-        )  # fmt: skip
+            else [
+                sys.executable,
+                "-m",
+                "inlet_app.cli",
+                "serve",
+                "--database",
+                database,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc",
+                f"127.0.0.1:{grpc_port}",
+                *args.serve_args,
+            ]
+        )
         server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out.%p",
-             *command],
-            cwd=HERE.parent if args.ceiling else work, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={work}/callgrind.out.%p",
+                *command,
+            ],
+            cwd=HERE.parent if args.ceiling else work,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if args.ceiling:
                 wait_until_up(f"http://127.0.0.1:{port}/segment", post=True, timeout=600)
             else:
                 wait_until_up(f"http://127.0.0.1:{port}/readyz", timeout=600)
             send(port, key, 200, args.connections, f"w{time.time_ns()}")
-            subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True,
-                           check=True)  # fmt: skip
+            subprocess.run(
+                ["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True
+            )
             ok = send(port, key, args.requests, args.connections, f"r{time.time_ns()}")
-            subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True,
-                           check=True)  # fmt: skip
+            subprocess.run(
+                ["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True
+            )
             time.sleep(1)
             per_request = total_instructions(work) / args.requests
         finally:
@@ -120,8 +161,16 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=120)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"requests": args.requests, "ok": ok, "connections": args.connections,
-                      "instructions_per_request": round(per_request)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "requests": args.requests,
+                "ok": ok,
+                "connections": args.connections,
+                "instructions_per_request": round(per_request),
+            }
+        )
+    )
     return 0 if ok == args.requests else 1
 
 

@@ -97,7 +97,7 @@ class Setup:
 
 def plan(
     phases: list[str], stores: list[str], cores: list[int], connections: int, many: int
-) -> list[Setup]:  # fmt: skip
+) -> list[Setup]:
     """The setups of one round, in order (pairs compared next to each other where they
     can be); a figure's base setup is added when a phase needs it."""
     pg = "postgresql" in stores
@@ -120,9 +120,9 @@ def plan(
 
 
 @contextlib.contextmanager
-def phase_store(store: str, args: argparse.Namespace, work: Path) -> Iterator[
-    tuple[Path, str, str | None]
-]:  # fmt: skip
+def phase_store(
+    store: str, args: argparse.Namespace, work: Path
+) -> Iterator[tuple[Path, str, str | None]]:
     """A folder and a new database for one phase: (folder, database, PostgreSQL name)."""
     data = work / f"{store}-{time.time_ns()}"
     data.mkdir()
@@ -132,16 +132,18 @@ def phase_store(store: str, args: argparse.Namespace, work: Path) -> Iterator[
     name = f"inlet_mix_{time.time_ns()}"
     run.postgres(args.postgres, f'CREATE DATABASE "{name}"')
     try:
-        yield data, urllib.parse.urlunsplit(
-            urllib.parse.urlsplit(args.postgres)._replace(path="/" + name)
-        ), name
+        yield (
+            data,
+            urllib.parse.urlunsplit(urllib.parse.urlsplit(args.postgres)._replace(path="/" + name)),
+            name,
+        )
     finally:
         run.postgres(args.postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def start_servers(database: str, cores: int, data: Path, serve_args: list[str]) -> tuple[
-    list[subprocess.Popen[bytes]], list[str], list[str]
-]:  # fmt: skip
+def start_servers(
+    database: str, cores: int, data: Path, serve_args: list[str]
+) -> tuple[list[subprocess.Popen[bytes]], list[str], list[str]]:
     """`inlet serve` (one core) or N `serve core` + N `serve bridge`: processes, bridge
     URLs, the cores' gRPC addresses."""
     python = [*run.pinned(run.SERVER_CPUS), sys.executable, "-m", "inlet_app.cli", "serve"]
@@ -152,20 +154,48 @@ def start_servers(database: str, cores: int, data: Path, serve_args: list[str]) 
         targets.append(f"127.0.0.1:{grpc_port}")
         urls.append(f"http://127.0.0.1:{port}")
         if cores == 1:
-            processes.append(subprocess.Popen(
-                [*python, "--database", database, "--host", "127.0.0.1", "--port", str(port),
-                 "--grpc", targets[-1], *serve_args],
-                cwd=data, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
+            processes.append(
+                subprocess.Popen(
+                    [
+                        *python,
+                        "--database",
+                        database,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--grpc",
+                        targets[-1],
+                        *serve_args,
+                    ],
+                    cwd=data,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             continue
-        processes.append(subprocess.Popen(
-            [*python, "core", "--database", database, "--grpc", targets[-1], *serve_args],
-            cwd=data, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
-        processes.append(subprocess.Popen(
-            [*python, "bridge", "--core", targets[-1], "--host", "127.0.0.1", "--port", str(port)],
-            cwd=data, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [*python, "core", "--database", database, "--grpc", targets[-1], *serve_args],
+                cwd=data,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    *python,
+                    "bridge",
+                    "--core",
+                    targets[-1],
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=data,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     for url in urls:
         run.wait_until_up(f"{url}/readyz", servers=processes)
     return processes, urls, targets
@@ -179,18 +209,26 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> list[int]:
 
 
 def drive_all(
-    urls: list[str], key: str, seconds: float, connections: int, mix: str,
-    args: argparse.Namespace, work: Path,
-) -> list[dict[str, Any]]:  # fmt: skip
+    urls: list[str],
+    key: str,
+    seconds: float,
+    connections: int,
+    mix: str,
+    args: argparse.Namespace,
+    work: Path,
+) -> list[dict[str, Any]]:
     """The load split over the bridges, all at once."""
     share = max(1, connections // len(urls))
     prefix = f"m{time.time_ns()}"
     with ThreadPoolExecutor(len(urls)) as pool:
-        return list(pool.map(
-            lambda n: run.drive(urls[n], key, seconds, share, args.loadgen, f"{prefix}b{n}",
-                                work, mix),
-            range(len(urls)),
-        ))  # fmt: skip
+        return list(
+            pool.map(
+                lambda n: run.drive(
+                    urls[n], key, seconds, share, args.loadgen, f"{prefix}b{n}", work, mix
+                ),
+                range(len(urls)),
+            )
+        )
 
 
 def http_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -205,8 +243,7 @@ def http_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
             if sampler is not None:
                 sampler.start()
             try:
-                runs = drive_all(urls, key, args.duration, setup.connections, setup.mix, args,
-                                 work)  # fmt: skip
+                runs = drive_all(urls, key, args.duration, setup.connections, setup.mix, args, work)
             finally:
                 if sampler is not None:
                     sampler.stop()
@@ -225,9 +262,11 @@ def http_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
     else:
         # wrk abandons the requests in flight when its time is up (twice: warm-up, run):
         # those may be stored without anyone seeing the 200.
-        integrity.update(acknowledged_new_events=acknowledged, stored_events=rows,
-                         ok=rows == distinct and 0 <= rows - acknowledged
-                         <= 2 * setup.connections)  # fmt: skip
+        integrity.update(
+            acknowledged_new_events=acknowledged,
+            stored_events=rows,
+            ok=rows == distinct and 0 <= rows - acknowledged <= 2 * setup.connections,
+        )
     result: dict[str, Any] = {
         "events_per_s": stored / seconds,
         "statuses": dict(statuses),
@@ -251,10 +290,21 @@ def http_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
 
 def grpc_load(target: str, key: str, seconds: float, args: argparse.Namespace) -> dict[str, Any]:
     output = subprocess.run(
-        [*run.pinned(run.LOAD_CPUS), sys.executable, str(HERE / "grpc_load.py"), target, key,
-         str(seconds), str(args.batch), str(args.inflight), "0"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            *run.pinned(run.LOAD_CPUS),
+            sys.executable,
+            str(HERE / "grpc_load.py"),
+            target,
+            key,
+            str(seconds),
+            str(args.batch),
+            str(args.inflight),
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     return result
 
@@ -285,7 +335,9 @@ def grpc_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
             "postgres_backends": None if cpu_pg is None else 1e6 * cpu_pg / stored,
         },
         "integrity": {
-            "stored_events": rows, "acknowledged_new_events": sent, "ok": rows == distinct == sent
+            "stored_events": rows,
+            "acknowledged_new_events": sent,
+            "ok": rows == distinct == sent,
         },
         "exit_codes": exit_codes,
     }
@@ -294,10 +346,20 @@ def grpc_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
 def ceiling_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with phase_store(setup.store, args, work) as (_, database, _):
         output = subprocess.run(
-            [*run.pinned(run.LOAD_CPUS), sys.executable, str(HERE / "pg_ceiling.py"), database,
-             str(args.duration), str(args.batch), str(args.inflight), str(args.warmup)],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                *run.pinned(run.LOAD_CPUS),
+                sys.executable,
+                str(HERE / "pg_ceiling.py"),
+                database,
+                str(args.duration),
+                str(args.batch),
+                str(args.inflight),
+                str(args.warmup),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     load: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     return {
         "events_per_s": load["events_per_s"],
@@ -314,8 +376,7 @@ def measure(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, Any
     else:
         described = {"batch": args.batch, "inflight": args.inflight}
         result = (grpc_phase if setup.kind == "grpc" else ceiling_phase)(setup, args, work)
-    return {"label": setup.label, "store": setup.store, "kind": setup.kind, **described,
-            **result}  # fmt: skip
+    return {"label": setup.label, "store": setup.store, "kind": setup.kind, **described, **result}
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -326,14 +387,18 @@ def environment(dsn: str | None) -> dict[str, Any]:
     (nothing secret), the server's version and commit setting, the machine's load."""
     secretive = ("DSN", "URL", "KEY", "SECRET", "TOKEN", "PASSWORD", "CERT")
     out: dict[str, Any] = {
-        "inlet_settings": {k: v for k, v in sorted(os.environ.items())
-                           if k.startswith("INLET_") and not any(s in k for s in secretive)},
+        "inlet_settings": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith("INLET_") and not any(s in k for s in secretive)
+        },
         "cpus": len(os.sched_getaffinity(0)),
         "load_average": os.getloadavg(),
-    }  # fmt: skip
+    }
     if dsn:
-        row = run.postgres(dsn, "SELECT current_setting('server_version'), "
-                                "current_setting('synchronous_commit')")  # fmt: skip
+        row = run.postgres(
+            dsn, "SELECT current_setting('server_version'), current_setting('synchronous_commit')"
+        )
         assert row is not None
         out["postgres"] = {"version": row[0], "synchronous_commit": row[1]}
     return out
@@ -349,9 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
     )
     parser.add_argument(
-        "--cores", type=int, nargs="+", default=[1, 2],
+        "--cores",
+        type=int,
+        nargs="+",
+        default=[1, 2],
         help="PostgreSQL: core counts for the profiles mix (1 is always measured)",
-    )  # fmt: skip
+    )
     parser.add_argument("--quick", action="store_true", help="2 s phases, 1 s warm-up, 1 round")
     parser.add_argument("--duration", type=float, help="measured seconds per phase (10)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each (3)")
@@ -397,32 +465,56 @@ def main(argv: list[str] | None = None) -> int:
                 except (subprocess.SubprocessError, OSError, RuntimeError) as error:
                     # One broken phase should not cost the figures of all the others.
                     stderr = getattr(error, "stderr", None) or ""
-                    failed.append({"label": setup.label, "round": number,
-                                   "error": f"{error} {stderr[-2000:]}".strip()})  # fmt: skip
-                    print(f"round {number + 1} {setup.label}: FAILED {failed[-1]['error']}",
-                          flush=True)  # fmt: skip
+                    failed.append(
+                        {
+                            "label": setup.label,
+                            "round": number,
+                            "error": f"{error} {stderr[-2000:]}".strip(),
+                        }
+                    )
+                    print(
+                        f"round {number + 1} {setup.label}: FAILED {failed[-1]['error']}",
+                        flush=True,
+                    )
                     continue
                 result["round"] = number
                 measured.append(result)
                 cpu = result["cpu_us_per_event"]
-                print(f"round {number + 1} {setup.label}: " + json.dumps({
-                    "ev_s": round(result["events_per_s"]),
-                    **{k: round(result[k], 1) for k in ("p50_ms", "p99_ms") if k in result},
-                    "cpu_us": {k: v and round(v) for k, v in cpu.items()},
-                    "integrity": result["integrity"]["ok"],
-                }), flush=True)  # fmt: skip
+                print(
+                    f"round {number + 1} {setup.label}: "
+                    + json.dumps(
+                        {
+                            "ev_s": round(result["events_per_s"]),
+                            **{k: round(result[k], 1) for k in ("p50_ms", "p99_ms") if k in result},
+                            "cpu_us": {k: v and round(v) for k, v in cpu.items()},
+                            "integrity": result["integrity"]["ok"],
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["load_average_end"] = os.getloadavg()
     figs = figures(measured, args.connections, args.many_connections, args.cores)
     report = {
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                 capture_output=True, text=True, check=False).stdout.strip(),
-        "loadgen": args.loadgen, "connections": args.connections, "duration_s": args.duration,
-        "warmup_s": args.warmup, "rounds": args.rounds, "environment": env,
-        "figures": figs, "checks": {**checks(measured), "failed_phases": failed},
-        "setups": setups_summary(measured), "phases": measured,
-    }  # fmt: skip
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
+        "loadgen": args.loadgen,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "environment": env,
+        "figures": figs,
+        "checks": {**checks(measured), "failed_phases": failed},
+        "setups": setups_summary(measured),
+        "phases": measured,
+    }
     out = args.out or ROOT / "bench" / "results" / time.strftime("mix-%Y%m%dT%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

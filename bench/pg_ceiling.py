@@ -154,16 +154,27 @@ async def main(dsn: str, seconds: float, batch: int, inflight: int, warmup: floa
     finally:
         await setup.close()
     stored = max(totals["stored"], 1)
-    print(orjson.dumps({
-        **totals, "batch": batch, "inflight": inflight, "seconds": elapsed,
-        "events_per_s": totals["stored"] / elapsed,
-        "statement_ms": {"p50": percentile(latencies, 50) * 1000,
-                         "p99": percentile(latencies, 99) * 1000},
-        "cpu_us_per_event": {"client": 1e6 * cpu_client / stored,
-                             "postgres_backends": 1e6 * cpu_backends / stored},
-        "rows_in_table": in_table,
-        "integrity_ok": in_table == totals["stored"] + totals["warmup_stored"],
-    }).decode())  # fmt: skip
+    print(
+        orjson.dumps(
+            {
+                **totals,
+                "batch": batch,
+                "inflight": inflight,
+                "seconds": elapsed,
+                "events_per_s": totals["stored"] / elapsed,
+                "statement_ms": {
+                    "p50": percentile(latencies, 50) * 1000,
+                    "p99": percentile(latencies, 99) * 1000,
+                },
+                "cpu_us_per_event": {
+                    "client": 1e6 * cpu_client / stored,
+                    "postgres_backends": 1e6 * cpu_backends / stored,
+                },
+                "rows_in_table": in_table,
+                "integrity_ok": in_table == totals["stored"] + totals["warmup_stored"],
+            }
+        ).decode()
+    )
 
 
 if __name__ == "__main__":
@@ -173,6 +184,11 @@ if __name__ == "__main__":
     except ImportError:
         run_loop = asyncio.run  # type: ignore[assignment]
     run_loop(
-        main(args[0], float(args[1]), int(args[2]) if len(args) > 2 else 500,
-             int(args[3]) if len(args) > 3 else 4, float(args[4]) if len(args) > 4 else 1.0)
-    )  # fmt: skip
+        main(
+            args[0],
+            float(args[1]),
+            int(args[2]) if len(args) > 2 else 500,
+            int(args[3]) if len(args) > 3 else 4,
+            float(args[4]) if len(args) > 4 else 1.0,
+        )
+    )

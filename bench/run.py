@@ -164,18 +164,41 @@ def lua_script(key: str, prefix: str, out: Path, mix: str = "bench") -> Path:
 
 
 def drive(
-    url: str, key: str, seconds: float, connections: int, loadgen: str, prefix: str, work: Path,
+    url: str,
+    key: str,
+    seconds: float,
+    connections: int,
+    loadgen: str,
+    prefix: str,
+    work: Path,
     mix: str = "bench",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run the load generator against url/segment (events of `mix`, events.MIXES); return
     its JSON summary."""
     if loadgen == "wrk":
         script = lua_script(key, prefix, work / f"{prefix}.lua", mix)
-        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                   "-s", str(script), url + "/segment"]  # fmt: skip
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url + "/segment",
+        ]
     else:
-        command = [sys.executable, str(HERE / "http_load.py"), url + "/segment", key,
-                   str(connections), str(seconds), prefix, mix]  # fmt: skip
+        command = [
+            sys.executable,
+            str(HERE / "http_load.py"),
+            url + "/segment",
+            key,
+            str(connections),
+            str(seconds),
+            prefix,
+            mix,
+        ]
     output = subprocess.run(
         [*pinned(LOAD_CPUS), *command], capture_output=True, text=True, check=True
     ).stdout
@@ -244,8 +267,15 @@ def overload(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Far more connections than Inlet can serve at once: how it sheds (503 + Retry-After)
     and what latency the answers see; RSS under that load."""
-    run = drive(url, key, args.overload_seconds, args.overload_connections, loadgen,
-                f"o{time.time_ns()}", work)  # fmt: skip
+    run = drive(
+        url,
+        key,
+        args.overload_seconds,
+        args.overload_connections,
+        loadgen,
+        f"o{time.time_ns()}",
+        work,
+    )
     statuses = run["statuses"]
     # The load generator has quit, but Inlet still answers what it had queued (up to
     # INLET_MAX_QUEUE_DELAY_S of it): the next phase starts once that is done.
@@ -268,9 +298,12 @@ def overload(
 
 def inlet(*args: str, cwd: Path) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "inlet_app.cli", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "inlet_app.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         check=True,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
 
 
 def postgres(dsn: str, *sql: str) -> tuple[Any, ...] | None:
@@ -332,19 +365,42 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
         port, grpc_port = free_port(), free_port()
         server = subprocess.Popen(
-            [*pinned(SERVER_CPUS), sys.executable, "-m", "inlet_app.cli", "serve", "--database", database, "--host",
-             "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}", *args.serve_args],
-            cwd=data, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                *pinned(SERVER_CPUS),
+                sys.executable,
+                "-m",
+                "inlet_app.cli",
+                "serve",
+                "--database",
+                database,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc",
+                f"127.0.0.1:{grpc_port}",
+                *args.serve_args,
+            ],
+            cwd=data,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until_up(f"http://127.0.0.1:{port}/readyz", servers=[server])
             url = f"http://127.0.0.1:{port}"
             if args.prefill:  # a database in service for a while, not an empty one
                 filled = subprocess.run(
-                    [*pinned(LOAD_CPUS), sys.executable, str(HERE / "prefill.py"),
-                     f"127.0.0.1:{grpc_port}", key, str(args.prefill)],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
+                    [
+                        *pinned(LOAD_CPUS),
+                        sys.executable,
+                        str(HERE / "prefill.py"),
+                        f"127.0.0.1:{grpc_port}",
+                        key,
+                        str(args.prefill),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 out["prefill"] = json.loads(filled.strip().splitlines()[-1])
                 wait_until_idle(server.pid)
             out["inlet"], runs = measure(server.pid, url, key, args, work, loadgen)
@@ -359,10 +415,21 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
             acknowledged = sum(r["statuses"].get(200, 0) - r["duplicates"] for r in runs)
             if not args.skip_grpc:
                 grpc_out = subprocess.run(
-                    [*pinned(LOAD_CPUS), sys.executable, str(HERE / "grpc_load.py"), f"127.0.0.1:{grpc_port}", key,
-                     str(args.grpc_seconds), "500", "4", str(args.warmup)],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
+                    [
+                        *pinned(LOAD_CPUS),
+                        sys.executable,
+                        str(HERE / "grpc_load.py"),
+                        f"127.0.0.1:{grpc_port}",
+                        key,
+                        str(args.grpc_seconds),
+                        "500",
+                        "4",
+                        str(args.warmup),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 out["grpc_ingest_batch"] = json.loads(grpc_out.strip().splitlines()[-1])
         finally:
             server.terminate()
@@ -412,11 +479,26 @@ def serve_inlet(
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "inlet_app.cli", "serve", "--database", database, "--host",
-         "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}",
-         "--workers", str(workers), *args.serve_args],
-        cwd=data, stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inlet_app.cli",
+            "serve",
+            "--database",
+            database,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--grpc",
+            f"127.0.0.1:{grpc_port}",
+            "--workers",
+            str(workers),
+            *args.serve_args,
+        ],
+        cwd=data,
+        stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     if server.stderr is not None:  # the supervisor's word that every worker listens
         for line in server.stderr:
@@ -458,8 +540,9 @@ def workers_round(
     neither always meets the machine's drift first), the ceiling again."""
     n = args.workers
     port = free_port()
-    ceiling = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port), "bench",
-                                str(n)])  # fmt: skip
+    ceiling = subprocess.Popen(
+        [sys.executable, str(HERE / "ceiling.py"), str(port), "bench", str(n)]
+    )
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {}
     try:
@@ -487,15 +570,23 @@ def compare_workers(args: argparse.Namespace, work: Path, loadgen: str) -> dict[
     for number in range(args.rounds):
         result = workers_round(args, work, loadgen, number)
         rounds.append(result)
-        print(f"round {number + 1}: " + json.dumps({
-            "ceiling": round(result["ceiling"]["events_per_s"]),
-            "workers_1": round(result["workers_1"]["events_per_s"]),
-            f"workers_{n}": round(result[f"workers_{n}"]["events_per_s"]),
-            "speedup": round(result["speedup"], 3),
-            "p99_ms": [round(result[f"workers_{w}"]["latency_ms"]["p99"], 1) for w in (1, n)],
-            "cpu_us": [round(result[f"workers_{w}"]["cpu_us_per_event"]) for w in (1, n)],
-            "integrity": all(result[f"workers_{w}"]["integrity"]["ok"] for w in (1, n)),
-        }), flush=True)  # fmt: skip
+        print(
+            f"round {number + 1}: "
+            + json.dumps(
+                {
+                    "ceiling": round(result["ceiling"]["events_per_s"]),
+                    "workers_1": round(result["workers_1"]["events_per_s"]),
+                    f"workers_{n}": round(result[f"workers_{n}"]["events_per_s"]),
+                    "speedup": round(result["speedup"], 3),
+                    "p99_ms": [
+                        round(result[f"workers_{w}"]["latency_ms"]["p99"], 1) for w in (1, n)
+                    ],
+                    "cpu_us": [round(result[f"workers_{w}"]["cpu_us_per_event"]) for w in (1, n)],
+                    "integrity": all(result[f"workers_{w}"]["integrity"]["ok"] for w in (1, n)),
+                }
+            ),
+            flush=True,
+        )
 
     def median(*path: str) -> float:
         values = []
@@ -573,27 +664,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--grpc-seconds", type=float, default=5)
     parser.add_argument(
-        "--overload-connections", type=int, default=4096,
+        "--overload-connections",
+        type=int,
+        default=4096,
         help="connections of the overload phase (0: skip it)",
-    )  # fmt: skip
+    )
     parser.add_argument("--overload-seconds", type=float, default=5)
     parser.add_argument(
-        "--no-pin", action="store_true",
+        "--no-pin",
+        action="store_true",
         help="let servers and load generator share every CPU (default: servers on the last)",
-    )  # fmt: skip
+    )
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument(
-        "--prefill", type=int, default=0,
+        "--prefill",
+        type=int,
+        default=0,
         help="store this many events (over gRPC) before measuring: a database in service",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--postgres", help="run Inlet on PostgreSQL: a DSN; each round gets a new database"
     )
     parser.add_argument(
-        "--workers", type=int, default=0,
+        "--workers",
+        type=int,
+        default=0,
         help="compare `inlet serve --workers N` with --workers 1 and a ceiling of N bare "
         "processes, unpinned, in each round (HTTP phase only)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
@@ -614,18 +712,24 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(args.rounds):
             result = one_round(args, work, loadgen)
             rounds.append(result)
-            print(f"round {number + 1}: " + json.dumps({
-                "ceiling": round(result["ceiling"]["events_per_s"]),
-                "inlet": round(result["inlet"]["events_per_s"]),
-                "ratio": round(result["ratio_to_ceiling"], 3),
-                "p99_ms": round(result["inlet"]["latency_ms"]["p99"], 2),
-                "grpc": round(result.get("grpc_ingest_batch", {}).get("events_per_s", 0)),
-                "overload_p99_ms": round(
-                    result.get("overload", {}).get("latency_ms", {}).get("p99", 0)
+            print(
+                f"round {number + 1}: "
+                + json.dumps(
+                    {
+                        "ceiling": round(result["ceiling"]["events_per_s"]),
+                        "inlet": round(result["inlet"]["events_per_s"]),
+                        "ratio": round(result["ratio_to_ceiling"], 3),
+                        "p99_ms": round(result["inlet"]["latency_ms"]["p99"], 2),
+                        "grpc": round(result.get("grpc_ingest_batch", {}).get("events_per_s", 0)),
+                        "overload_p99_ms": round(
+                            result.get("overload", {}).get("latency_ms", {}).get("p99", 0)
+                        ),
+                        "overload_shed": round(result.get("overload", {}).get("shed_share", 0), 3),
+                        "integrity": result["integrity"]["ok"],
+                    }
                 ),
-                "overload_shed": round(result.get("overload", {}).get("shed_share", 0), 3),
-                "integrity": result["integrity"]["ok"],
-            }), flush=True)  # fmt: skip
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return write_report(args, loadgen, summarise(rounds), rounds)

@@ -35,8 +35,9 @@ def json_response(
     try:
         payload = orjson.dumps(body)
     except TypeError:  # e.g. a lone surrogate in a message: still answer JSON
-        payload = orjson.dumps({k: str(v).encode("utf-8", "backslashreplace").decode("ascii")
-                                for k, v in body.items()})  # fmt: skip
+        payload = orjson.dumps(
+            {k: str(v).encode("utf-8", "backslashreplace").decode("ascii") for k, v in body.items()}
+        )
     return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
 
 

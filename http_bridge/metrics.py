@@ -25,8 +25,21 @@ from service.metrics_http import BEARER_CHALLENGE, TOKEN_MISSING, token_accepted
 
 # Seconds. Segment gives a destination 5 s; Inlet answers 503 at 4 s.
 LATENCY_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 4.0, 5.0, 10.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    4.0,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 UNMATCHED: Final = "unmatched"
@@ -116,8 +129,9 @@ class BridgeMetrics:
             registry=registry,
         )
         # Bound up front: every series exists (at 0) from the start.
-        self.client_metrics = {name: received.labels(name)
-                               for name in (*client_metrics.NAMES, client_metrics.OTHER)}  # fmt: skip
+        self.client_metrics = {
+            name: received.labels(name) for name in (*client_metrics.NAMES, client_metrics.OTHER)
+        }
         self.settings_dropped = Counter(
             "inlet_settings_dropped",
             "Events stored without their X-Segment-Settings: base64 of `{...}` that is not "

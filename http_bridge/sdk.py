@@ -246,9 +246,12 @@ def encode_event(event: Any, max_bytes: int) -> bytes | ItemOutcome:
     """The event as JSON for the core, or the reason the bridge refuses it alone."""
     if not isinstance(event, dict):
         return ItemOutcome(
-            400, REJECTED, None, "not_an_object",
+            400,
+            REJECTED,
+            None,
+            "not_an_object",
             f"an event must be a JSON object, not {type(event).__name__}",
-        )  # fmt: skip
+        )
     try:
         raw = orjson.dumps(event)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels of nesting
@@ -257,9 +260,12 @@ def encode_event(event: Any, max_bytes: int) -> bytes | ItemOutcome:
         )
     if len(raw) > max_bytes:
         return ItemOutcome(
-            413, REJECTED, message_id_of(event), "event_too_large",
+            413,
+            REJECTED,
+            message_id_of(event),
+            "event_too_large",
             f"the event is {len(raw)} bytes; the limit is {max_bytes}",
-        )  # fmt: skip
+        )
     return raw
 
 
@@ -306,8 +312,12 @@ def verdict(outcomes: Sequence[ItemOutcome]) -> tuple[int, dict[str, Any]]:
     duplicates = sum(outcome.outcome == DUPLICATE for outcome in outcomes)
     suppressed = sum(outcome.outcome == SUPPRESSED for outcome in outcomes)
     failed = [outcome for outcome in outcomes if outcome.status != 200]
-    counts = {"stored": stored, "duplicates": duplicates, "suppressed": suppressed,
-              "rejected": len(failed)}  # fmt: skip
+    counts = {
+        "stored": stored,
+        "duplicates": duplicates,
+        "suppressed": suppressed,
+        "rejected": len(failed),
+    }
     for status in _RETRY_PRIORITY:
         transient = [outcome for outcome in failed if outcome.status == status]
         if transient:
@@ -318,8 +328,13 @@ def verdict(outcomes: Sequence[ItemOutcome]) -> tuple[int, dict[str, Any]]:
                 "are recognised by messageId"
             )
             code = first.code or "internal"
-            return status, {"success": False, "code": code, "message": message, **counts,
-                            "results": results}  # fmt: skip
+            return status, {
+                "success": False,
+                "code": code,
+                "message": message,
+                **counts,
+                "results": results,
+            }
     if len(failed) < len(outcomes):
         return 200, {"success": True, **counts, "results": results}
     statuses = {outcome.status for outcome in failed}
@@ -330,5 +345,10 @@ def verdict(outcomes: Sequence[ItemOutcome]) -> tuple[int, dict[str, Any]]:
     else:
         code = (codes.pop() if len(codes) == 1 else None) or "events_rejected"
         message = f"none of the {len(failed)} events was stored: see `results`"
-    return status, {"success": False, "code": code, "message": message, **counts,
-                    "results": results}  # fmt: skip
+    return status, {
+        "success": False,
+        "code": code,
+        "message": message,
+        **counts,
+        "results": results,
+    }

@@ -67,11 +67,26 @@ async def send(
     try:
         async with session.post(url, data=body, headers=headers, allow_redirects=False) as reply:
             answer = await reply.read()
-            return Exchange(headers, body, reply.status, reply.reason or "", dict(reply.headers),
-                            answer, time.monotonic() - started)  # fmt: skip
+            return Exchange(
+                headers,
+                body,
+                reply.status,
+                reply.reason or "",
+                dict(reply.headers),
+                answer,
+                time.monotonic() - started,
+            )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return Exchange(headers, body, None, "", {}, b"", time.monotonic() - started,
-                        f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return Exchange(
+            headers,
+            body,
+            None,
+            "",
+            {},
+            b"",
+            time.monotonic() - started,
+            f"{type(exc).__name__}: {exc}",
+        )
 
 
 def _pretty(body: bytes) -> list[str]:
@@ -105,8 +120,9 @@ def side_by_side(url: str, exchange: Exchange, width: int | None = None) -> str:
     return "\n".join(f"{a:<{column}} | {b}" for a, b in zip(left, right, strict=True))
 
 
-async def run_once(url: str, api_key: str, settings: str, events: list[dict[str, Any]],
-                   out: TextIO) -> bool:  # fmt: skip
+async def run_once(
+    url: str, api_key: str, settings: str, events: list[dict[str, Any]], out: TextIO
+) -> bool:
     """Send each event once and show it; True if every answer was a 2xx."""
     ok = True
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -117,8 +133,15 @@ async def run_once(url: str, api_key: str, settings: str, events: list[dict[str,
     return ok
 
 
-async def run_load(url: str, api_key: str, settings: str, events: list[dict[str, Any]],
-                   count: int, rate: float, out: TextIO) -> bool:  # fmt: skip
+async def run_load(
+    url: str,
+    api_key: str,
+    settings: str,
+    events: list[dict[str, Any]],
+    count: int,
+    rate: float,
+    out: TextIO,
+) -> bool:
     """Send `count` events at about `rate` per second; a progress bar, then a summary."""
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
@@ -154,8 +177,11 @@ async def run_load(url: str, api_key: str, settings: str, events: list[dict[str,
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(f"sent {count} events in {elapsed:.1f} s ({count / elapsed:.0f}/s)", file=out)
     print("statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())), file=out)
-    print(f"latency: p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-          f"max {latencies[-1] * 1000:.1f} ms", file=out)  # fmt: skip
+    print(
+        f"latency: p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {latencies[-1] * 1000:.1f} ms",
+        file=out,
+    )
     return all(key.startswith("2") for key in statuses)
 
 

@@ -76,8 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="rate_limit",
         help="events/s per API key, 0 = none (env INLET_RATE_LIMIT_PER_KEY)",
     )
-    serve.add_argument("--no-fsync", action="store_true", help="synchronous=NORMAL: faster, "
-                       "but a power cut may lose acknowledged events")  # fmt: skip
+    serve.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="synchronous=NORMAL: faster, but a power cut may lose acknowledged events",
+    )
     serve.add_argument(
         "--trusted-proxy",
         action="append",
@@ -92,20 +95,35 @@ def _parser() -> argparse.ArgumentParser:
         help="`serve core`: Prometheus metrics on this port (env INLET_METRICS_PORT); "
         "the bridge serves them on /metrics",
     )
-    serve.add_argument("--grpc-tls-cert", help="core: PEM certificate for gRPC over TLS "
-                       "(env INLET_GRPC_TLS_CERT)")  # fmt: skip
+    serve.add_argument(
+        "--grpc-tls-cert", help="core: PEM certificate for gRPC over TLS (env INLET_GRPC_TLS_CERT)"
+    )
     serve.add_argument("--grpc-tls-key", help="core: its PEM key (env INLET_GRPC_TLS_KEY)")
-    serve.add_argument("--grpc-client-ca", help="core: require client certificates signed by "
-                       "this PEM CA, mTLS (env INLET_GRPC_CLIENT_CA)")  # fmt: skip
-    serve.add_argument("--core-tls-ca", help="bridge: reach the core over TLS, trusting this "
-                       "PEM CA (env INLET_CORE_TLS_CA)")  # fmt: skip
-    serve.add_argument("--core-tls-cert", help="bridge: PEM client certificate for the core "
-                       "(env INLET_CORE_TLS_CERT)")  # fmt: skip
+    serve.add_argument(
+        "--grpc-client-ca",
+        help="core: require client certificates signed by "
+        "this PEM CA, mTLS (env INLET_GRPC_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--core-tls-ca",
+        help="bridge: reach the core over TLS, trusting this PEM CA (env INLET_CORE_TLS_CA)",
+    )
+    serve.add_argument(
+        "--core-tls-cert",
+        help="bridge: PEM client certificate for the core (env INLET_CORE_TLS_CERT)",
+    )
     serve.add_argument("--core-tls-key", help="bridge: its PEM key (env INLET_CORE_TLS_KEY)")
-    serve.add_argument("--retention", help="core: delete events received longer ago than "
-                       "this, at least 1d: 30d, 90d (env INLET_RETENTION; default: keep all)")  # fmt: skip
-    serve.add_argument("--log-traits", action="store_true", default=None,
-                       help="log trait values with each event (env INLET_LOG_TRAITS=1)")  # fmt: skip
+    serve.add_argument(
+        "--retention",
+        help="core: delete events received longer ago than "
+        "this, at least 1d: 30d, 90d (env INLET_RETENTION; default: keep all)",
+    )
+    serve.add_argument(
+        "--log-traits",
+        action="store_true",
+        default=None,
+        help="log trait values with each event (env INLET_LOG_TRAITS=1)",
+    )
 
     key_cmd = commands.add_parser("keys", help="manage API keys (directly in the database)")
     key_actions = key_cmd.add_subparsers(dest="action", required=True)
@@ -442,9 +460,12 @@ async def _keys(args: argparse.Namespace) -> int:
             record = await store.create_key(
                 account.id, new.key_id, new.secret_hash, scopes, args.label, expires
             )
-            print(f"created key {record.key_id} for account {account.name!r} "
-                  f"(scopes {','.join(record.scopes)}, expires {_when(expires)}); "
-                  "it is shown only once:", file=sys.stderr)  # fmt: skip
+            print(
+                f"created key {record.key_id} for account {account.name!r} "
+                f"(scopes {','.join(record.scopes)}, expires {_when(expires)}); "
+                "it is shown only once:",
+                file=sys.stderr,
+            )
             print(new.plaintext)
         elif args.action == "list":
             account_id = None
@@ -453,18 +474,24 @@ async def _keys(args: argparse.Namespace) -> int:
                 if found is None:
                     raise StoreError(f"no account named {args.account!r}")
                 account_id = found.id
-            print(f"{'KEY ID':<18} {'ACCOUNT':<20} {'SCOPES':<18} {'CREATED':<25} "
-                  f"{'EXPIRES':<25} {'REVOKED':<25} LABEL")  # fmt: skip
+            print(
+                f"{'KEY ID':<18} {'ACCOUNT':<20} {'SCOPES':<18} {'CREATED':<25} "
+                f"{'EXPIRES':<25} {'REVOKED':<25} LABEL"
+            )
             for r in await store.list_keys(account_id, include_revoked=args.all):
-                print(f"{r.key_id:<18} {r.account_name:<20} {','.join(r.scopes):<18} "
-                      f"{_when(r.created_at_us):<25} {_when(r.expires_at_us):<25} "
-                      f"{_when(r.revoked_at_us):<25} {r.label}")  # fmt: skip
+                print(
+                    f"{r.key_id:<18} {r.account_name:<20} {','.join(r.scopes):<18} "
+                    f"{_when(r.created_at_us):<25} {_when(r.expires_at_us):<25} "
+                    f"{_when(r.revoked_at_us):<25} {r.label}"
+                )
         elif args.action == "revoke":
             revoked = await store.revoke_key(args.key_id)
             if revoked is None:
                 raise StoreError(f"no key with id {args.key_id!r}")
-            print(f"revoked key {revoked.key_id} of account {revoked.account_name!r} "
-                  "(running servers notice within seconds)")  # fmt: skip
+            print(
+                f"revoked key {revoked.key_id} of account {revoked.account_name!r} "
+                "(running servers notice within seconds)"
+            )
         return 0
     finally:
         await store.close()

@@ -153,11 +153,18 @@ class Supervisor:
             http_port, grpc_port = (sock.getsockname()[1] for sock in held)
             (run_dir / "metrics").mkdir()
             command = [
-                sys.executable, "-m", "inlet_app.cli", *self.argv,
-                "--port", str(http_port), "--grpc", _join(grpc_host, grpc_port),
-            ]  # fmt: skip
-            return await self._serve(run_dir, command, f"{http_host}:{http_port}",
-                                     _join(grpc_host, grpc_port))  # fmt: skip
+                sys.executable,
+                "-m",
+                "inlet_app.cli",
+                *self.argv,
+                "--port",
+                str(http_port),
+                "--grpc",
+                _join(grpc_host, grpc_port),
+            ]
+            return await self._serve(
+                run_dir, command, f"{http_host}:{http_port}", _join(grpc_host, grpc_port)
+            )
         finally:
             for sock in held:
                 sock.close()
@@ -190,8 +197,14 @@ class Supervisor:
             if self.stopping:  # SIGTERM while starting: those serving now drain
                 self._signal_all(signal.SIGTERM)
             else:
-                log.info("%d workers serving on %s://%s/segment, gRPC %s (supervisor pid %d)",
-                         self.count, self.scheme, http, grpc, os.getpid())  # fmt: skip
+                log.info(
+                    "%d workers serving on %s://%s/segment, gRPC %s (supervisor pid %d)",
+                    self.count,
+                    self.scheme,
+                    http,
+                    grpc,
+                    os.getpid(),
+                )
             watchers = [asyncio.create_task(self._watch(run_dir, command, w)) for w in first]
             await asyncio.gather(*watchers)
         finally:
@@ -254,8 +267,14 @@ class Supervisor:
                 return
             lived = time.monotonic() - worker.started
             delay = RESTART_DELAY_S if lived >= STEADY_S else delay
-            log.warning("worker %d (pid %d) %s after %.1f s; starting another in %.1f s",
-                        worker.index, worker.process.pid, _describe(code), lived, delay)  # fmt: skip
+            log.warning(
+                "worker %d (pid %d) %s after %.1f s; starting another in %.1f s",
+                worker.index,
+                worker.process.pid,
+                _describe(code),
+                lived,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RESTART_DELAY_S)
             if self.stopping:

@@ -55,10 +55,18 @@ def ensure_buf() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "package.json").write_text('{"private": true}\n')
     subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
-         f"@bufbuild/buf@{BUF_VERSION}"],
-        cwd=folder, check=True, timeout=300,
-    )  # fmt: skip
+        [
+            npm,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            f"@bufbuild/buf@{BUF_VERSION}",
+        ],
+        cwd=folder,
+        check=True,
+        timeout=300,
+    )
     if _version(buf) != BUF_VERSION:
         raise RuntimeError(f"npm installed {buf}, which is not buf {BUF_VERSION}")
     return buf

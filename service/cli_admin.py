@@ -86,8 +86,10 @@ async def accounts(store: Store, args: argparse.Namespace) -> int:
     elif args.action == "set":
         on = args.suppress_deleted_users == "on"
         account = await store.set_account_suppress_deleted_users(args.name, on)
-        print(f"account {account.name!r}{_suppression(account)} "
-              "(running servers notice within seconds)")  # fmt: skip
+        print(
+            f"account {account.name!r}{_suppression(account)} "
+            "(running servers notice within seconds)"
+        )
     else:
         account = await store.set_account_suspended(args.name, args.action == "suspend")
         state = "suspended" if account.suspended else "active"
@@ -113,10 +115,13 @@ async def rotate(store: Store, args: argparse.Namespace) -> int:
     record = await store.rotate_key(old.key_id, old.account_id, new.key_id, new.secret_hash, until)
     if record is None:
         raise StoreError(f"key {args.key_id!r} is revoked or expired: create a new one instead")
-    print(f"created key {record.key_id} to replace {old.key_id} (account {old.account_name!r}, "
-          f"scopes {','.join(record.scopes)}); the old key stops working at "
-          f"{format_micros(min(until, old.expires_at_us or until))}. "
-          "The new key is shown only once:", file=sys.stderr)  # fmt: skip
+    print(
+        f"created key {record.key_id} to replace {old.key_id} (account {old.account_name!r}, "
+        f"scopes {','.join(record.scopes)}); the old key stops working at "
+        f"{format_micros(min(until, old.expires_at_us or until))}. "
+        "The new key is shown only once:",
+        file=sys.stderr,
+    )
     print(new.plaintext)
     return 0
 
@@ -130,8 +135,10 @@ async def maintenance(store: Store, args: argparse.Namespace) -> int:
     )
     when = "" if state.changed_at_us is None else f" since {format_micros(state.changed_at_us)}"
     if state.on:
-        print(f"maintenance mode is on{when}: ingestion answers 503 (Segment retries)"
-              + (f"; message: {state.message}" if state.message else ""))  # fmt: skip
+        print(
+            f"maintenance mode is on{when}: ingestion answers 503 (Segment retries)"
+            + (f"; message: {state.message}" if state.message else "")
+        )
     else:
         print(f"maintenance mode is off{when}")
     return 0

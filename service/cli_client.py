@@ -204,8 +204,9 @@ async def _tail(
                 raise
             delay = _BACKOFF[min(failures, len(_BACKOFF) - 1)]
             failures += 1
-            log.warning("stream ended (%s); resuming after %s in %.1f s",
-                        error.code().name, cursor, delay)  # fmt: skip
+            log.warning(
+                "stream ended (%s); resuming after %s in %.1f s", error.code().name, cursor, delay
+            )
             await asyncio.sleep(delay)
 
 

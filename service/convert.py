@@ -34,10 +34,19 @@ _CALL_FIELDS = {
 }
 #: Up to here every integer is a double: beyond, a whole double may stand for another one.
 _MAX_EXACT_INTEGER: Final = 2**53
-_COMMON_IDS = {"message_id": "messageId", "user_id": "userId", "anonymous_id": "anonymousId",
-               "channel": "channel", "version": "version"}  # fmt: skip
-_COMMON_DATES = {"timestamp": "timestamp", "sent_at": "sentAt", "received_at": "receivedAt",
-                 "original_timestamp": "originalTimestamp"}  # fmt: skip
+_COMMON_IDS = {
+    "message_id": "messageId",
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "channel": "channel",
+    "version": "version",
+}
+_COMMON_DATES = {
+    "timestamp": "timestamp",
+    "sent_at": "sentAt",
+    "received_at": "receivedAt",
+    "original_timestamp": "originalTimestamp",
+}
 
 
 class _BadValue(Exception):

@@ -83,9 +83,15 @@ def batch_response(verdicts: Iterable[Verdict]) -> events_pb2.IngestBatchRespons
     add = response.results.add
     for v in verdicts:
         if v.code or v.reason or v.message:
-            add(outcome=v.outcome, code=v.code, reason=v.reason, message=v.message,
-                message_id=v.message_id, sequence=v.sequence, account=v.account)  # fmt: skip
+            add(
+                outcome=v.outcome,
+                code=v.code,
+                reason=v.reason,
+                message=v.message,
+                message_id=v.message_id,
+                sequence=v.sequence,
+                account=v.account,
+            )
         else:  # stored or duplicate: the common case, fewer keywords to pass
-            add(outcome=v.outcome, message_id=v.message_id, sequence=v.sequence,
-                account=v.account)  # fmt: skip
+            add(outcome=v.outcome, message_id=v.message_id, sequence=v.sequence, account=v.account)
     return response

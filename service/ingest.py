@@ -45,8 +45,9 @@ _RETRY_LATER = Unavailable.grpc_code.value[0]
 
 
 def rejected(error: InletError, account: str = "") -> Verdict:
-    return Verdict(_REJECTED, error.grpc_code.value[0], error.reason, error.message,
-                   account=account)  # fmt: skip
+    return Verdict(
+        _REJECTED, error.grpc_code.value[0], error.reason, error.message, account=account
+    )
 
 
 class Ingestor:
@@ -197,10 +198,12 @@ class Ingestor:
                 continue
             writes.append(
                 EventWrite(
-                    record.account_id, record.key_id, event,
+                    record.account_id,
+                    record.key_id,
+                    event,
                     record.account_suppresses_deleted_users,
                 )
-            )  # fmt: skip
+            )
             positions.append(position)
             accounts.append(record.account_name)
 
@@ -225,9 +228,12 @@ class Ingestor:
                 ):
                     if sequence is SUPPRESSED:
                         results[position] = Verdict(
-                            _SUPPRESSED, reason=SUPPRESSED_REASON, message=SUPPRESSED_MESSAGE,
-                            message_id=write.event.message_id, account=account,
-                        )  # fmt: skip
+                            _SUPPRESSED,
+                            reason=SUPPRESSED_REASON,
+                            message=SUPPRESSED_MESSAGE,
+                            message_id=write.event.message_id,
+                            account=account,
+                        )
                         continue
                     results[position] = Verdict(
                         _STORED if sequence is not None else _DUPLICATE,

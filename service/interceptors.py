@@ -182,10 +182,20 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             elapsed = time.perf_counter() - started
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
             metrics.rpc(method, name, elapsed)
-            access_log.log(level, "%s %s", method, name, extra={"fields": {
-                "method": method, "code": name, "duration_ms": round(elapsed * 1000, 3),
-                "peer": peer,
-            }})  # fmt: skip
+            access_log.log(
+                level,
+                "%s %s",
+                method,
+                name,
+                extra={
+                    "fields": {
+                        "method": method,
+                        "code": name,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "peer": peer,
+                    }
+                },
+            )
 
         if handler.unary_unary is not None:
             behaviour = handler.unary_unary
@@ -221,10 +231,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code()  # set by an abort
                 if code is None:
                     code = (
-                        grpc.StatusCode.OK if end.completed
-                        else grpc.StatusCode.UNKNOWN if end.failed
+                        grpc.StatusCode.OK
+                        if end.completed
+                        else grpc.StatusCode.UNKNOWN
+                        if end.failed
                         else grpc.StatusCode.CANCELLED
-                    )  # fmt: skip
+                    )
                 token = REQUEST_ID.set(call_id)
                 try:
                     record(code, started, peer)

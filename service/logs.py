@@ -115,8 +115,9 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         error = self.formatException(record.exc_info) if record.exc_info else None
         fields = getattr(record, "fields", None)
-        return self.line(record.created, record.levelname, record.name, record.getMessage(),
-                         fields, error)  # fmt: skip
+        return self.line(
+            record.created, record.levelname, record.name, record.getMessage(), fields, error
+        )
 
     def line(
         self,
@@ -327,8 +328,9 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
         return
     formatter: LineFormatter = handler.formatter  # type: ignore[assignment]
     try:
-        line = formatter.line(time.time(), logging.getLevelName(level), logger.name, message,
-                              fields)  # fmt: skip
+        line = formatter.line(
+            time.time(), logging.getLevelName(level), logger.name, message, fields
+        )
     except Exception:  # noqa: BLE001 - as emit(): report a line that cannot be formatted
         handler.handleError(logging.makeLogRecord({"msg": message, "fields": fields}))
         return

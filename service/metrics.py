@@ -26,11 +26,35 @@ if TYPE_CHECKING:
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
 # busy timeout (2 s).
 STORE_BUCKETS: Final = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 RPC_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 #: prometheus_client's multiprocess mode (the workers of `inlet serve --workers`, whose
 #: supervisor sets PROMETHEUS_MULTIPROC_DIR): every value is kept in a file of its
@@ -269,9 +293,11 @@ def sample_collector(collector: Collector, registry: CollectorRegistry) -> None:
             counters[family.name] = (counter, [0.0])
         else:
             gauges[family.name] = Gauge(
-                family.name, family.documentation, registry=registry,
+                family.name,
+                family.documentation,
+                registry=registry,
                 multiprocess_mode=_GAUGE_MODES.get(family.name, "livesum"),  # type: ignore[arg-type]
-            )  # fmt: skip
+            )
 
     def sample() -> None:
         for family in collector.collect():

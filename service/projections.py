@@ -38,10 +38,27 @@ from service.validation import CanonicalEvent, normalise_name, spec_fields
 
 #: Segment Spec reserved traits: identify (spec-identify.md) and group (spec-group.md).
 RESERVED_TRAITS: Final = (
-    "address", "age", "avatar", "birthday", "company", "createdAt", "description", "email",
-    "employees", "firstName", "gender", "id", "industry", "lastName", "name", "phone", "plan",
-    "title", "username", "website",
-)  # fmt: skip
+    "address",
+    "age",
+    "avatar",
+    "birthday",
+    "company",
+    "createdAt",
+    "description",
+    "email",
+    "employees",
+    "firstName",
+    "gender",
+    "id",
+    "industry",
+    "lastName",
+    "name",
+    "phone",
+    "plan",
+    "title",
+    "username",
+    "website",
+)
 _RESERVED_BY_NORMAL: Final = {normalise_name(t): t for t in RESERVED_TRAITS}
 
 #: Link kinds (identity_links.kind, the kind of `other` seen from `id`). An alias says two

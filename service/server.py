@@ -146,9 +146,15 @@ async def start_core(
     maintenance = MaintenanceMode(store, config.switch_refresh_s)
     await maintenance.refresh()
     ingestor = Ingestor(
-        store, auth, config.supported_types, limiter, config.max_inflight_events, maintenance,
-        metrics=metrics, log_traits=config.log_traits,
-    )  # fmt: skip
+        store,
+        auth,
+        config.supported_types,
+        limiter,
+        config.max_inflight_events,
+        maintenance,
+        metrics=metrics,
+        log_traits=config.log_traits,
+    )
     feed = Feed(store, poll_s=config.feed_poll_s or store.feed_poll_s, metrics=metrics)
 
     server = grpc.aio.server(
@@ -204,13 +210,29 @@ async def start_core(
     if worker is not None:
         background.append(_hear_siblings(Notices(worker), store, auth, maintenance))
     if config.retention_s is not None:
-        retention = Retention(store, config.retention_s, interval_s=config.prune_interval_s,
-                              pruned=metrics.events_pruned)  # fmt: skip
+        retention = Retention(
+            store,
+            config.retention_s,
+            interval_s=config.prune_interval_s,
+            pruned=metrics.events_pruned,
+        )
         background.append(asyncio.create_task(retention.follow(), name="inlet-retention"))
     return CoreServer(
-        server, health_servicer, store, ingestor, port, config, feed, maintenance, auth,
-        background, metrics, metrics_server, metrics_port, credentials,
-    )  # fmt: skip
+        server,
+        health_servicer,
+        store,
+        ingestor,
+        port,
+        config,
+        feed,
+        maintenance,
+        auth,
+        background,
+        metrics,
+        metrics_server,
+        metrics_port,
+        credentials,
+    )
 
 
 def _hear_siblings(

@@ -34,10 +34,27 @@ EVENT_TYPES: Final = ("identify", "track", "page", "screen", "group", "alias", "
 MAX_MESSAGE_ID_LENGTH: Final = 256
 
 _SPEC_FIELDS: Final = (
-    "type", "messageId", "userId", "anonymousId", "timestamp", "sentAt", "receivedAt",
-    "originalTimestamp", "context", "integrations", "event", "properties", "traits",
-    "name", "category", "groupId", "previousId", "version", "channel", "action",
-)  # fmt: skip
+    "type",
+    "messageId",
+    "userId",
+    "anonymousId",
+    "timestamp",
+    "sentAt",
+    "receivedAt",
+    "originalTimestamp",
+    "context",
+    "integrations",
+    "event",
+    "properties",
+    "traits",
+    "name",
+    "category",
+    "groupId",
+    "previousId",
+    "version",
+    "channel",
+    "action",
+)
 
 
 def normalise_name(name: str) -> str:
@@ -60,11 +77,24 @@ _ID: Final = ((str, int, float), "a string")
 #: The JSON types each Spec field may have (`null` always may: it means absent).
 #: Exact classes, so a boolean is not taken for a number.
 _FIELD_TYPES: Final[dict[str, tuple[tuple[type, ...], str]]] = {
-    "context": _OBJECT, "integrations": _OBJECT, "properties": _OBJECT, "traits": _OBJECT,
-    "name": _TEXT, "category": _TEXT, "event": _TEXT, "type": _TEXT,
-    "timestamp": _DATE, "sentAt": _DATE, "receivedAt": _DATE, "originalTimestamp": _DATE,
-    "userId": _ID, "anonymousId": _ID, "groupId": _ID, "previousId": _ID, "messageId": _ID,
-}  # fmt: skip
+    "context": _OBJECT,
+    "integrations": _OBJECT,
+    "properties": _OBJECT,
+    "traits": _OBJECT,
+    "name": _TEXT,
+    "category": _TEXT,
+    "event": _TEXT,
+    "type": _TEXT,
+    "timestamp": _DATE,
+    "sentAt": _DATE,
+    "receivedAt": _DATE,
+    "originalTimestamp": _DATE,
+    "userId": _ID,
+    "anonymousId": _ID,
+    "groupId": _ID,
+    "previousId": _ID,
+    "messageId": _ID,
+}
 
 
 class CanonicalEvent(NamedTuple):

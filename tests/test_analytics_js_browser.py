@@ -132,8 +132,10 @@ async def stored_events(stack: Stack, ids: dict[str, str], timeout: float = 10) 
     account = stack.account_ids["acme"]
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        payloads = {kind: await stack.store.get_event_payload(account, message_id)
-                    for kind, message_id in ids.items()}  # fmt: skip
+        payloads = {
+            kind: await stack.store.get_event_payload(account, message_id)
+            for kind, message_id in ids.items()
+        }
         missing = sorted(kind for kind, payload in payloads.items() if payload is None)
         if not missing:
             return {kind: json.loads(payload) for kind, payload in payloads.items()}
@@ -156,8 +158,11 @@ async def metric_samples(stack: Stack, name: str) -> dict[tuple[tuple[str, str],
 
 async def requests_by_route(stack: Stack) -> dict[tuple[str, str], float]:
     samples = await metric_samples(stack, "inlet_http_requests_total")
-    return {(labels["route"], labels["status"]): value
-            for key, value in samples.items() for labels in [dict(key)]}  # fmt: skip
+    return {
+        (labels["route"], labels["status"]): value
+        for key, value in samples.items()
+        for labels in [dict(key)]
+    }
 
 
 @pytest.mark.parametrize("strategy", [STANDARD, BATCHING], ids=["standard", "batching"])

@@ -18,11 +18,30 @@ sys.path.insert(0, str(ROOT / "bench"))
 def test_benchmark_script_runs_and_checks_integrity(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--duration", "1", "--warmup", "1",
-         "--connections", "8", "--loadgen", "python", "--grpc-seconds", "1", "--overload-connections", "64", "--overload-seconds", "1",
-         "--out", str(out)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+            "--connections",
+            "8",
+            "--loadgen",
+            "python",
+            "--grpc-seconds",
+            "1",
+            "--overload-connections",
+            "64",
+            "--overload-seconds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     report = json.loads(out.read_text())
     summary = report["summary"]
     assert summary["integrity_ok"] is True
@@ -72,16 +91,25 @@ def test_the_mixes_compared_differ_only_where_they_should() -> None:
 def test_plan_measures_each_setup_once_and_adds_the_bases_figures_need() -> None:
     from mix import plan
 
-    both = [s.label for s in plan(["deletes", "connections", "grpc"], ["sqlite", "postgresql"],
-                                  [1, 2], 32, 256)]  # fmt: skip
+    both = [
+        s.label
+        for s in plan(["deletes", "connections", "grpc"], ["sqlite", "postgresql"], [1, 2], 32, 256)
+    ]
     assert both == [
-        "sqlite profiles c32", "postgresql profiles c32", "postgresql profiles c32 x2",
-        "postgresql profiles c256", "sqlite profiles-no-deletes c32",
-        "postgresql profiles-no-deletes c32", "postgresql grpc", "postgresql ceiling",
-    ]  # fmt: skip
+        "sqlite profiles c32",
+        "postgresql profiles c32",
+        "postgresql profiles c32 x2",
+        "postgresql profiles c256",
+        "sqlite profiles-no-deletes c32",
+        "postgresql profiles-no-deletes c32",
+        "postgresql grpc",
+        "postgresql ceiling",
+    ]
     # Without a PostgreSQL server, its phases are left out rather than failed.
-    sqlite = [s.label for s in plan(["profiles", "track", "connections", "grpc"], ["sqlite"],
-                                    [1, 2], 32, 256)]  # fmt: skip
+    sqlite = [
+        s.label
+        for s in plan(["profiles", "track", "connections", "grpc"], ["sqlite"], [1, 2], 32, 256)
+    ]
     assert sqlite == ["sqlite profiles c32", "sqlite track c32"]
 
 
@@ -91,14 +119,20 @@ def _phase(label: str, round_: int, rate: float, **fields: Any) -> dict[str, Any
     store, kind = label.split()[:2]
     http = kind not in ("grpc", "ceiling")
     phase: dict[str, Any] = {
-        "label": label, "round": round_, "store": store, "kind": "http" if http else kind,
-        "mix": kind if http else MIX, "events_per_s": rate,
+        "label": label,
+        "round": round_,
+        "store": store,
+        "kind": "http" if http else kind,
+        "mix": kind if http else MIX,
+        "events_per_s": rate,
         "cpu_us_per_event": {"inlet": 100.0, "postgres_backends": 50.0},
-        "integrity": {"ok": True}, "exit_codes": [0],
-    }  # fmt: skip
+        "integrity": {"ok": True},
+        "exit_codes": [0],
+    }
     if http:
-        phase.update(p50_ms=10.0, p99_ms=20.0, shed_share=0.0, no_retry_after=0,
-                     statuses={200: 100})  # fmt: skip
+        phase.update(
+            p50_ms=10.0, p99_ms=20.0, shed_share=0.0, no_retry_after=0, statuses={200: 100}
+        )
     phase.update(fields)
     return phase
 
@@ -107,19 +141,38 @@ def test_figures_are_medians_of_ratios_taken_within_a_round() -> None:
     from figures import checks, figures
 
     phases = [
-        _phase("sqlite profiles c32", 0, 1000), _phase("postgresql profiles c32", 0, 500),
-        _phase("sqlite profiles c32", 1, 2000), _phase("postgresql profiles c32", 1, 1800),
-        _phase("sqlite profiles c32", 2, 100), _phase("postgresql profiles c32", 2, 80),
+        _phase("sqlite profiles c32", 0, 1000),
+        _phase("postgresql profiles c32", 0, 500),
+        _phase("sqlite profiles c32", 1, 2000),
+        _phase("postgresql profiles c32", 1, 1800),
+        _phase("sqlite profiles c32", 2, 100),
+        _phase("postgresql profiles c32", 2, 80),
         _phase("sqlite profiles-no-deletes c32", 0, 1250),
-        _phase("postgresql profiles c256", 0, 450, shed_share=0.25, no_retry_after=3,
-               statuses={200: 90, 503: 30}),
-        _phase("postgresql profiles c32 x2", 1, 2700, p99_ms=30.0, backends={
-            "busy_backends_mean": 1.2, "states": {
-                "on CPU": {"share": 0.5}, "Lock: row lock (transactionid)": {"share": 0.3},
-                "Lock: NOTIFY's commit lock (object of pg_database)": {"share": 0.1}}}),
-        _phase("postgresql grpc", 0, 20_000), _phase("postgresql ceiling", 0, 50_000,
-                                                     load={"statement_ms": {"p50": 9.0}}),
-    ]  # fmt: skip
+        _phase(
+            "postgresql profiles c256",
+            0,
+            450,
+            shed_share=0.25,
+            no_retry_after=3,
+            statuses={200: 90, 503: 30},
+        ),
+        _phase(
+            "postgresql profiles c32 x2",
+            1,
+            2700,
+            p99_ms=30.0,
+            backends={
+                "busy_backends_mean": 1.2,
+                "states": {
+                    "on CPU": {"share": 0.5},
+                    "Lock: row lock (transactionid)": {"share": 0.3},
+                    "Lock: NOTIFY's commit lock (object of pg_database)": {"share": 0.1},
+                },
+            },
+        ),
+        _phase("postgresql grpc", 0, 20_000),
+        _phase("postgresql ceiling", 0, 50_000, load={"statement_ms": {"p50": 9.0}}),
+    ]
     figs = figures(phases, connections=32, many=256, cores=[1, 2])
     mix = figs["webhook_pg_to_sqlite_profiles"]
     # per round 0.5, 0.9, 0.8: the median of the ratios, not the ratio of the medians
@@ -157,18 +210,37 @@ def test_a_lock_wait_gone_from_pg_locks_is_named_by_its_wait_event() -> None:
     assert wait_category(("active", "Lock", "transactionid", None, None, None, None)) == (
         "Lock: row lock (transactionid)"
     )
-    assert wait_category(("active", "Lock", "object", "object", "AccessExclusiveLock", 1262,
-                          None)) == "Lock: NOTIFY's commit lock (object of pg_database)"  # fmt: skip
+    assert (
+        wait_category(("active", "Lock", "object", "object", "AccessExclusiveLock", 1262, None))
+        == "Lock: NOTIFY's commit lock (object of pg_database)"
+    )
     assert wait_category(("idle", None, None, None, None, None, None)) is None
 
 
 def _run_mix(out: Path, *flags: str) -> dict[str, Any]:
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "mix.py"), "--duration", "1", "--warmup", "0.5",
-         "--rounds", "1", "--connections", "4", "--loadgen", "python", "--out", str(out),
-         *flags],
-        check=False, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "mix.py"),
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--rounds",
+            "1",
+            "--connections",
+            "4",
+            "--loadgen",
+            "python",
+            "--out",
+            str(out),
+            *flags,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report: dict[str, Any] = json.loads(out.read_text())
     return report
@@ -177,7 +249,9 @@ def _run_mix(out: Path, *flags: str) -> dict[str, Any]:
 def test_mix_script_runs_the_sqlite_phases(tmp_path: Path) -> None:
     report = _run_mix(tmp_path / "mix.json")
     assert [p["label"] for p in report["phases"]] == [
-        "sqlite profiles c4", "sqlite profiles-no-deletes c4", "sqlite track c4"
+        "sqlite profiles c4",
+        "sqlite profiles-no-deletes c4",
+        "sqlite track c4",
     ]
     for phase in report["phases"]:
         assert phase["events_per_s"] > 0 and set(phase["statuses"]) == {"200"}
@@ -197,10 +271,23 @@ def test_mix_script_runs_the_postgresql_phases(tmp_path: Path) -> None:
     if not dsn:
         pytest.skip("set INLET_TEST_POSTGRES_DSN=postgresql://... to run it")
     report = _run_mix(
-        tmp_path / "mix.json", "--postgres", dsn, "--no-sqlite", "--phases", "connections,grpc",
-        "--cores", "1", "2", "--many-connections", "16", "--batch", "50", "--inflight", "2",
+        tmp_path / "mix.json",
+        "--postgres",
+        dsn,
+        "--no-sqlite",
+        "--phases",
+        "connections,grpc",
+        "--cores",
+        "1",
+        "2",
+        "--many-connections",
+        "16",
+        "--batch",
+        "50",
+        "--inflight",
+        "2",
         "--sample-waits",
-    )  # fmt: skip
+    )
     figs = report["figures"]
     assert figs["many_connections_pg"]["measured"]["events_per_s"] > 0
     grpc = figs["grpc_to_pg_ceiling"]
@@ -231,11 +318,15 @@ def test_the_pg_ceiling_table_is_inlets_events_table(pg_dsn: str) -> None:
                 columns = await conn.fetch(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
                     " WHERE table_name = $1 AND table_schema = current_schema()"
-                    " ORDER BY ordinal_position", table)  # fmt: skip
+                    " ORDER BY ordinal_position",
+                    table,
+                )
                 indexes = await conn.fetch(
                     "SELECT replace(replace(indexdef, 'ceiling_', ''), $1, '') FROM pg_indexes"
                     " WHERE tablename = $2 AND schemaname = current_schema() ORDER BY 1",
-                    f"{table.removeprefix('ceiling_')}_", table)  # fmt: skip
+                    f"{table.removeprefix('ceiling_')}_",
+                    table,
+                )
                 found += [[tuple(r) for r in columns], [tuple(r) for r in indexes]]
             return tuple(found)
         finally:
@@ -244,13 +335,31 @@ def test_the_pg_ceiling_table_is_inlets_events_table(pg_dsn: str) -> None:
     events_columns, events_indexes, ceiling_columns, ceiling_indexes = in_thread(shapes)
     assert ceiling_columns == events_columns
     assert ceiling_indexes == events_indexes and len(events_indexes) == 4
+
+
 def test_the_workers_comparison_runs_and_checks_integrity(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--workers", "2", "--duration", "1",
-         "--warmup", "1", "--connections", "8", "--loadgen", "python", "--out", str(out)],
-        check=True, capture_output=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--workers",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+            "--connections",
+            "8",
+            "--loadgen",
+            "python",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     report = json.loads(out.read_text())
     summary = report["summary"]
     assert summary["integrity_ok"] is True and summary["workers"] == 2

@@ -24,9 +24,13 @@ from inlet_app.cli import parse_expiry
 def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inlet_app.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60, check=check,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
         env={**os.environ, "INLET_LOG_LEVEL": "INFO"},
-    )  # fmt: skip
+    )
 
 
 def post(url: str, key: str, event: dict[str, object] | bytes) -> tuple[int, dict[str, object]]:
@@ -125,11 +129,20 @@ def ready_line(workers: int) -> str:
 def test_serve_stores_events_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: int) -> None:
     key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
     server, ready = start(
-        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0",
-         "--workers", str(workers)],
+        [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--workers",
+            str(workers),
+        ],
         tmp_path,
         ready_line(workers),
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{ready[1]}/segment"
     identify = {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}}
     status, body = post(url, key, identify)
@@ -147,10 +160,19 @@ def test_core_and_bridge_as_separate_processes(tmp_path: Path) -> None:
     core, core_ready = start(["serve", "core", "--grpc", "127.0.0.1:0"], tmp_path, CORE_READY)
     try:
         bridge, ready = start(
-            ["serve", "bridge", "--core", f"127.0.0.1:{core_ready[1]}", "--host", "127.0.0.1",
-             "--port", "0"],
-            tmp_path, BRIDGE_READY,
-        )  # fmt: skip
+            [
+                "serve",
+                "bridge",
+                "--core",
+                f"127.0.0.1:{core_ready[1]}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+            tmp_path,
+            BRIDGE_READY,
+        )
         url = f"http://127.0.0.1:{ready[1]}/segment"
         event = {"type": "track", "userId": "u1", "event": "Split", "messageId": "s-1"}
         assert post(url, key, event) == (200, {"message": "stored", "messageId": "s-1"})

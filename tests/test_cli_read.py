@@ -56,11 +56,17 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
 
 def test_profile_and_events_from_the_shell(served: Served) -> None:
     for event in (
-        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "c-1",
-         "timestamp": "2026-01-01T00:00:00Z", "traits": {"First Name": "Ann"}},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "messageId": "c-1",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "traits": {"First Name": "Ann"},
+        },
         {"type": "track", "anonymousId": "a1", "event": "Clicked", "messageId": "c-2"},
         {"type": "track", "userId": "u2", "event": "Other", "messageId": "c-3"},
-    ):  # fmt: skip
+    ):
         assert post(served.url, served.key, event)[0] == 200
 
     profile = json.loads(served.client("profile", "get", "a1").stdout)
@@ -90,17 +96,37 @@ def test_profile_get_prints_trait_values_as_sent(served: Served) -> None:
             assert json.dumps(traits[key]["value"]) == json.dumps(json.loads(text)), key
             assert set(traits[key]) == {"value", "timestamp", "messageId"}
     # Numbers exactly as written, not as a double would print them.
-    for text in ('"value": 5,', '"value": 9007199254740993123,', '"value": 1.50,',
-                 '"value": -0,', '"value": 123456789012345678901234567890,'):  # fmt: skip
+    for text in (
+        '"value": 5,',
+        '"value": 9007199254740993123,',
+        '"value": 1.50,',
+        '"value": -0,',
+        '"value": 123456789012345678901234567890,',
+    ):
         assert text in printed
 
 
 def tail(served: Served, cursor_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "inlet_app.cli", "events", "tail", "--core", served.core,
-         "--key", served.key, "--all", "--cursor-file", str(cursor_file)],
-        cwd=served.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inlet_app.cli",
+            "events",
+            "tail",
+            "--core",
+            served.core,
+            "--key",
+            served.key,
+            "--all",
+            "--cursor-file",
+            str(cursor_file),
+        ],
+        cwd=served.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
@@ -122,8 +148,11 @@ def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path
     try:
         assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
         # Live: posted after the tail started.
-        post(served.url, served.key, {"type": "track", "userId": "u1", "event": "E",
-                                      "messageId": "t-3"})  # fmt: skip
+        post(
+            served.url,
+            served.key,
+            {"type": "track", "userId": "u1", "event": "E", "messageId": "t-3"},
+        )
         (last,) = read_events(first, 1)
         assert last["messageId"] == "t-3"
         # The cursor is saved right after the line is printed.
@@ -188,8 +217,10 @@ def test_operator_commands(served: Served) -> None:
     inlet("accounts", "create", "strict", "--suppress-deleted-users", "on", cwd=cwd)
     rows = inlet("accounts", "list", cwd=cwd).stdout.splitlines()
     assert {row.split()[0]: row.split(None, 3)[3] for row in rows[1:]} == {
-        "acme": "suppressed", "globex": "may return", "strict": "suppressed"
-    }  # fmt: skip
+        "acme": "suppressed",
+        "globex": "may return",
+        "strict": "suppressed",
+    }
     inlet("accounts", "set", "acme", "--suppress-deleted-users", "off", cwd=cwd)
 
     inlet("accounts", "suspend", "acme", cwd=cwd)
@@ -203,6 +234,11 @@ def test_read_commands_need_a_key(tmp_path: Path) -> None:
     env_without_key = {k: v for k, v in os.environ.items() if k != "INLET_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "inlet_app.cli", "profile", "get", "u1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env_without_key, check=False,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env_without_key,
+        check=False,
+    )
     assert result.returncode == 2 and "INLET_API_KEY" in result.stderr

@@ -86,12 +86,29 @@ def outside_run(live: LiveStack, work: Path, seed: int) -> tuple[list[tuple[str,
     """The failed checks (name, status) of one run, and every (mode, settings, status, code)."""
     events = work / "events.ndjson"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", str(ROOT / "openapi.yaml"),
-        "--url", live.stack.url, "--checks", "all", "--auth", f"{live.stack.keys['ingest']}:",
-        "--seed", str(seed), "--include-operation-id", "receiveSegmentEvent",
-        "--max-examples", "20", "--continue-on-failure",  # every finding, none hidden by another
-        "--report", "ndjson", "--report-ndjson-path", str(events),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        str(ROOT / "openapi.yaml"),
+        "--url",
+        live.stack.url,
+        "--checks",
+        "all",
+        "--auth",
+        f"{live.stack.keys['ingest']}:",
+        "--seed",
+        str(seed),
+        "--include-operation-id",
+        "receiveSegmentEvent",
+        "--max-examples",
+        "20",
+        "--continue-on-failure",  # every finding, none hidden by another
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(events),
+    ]
     # From an empty directory: no schemathesis.toml is found, nothing is configured.
     done = subprocess.run(
         command, cwd=work, capture_output=True, text=True, timeout=120, check=False

@@ -43,8 +43,13 @@ async def test_the_debugger_page_shows_live_events_and_their_details(
     )
     url = f"http://127.0.0.1:{ready[1]}"
     try:
-        event = {"type": "track", "userId": "browser-user", "event": "Order Completed",
-                 "messageId": "b-1", "properties": {"total": 27.5}}  # fmt: skip
+        event = {
+            "type": "track",
+            "userId": "browser-user",
+            "event": "Order Completed",
+            "messageId": "b-1",
+            "properties": {"total": 27.5},
+        }
         assert post(f"{url}/segment", admin, event)[0] == 200
         # The key travels in the URL fragment: never sent to the server.
         page, ws = await open_page(http, devtools, f"{url}/debugger#key={admin}")

@@ -46,15 +46,25 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def identify(message_id: str, received_at: str, **traits: Any) -> dict[str, Any]:
     """As Segment delivers it: `receivedAt` stamped by Segment, `timestamp` by the device."""
     return {
-        "type": "identify", "userId": "u1", "anonymousId": "anon-1", "messageId": message_id,
-        "timestamp": received_at, "receivedAt": received_at, "traits": traits,
-    }  # fmt: skip
+        "type": "identify",
+        "userId": "u1",
+        "anonymousId": "anon-1",
+        "messageId": message_id,
+        "timestamp": received_at,
+        "receivedAt": received_at,
+        "traits": traits,
+    }
 
 
 DELETE = {
-    "type": "delete", "userId": "u1", "messageId": "delete-reg-1::job-1", "context": None,
-    "integrations": None, "timestamp": DELETED, "receivedAt": DELETED,
-}  # fmt: skip
+    "type": "delete",
+    "userId": "u1",
+    "messageId": "delete-reg-1::job-1",
+    "context": None,
+    "integrations": None,
+    "timestamp": DELETED,
+    "receivedAt": DELETED,
+}
 
 
 async def post(
@@ -89,8 +99,13 @@ async def test_a_late_redelivery_from_before_the_delete_is_suppressed_and_the_us
 ) -> None:
     """The reported case: identify, delete, then Segment's retry of the identify."""
     first = identify("i-1", BEFORE, email="u1@example.com", plan="pro")
-    page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "messageId": "p-1",
-            "receivedAt": BEFORE}  # fmt: skip
+    page = {
+        "type": "page",
+        "anonymousId": "anon-1",
+        "name": "Home",
+        "messageId": "p-1",
+        "receivedAt": BEFORE,
+    }
     async with aiohttp.ClientSession() as session:
         assert (await post(session, stack, first))[0] == 200
         assert await get_profile(stack, "u1") is not None
@@ -152,8 +167,9 @@ async def test_grpc_answers_a_suppressed_item_with_its_own_outcome(stack: Stack)
             metadata=key,
         )
         assert [(r.outcome, r.message_id) for r in batch.results] == [
-            (events_pb2.OUTCOME_SUPPRESSED, "i-1"), (events_pb2.OUTCOME_STORED, "i-3")
-        ]  # fmt: skip
+            (events_pb2.OUTCOME_SUPPRESSED, "i-1"),
+            (events_pb2.OUTCOME_STORED, "i-3"),
+        ]
         assert batch.results[0].reason == "user_deleted" and batch.results[0].sequence == 0
         single = await stub.Ingest(item(identify("i-1", BEFORE)), metadata=key)
         assert single.outcome == events_pb2.OUTCOME_SUPPRESSED
@@ -164,18 +180,31 @@ async def test_sdk_routes_list_suppressed_events_among_the_results(stack: Stack)
     async with aiohttp.ClientSession() as session:
         assert (await post(session, stack, identify("i-1", BEFORE)))[0] == 200
         assert (await post(session, stack, DELETE))[0] == 200
-        batch = {"batch": [
-            {"type": "track", "userId": "u1", "event": "Old", "messageId": "t-old",
-             "timestamp": BEFORE},
-            {"type": "track", "userId": "u1", "event": "New", "messageId": "t-new",
-             "timestamp": AFTER},
-        ]}  # fmt: skip
+        batch = {
+            "batch": [
+                {
+                    "type": "track",
+                    "userId": "u1",
+                    "event": "Old",
+                    "messageId": "t-old",
+                    "timestamp": BEFORE,
+                },
+                {
+                    "type": "track",
+                    "userId": "u1",
+                    "event": "New",
+                    "messageId": "t-new",
+                    "timestamp": AFTER,
+                },
+            ]
+        }
         status, body = await post(session, stack, batch, "/v1/batch")
     assert status == 200
     assert (body["success"], body["stored"], body["suppressed"]) == (True, 1, 1)
     assert [(r["outcome"], r["messageId"]) for r in body["results"]] == [
-        ("suppressed", "t-old"), ("stored", "t-new")
-    ]  # fmt: skip
+        ("suppressed", "t-old"),
+        ("stored", "t-new"),
+    ]
 
 
 async def test_an_account_can_suppress_every_later_event_of_a_deleted_user(
@@ -234,8 +263,9 @@ async def test_a_user_filter_lists_the_users_delete_event(stack: Stack) -> None:
         key = bearer(stack.keys["admin"])
         history = await stub.ListEvents(events_pb2.ListEventsRequest(user_id="u1"), metadata=key)
         assert [(e.type, e.message_id) for e in history.events] == [
-            ("delete", DELETE["messageId"]), ("identify", "i-2")
-        ]  # fmt: skip
+            ("delete", DELETE["messageId"]),
+            ("identify", "i-2"),
+        ]
         deletes = await stub.ListEvents(
             events_pb2.ListEventsRequest(user_id="u1", types=["delete"]), metadata=key
         )

@@ -43,17 +43,23 @@ def free_port() -> int:
 def create_key(data: Path) -> str:
     return subprocess.run(
         [sys.executable, "-m", "inlet_app.cli", "keys", "create", "--account", "acme"],
-        cwd=data, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=data,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 @contextmanager
 def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subprocess.Popen[str]]:
     """Run `inlet ARGS` until the block ends (SIGKILL if still alive)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inlet_app.cli", *args], cwd=cwd, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, **env},
-    )  # fmt: skip
+        [sys.executable, "-m", "inlet_app.cli", *args],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -159,8 +165,16 @@ async def test_kill_9_of_the_core_then_the_bridge_recovers_by_itself(tmp_path: P
     key = create_key(tmp_path)
     port, grpc_port = free_port(), free_port()
     core_args = ["serve", "core", "--grpc", f"127.0.0.1:{grpc_port}"]
-    bridge_args = ["serve", "bridge", "--core", f"127.0.0.1:{grpc_port}", "--host", "127.0.0.1",
-                   "--port", str(port)]  # fmt: skip
+    bridge_args = [
+        "serve",
+        "bridge",
+        "--core",
+        f"127.0.0.1:{grpc_port}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     fast = {"INLET_CORE_TIMEOUT_S": "1", "INLET_REQUEST_TIMEOUT_S": "2"}
     async with Load(f"http://127.0.0.1:{port}/segment", key) as load:
         with process(bridge_args, tmp_path, "bridge listening", **fast):
@@ -186,11 +200,25 @@ async def test_a_stalled_core_gets_503_within_the_deadline_then_recovers(tmp_pat
     headers = {"Authorization": basic(key), "Content-Type": "application/json"}
     event = {"type": "track", "userId": "u1", "event": "Stall", "messageId": "stall-1"}
     with (
-        process(["serve", "core", "--grpc", f"127.0.0.1:{grpc_port}"], tmp_path,
-                "core listening") as core,
-        process(["serve", "bridge", "--core", f"127.0.0.1:{grpc_port}", "--host", "127.0.0.1",
-                 "--port", str(port)], tmp_path, "bridge listening", **fast),
-    ):  # fmt: skip
+        process(
+            ["serve", "core", "--grpc", f"127.0.0.1:{grpc_port}"], tmp_path, "core listening"
+        ) as core,
+        process(
+            [
+                "serve",
+                "bridge",
+                "--core",
+                f"127.0.0.1:{grpc_port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            tmp_path,
+            "bridge listening",
+            **fast,
+        ),
+    ):
         async with aiohttp.ClientSession() as session:
             core.send_signal(signal.SIGSTOP)  # alive, connected, answering nothing
             try:
@@ -228,8 +256,13 @@ async def test_a_full_disk_is_503_and_nothing_is_half_written(tmp_path: Path) ->
         statuses: list[int] = []
         async with aiohttp.ClientSession() as session:
             for n in range(40):
-                event = {"type": "track", "userId": "u", "event": "Big", "messageId": f"big-{n}",
-                         "properties": {"blob": "x" * 4000}}  # fmt: skip
+                event = {
+                    "type": "track",
+                    "userId": "u",
+                    "event": "Big",
+                    "messageId": f"big-{n}",
+                    "properties": {"blob": "x" * 4000},
+                }
                 async with session.post(stack.url + "/segment", json=event, headers=headers) as r:
                     statuses.append(r.status)
                     if r.status != 200:
@@ -324,8 +357,9 @@ async def test_a_slow_client_gets_408_and_does_not_hold_the_server(tmp_path: Pat
 async def test_a_noisy_key_is_rate_limited_without_starving_others(tmp_path: Path) -> None:
     from service.config import CoreConfig
 
-    stack = await start_stack(tmp_path, core_config=CoreConfig(listen="127.0.0.1:0",
-                                                                rate_limit_per_key=5))  # fmt: skip
+    stack = await start_stack(
+        tmp_path, core_config=CoreConfig(listen="127.0.0.1:0", rate_limit_per_key=5)
+    )
     try:
         quiet = await stack.add_key("quiet", account="globex")
         statuses: list[int] = []

@@ -231,26 +231,64 @@ def still_works(live: LiveStack) -> None:
 Fragment = tuple[bytes, bool, int]
 
 GOOD_NUMBERS: Final = [
-    b"0", b"-0", b"1.5", b"-0.0e-0", b"1E+2", b"1e308", b"-1e308", b"5e-324",
+    b"0",
+    b"-0",
+    b"1.5",
+    b"-0.0e-0",
+    b"1E+2",
+    b"1e308",
+    b"-1e308",
+    b"5e-324",
     b"1e-400",  # underflows to 0.0: accepted (the raw bytes are what is stored)
-    b"18446744073709551615", b"18446744073709551616", b"123456789012345678901234567890",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"123456789012345678901234567890",
     b"1" + b"0" * 308,  # 1e308 written out: still a finite double
-]  # fmt: skip
+]
 BAD_NUMBERS: Final = [
-    b"1e400", b"-1e400", b"1" + b"0" * 309,  # beyond float range: orjson refuses
-    b"NaN", b"Infinity", b"-Infinity", b"01", b"1.", b".5", b"+1", b"0x10",
-]  # fmt: skip
+    b"1e400",
+    b"-1e400",
+    b"1" + b"0" * 309,  # beyond float range: orjson refuses
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"01",
+    b"1.",
+    b".5",
+    b"+1",
+    b"0x10",
+]
 #: Inside a string literal: sequences orjson accepts / refuses.
 GOOD_INNER: Final = [
-    b"\\u0000", b"\\ud83d\\ude00", "\U0001f600".encode(), b"\\\"", b"\\\\", b"\\/", b"\x7f",
-    b"\\u007f", b"\\uffff", b"\xef\xbf\xbf", b"\xf4\x8f\xbf\xbf", b"\\b\\f\\n\\r\\t",
-]  # fmt: skip
+    b"\\u0000",
+    b"\\ud83d\\ude00",
+    "\U0001f600".encode(),
+    b'\\"',
+    b"\\\\",
+    b"\\/",
+    b"\x7f",
+    b"\\u007f",
+    b"\\uffff",
+    b"\xef\xbf\xbf",
+    b"\xf4\x8f\xbf\xbf",
+    b"\\b\\f\\n\\r\\t",
+]
 BAD_INNER: Final = [
-    b"\\ud800", b"\\udfff", b"\\udbff\\u0041",  # lone surrogate escapes
-    b"\x00", b"\x1f", b"\n",  # raw control characters
-    b"\xff", b"\x80", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",  # not UTF-8
-    b"\\x41", b"\\u12", b"\\U0001F600",  # not JSON escapes
-]  # fmt: skip
+    b"\\ud800",
+    b"\\udfff",
+    b"\\udbff\\u0041",  # lone surrogate escapes
+    b"\x00",
+    b"\x1f",
+    b"\n",  # raw control characters
+    b"\xff",
+    b"\x80",
+    b"\xc0\x80",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",  # not UTF-8
+    b"\\x41",
+    b"\\u12",
+    b"\\U0001F600",  # not JSON escapes
+]
 
 
 def _escaped(text: str, ascii_only: bool) -> bytes:
@@ -362,10 +400,15 @@ def _build(draw: st.DrawFn, node: Any) -> Fragment:
 
 #: Extra top-level keys: none of them normalise to a Spec field name.
 TOP_KEYS: Final = [
-    (b'"\\u0000"', False), (b'"x\\u0000y"', False), (b'"\\ud83d\\ude00"', False),
-    (b'"_metadata"', False), (b'"\xf0\x9f\x98\x80"', False), (b'"\\ud800"', True),
-    (b'"\xff"', True), (b'"a\x00"', True),
-]  # fmt: skip
+    (b'"\\u0000"', False),
+    (b'"x\\u0000y"', False),
+    (b'"\\ud83d\\ude00"', False),
+    (b'"_metadata"', False),
+    (b'"\xf0\x9f\x98\x80"', False),
+    (b'"\\ud800"', True),
+    (b'"\xff"', True),
+    (b'"a\x00"', True),
+]
 
 
 @st.composite
@@ -384,10 +427,13 @@ def crafted_event(draw: st.DrawFn) -> tuple[bytes, str, bool]:
     keys = TOP_KEYS if allow_bad else [k for k in TOP_KEYS if not k[1]]
     extras = draw(st.lists(st.sampled_from(keys), max_size=2))
     fields = [
-        (b'"type"', b'"track"'), (b'"userId"', user[0]), (b'"event"', name[0]),
-        (b'"messageId"', b'"' + message_id.encode() + b'"'), (b'"properties"', props[0]),
+        (b'"type"', b'"track"'),
+        (b'"userId"', user[0]),
+        (b'"event"', name[0]),
+        (b'"messageId"', b'"' + message_id.encode() + b'"'),
+        (b'"properties"', props[0]),
         *((key, b"1") for key, _ in extras),
-    ]  # fmt: skip
+    ]
     order = draw(st.permutations(range(len(fields))))
     body = b"{" + b",".join(fields[i][0] + b":" + fields[i][1] for i in order) + b"}"
     bad = user[1] or name[1] or props[1] or any(b for _, b in extras) or 1 + props[2] > MAX_DEPTH
@@ -467,11 +513,22 @@ _OBJECT = st.dictionaries(st.text(max_size=8), FINITE_JSON, max_size=4)
 _ID = _TEXT | st.integers(-(2**63), 2**63 - 1)
 #: Spec fields (in several casings) and values of the type the Spec gives them.
 SPEC_FIELDS: Final = {
-    "userId": _ID, "user_id": _ID, "UserID": _ID, "User ID": _ID, "anonymousId": _ID,
-    "groupId": _ID, "previousId": _ID, "messageId": _ID, "event": _TEXT, "name": _TEXT,
-    "category": _TEXT, "context": _OBJECT, "properties": _OBJECT, "traits": _OBJECT,
+    "userId": _ID,
+    "user_id": _ID,
+    "UserID": _ID,
+    "User ID": _ID,
+    "anonymousId": _ID,
+    "groupId": _ID,
+    "previousId": _ID,
+    "messageId": _ID,
+    "event": _TEXT,
+    "name": _TEXT,
+    "category": _TEXT,
+    "context": _OBJECT,
+    "properties": _OBJECT,
+    "traits": _OBJECT,
     "timestamp": _TEXT | st.integers() | st.floats(allow_nan=False, allow_infinity=False),
-}  # fmt: skip
+}
 
 
 @st.composite
@@ -683,9 +740,17 @@ def content_encoding() -> st.SearchStrategy[tuple[list[tuple[bytes, bytes]], Enc
 
 #: Headers the fuzzed extras must not repeat: they change framing or are drawn above.
 RESERVED: Final = {
-    b"host", b"connection", b"content-length", b"transfer-encoding", b"expect", b"upgrade",
-    b"content-encoding", b"content-type", b"authorization", b"x-segment-settings",
-}  # fmt: skip
+    b"host",
+    b"connection",
+    b"content-length",
+    b"transfer-encoding",
+    b"expect",
+    b"upgrade",
+    b"content-encoding",
+    b"content-type",
+    b"authorization",
+    b"x-segment-settings",
+}
 
 
 def extra_headers() -> st.SearchStrategy[list[tuple[bytes, bytes]]]:

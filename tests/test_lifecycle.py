@@ -29,8 +29,7 @@ async def send_load_event(
     """POST event `load-N`; its messageId goes to `acknowledged` if answered 200."""
     event = {"type": "track", "userId": "u", "event": "Load", "messageId": f"load-{n}"}
     try:
-        async with session.post(url + "/segment", data=json.dumps(event),
-                                headers=headers) as reply:  # fmt: skip
+        async with session.post(url + "/segment", data=json.dumps(event), headers=headers) as reply:
             if reply.status == 200:
                 acknowledged.append((await reply.json())["messageId"])
             else:
@@ -75,17 +74,35 @@ def serve(
     monkeypatch.setenv("INLET_SHUTDOWN_GRACE_S", str(grace_s))
     monkeypatch.setenv("INLET_BODY_TIMEOUT_S", "120")
     key = inlet("keys", "create", "--account", "acme", cwd=tmp_path).stdout.strip()
-    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0",
-            "--workers", str(workers)]  # fmt: skip
+    args = [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--grpc",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+    ]
     process, ready = start(args, tmp_path, ready_line(workers))
     return process, int(ready[1]), key
 
 
 def request_head(key: str, length: int, *extra: bytes) -> bytes:
-    return b"\r\n".join([
-        b"POST /segment HTTP/1.1", b"Host: inlet", b"Content-Type: application/json",
-        b"Authorization: " + basic(key).encode(), b"Content-Length: %d" % length, *extra,
-    ]) + b"\r\n\r\n"  # fmt: skip
+    return (
+        b"\r\n".join(
+            [
+                b"POST /segment HTTP/1.1",
+                b"Host: inlet",
+                b"Content-Type: application/json",
+                b"Authorization: " + basic(key).encode(),
+                b"Content-Length: %d" % length,
+                *extra,
+            ]
+        )
+        + b"\r\n\r\n"
+    )
 
 
 def begin_slow_request(port: int, key: str, body: bytes) -> socket.socket:

@@ -92,8 +92,11 @@ def test_the_protos_are_compatible_with_the_last_release(buf: Path) -> None:
 def test_the_last_release_is_the_newest_version_not_the_last_name() -> None:
     images = [Path(f"v{version}.binpb") for version in ("0.10.0", "0.9.3", "0.2.1", "1.0.0")]
     assert [p.stem for p in sorted(images, key=buf_tool.version_key)] == [
-        "v0.2.1", "v0.9.3", "v0.10.0", "v1.0.0"
-    ]  # fmt: skip
+        "v0.2.1",
+        "v0.9.3",
+        "v0.10.0",
+        "v1.0.0",
+    ]
     assert buf_tool.last_release().parent == PROTO / "releases"
 
 
@@ -113,17 +116,27 @@ def changed_copy(tmp_path: Path, path: str, old: str, new: str) -> Path:
 # generated from the release would no longer compile against the server's.
 BREAKING = {
     "field number": (
-        "inlet/v1/events.proto", "string api_key = 3;", "string api_key = 9;", "FIELD_NO_DELETE"
+        "inlet/v1/events.proto",
+        "string api_key = 3;",
+        "string api_key = 9;",
+        "FIELD_NO_DELETE",
     ),
     "field type": (
-        "inlet/v1/events.proto", "uint64 after_sequence = 1;", "string after_sequence = 1;",
+        "inlet/v1/events.proto",
+        "uint64 after_sequence = 1;",
+        "string after_sequence = 1;",
         "FIELD_SAME_TYPE",
     ),
     "field name": (
-        "inlet/v1/events.proto", "bool from_now = 2;", "bool live = 2;", "FIELD_SAME_NAME"
+        "inlet/v1/events.proto",
+        "bool from_now = 2;",
+        "bool live = 2;",
+        "FIELD_SAME_NAME",
     ),
     "enum value number": (
-        "inlet/v1/events.proto", "OUTCOME_DUPLICATE = 2;", "OUTCOME_DUPLICATE = 9;",
+        "inlet/v1/events.proto",
+        "OUTCOME_DUPLICATE = 2;",
+        "OUTCOME_DUPLICATE = 9;",
         "ENUM_VALUE_NO_DELETE",
     ),
     "rpc removed": (
@@ -138,7 +151,7 @@ BREAKING = {
         'option go_package = "inlet.dev/gen/go/inlet/v1;inlet";',
         "FILE_SAME_GO_PACKAGE",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("change", BREAKING)
@@ -192,8 +205,13 @@ def expected_options(file: descriptor_pb2.FileDescriptorProto) -> dict[str, obje
 
 def test_every_proto_file_declares_the_language_options(tmp_path: Path) -> None:
     out = tmp_path / "set.binpb"
-    args = ["protoc", f"-I{PROTO}", f"-I{WELL_KNOWN}", f"--descriptor_set_out={out}",
-            *(str(PROTO / name) for name in PROTO_FILES)]  # fmt: skip
+    args = [
+        "protoc",
+        f"-I{PROTO}",
+        f"-I{WELL_KNOWN}",
+        f"--descriptor_set_out={out}",
+        *(str(PROTO / name) for name in PROTO_FILES),
+    ]
     assert protoc.main(args) == 0
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     assert sorted(file.name for file in files) == PROTO_FILES

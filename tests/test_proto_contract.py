@@ -25,8 +25,14 @@ WELL_KNOWN = Path(protoc.__file__).parent / "_proto"
 def generate(out: Path) -> None:
     out.mkdir(parents=True)
     protos = sorted(str(p) for p in (ROOT / "proto").rglob("*.proto"))
-    args = ["protoc", f"-I{ROOT / 'proto'}", f"-I{WELL_KNOWN}", f"--python_out={out}",
-            f"--grpc_python_out={out}", *protos]  # fmt: skip
+    args = [
+        "protoc",
+        f"-I{ROOT / 'proto'}",
+        f"-I{WELL_KNOWN}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
     assert protoc.main(args) == 0
     for package in (out / "inlet", out / "inlet" / "v1"):
         (package / "__init__.py").touch()
@@ -49,11 +55,17 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
                     events_pb2.IngestBatchRequest(items=items), metadata=bearer(key)
                 )
 
-        server.run(send(
-            {"type": "identify", "userId": "u1", "messageId": "m-1",
-             "traits": {"email": "e@x.io", "logins": 5, "accountId": 9007199254740993123}},
-            {"type": "track", "userId": "u1", "event": "Signed Up", "messageId": "m-2"},
-        ))  # fmt: skip
+        server.run(
+            send(
+                {
+                    "type": "identify",
+                    "userId": "u1",
+                    "messageId": "m-1",
+                    "traits": {"email": "e@x.io", "logins": 5, "accountId": 9007199254740993123},
+                },
+                {"type": "track", "userId": "u1", "event": "Signed Up", "messageId": "m-2"},
+            )
+        )
         # The example runs in its own interpreter with only the generated code on its path.
         check_isolation = (
             "import runpy, sys; "
@@ -63,11 +75,26 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
             "assert not any(n == 'service' or n.startswith('service.') for n in sys.modules)"
         )
         example = subprocess.Popen(
-            [sys.executable, "-c", check_isolation, str(ROOT / "examples" / "read_api.py"),
-             "--core", stack.core_target, "--key", key, "--user", "u1", "--follow", "1"],
-            env={**os.environ, "PYTHONPATH": str(tmp_path / "gen")}, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                check_isolation,
+                str(ROOT / "examples" / "read_api.py"),
+                "--core",
+                stack.core_target,
+                "--key",
+                key,
+                "--user",
+                "u1",
+                "--follow",
+                "1",
+            ],
+            env={**os.environ, "PYTHONPATH": str(tmp_path / "gen")},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert example.stdout is not None
         lines = []
         for line in example.stdout:

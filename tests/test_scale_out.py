@@ -31,31 +31,58 @@ EVENTS = 400
 def inlet(*args: str, cwd: Path) -> str:
     return subprocess.run(
         [sys.executable, "-m", "inlet_app.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
 
 
 async def test_two_cores_two_bridges_one_database(tmp_path: Path, pg_dsn: str) -> None:
     assert "migrated from version 0" in inlet("migrate", "--database", pg_dsn, cwd=tmp_path)
     assert "up to date" in inlet("migrate", "--database", pg_dsn, cwd=tmp_path)
     key = inlet(
-        "keys", "create", "--account", "acme", "--scope", "ingest,read", "--database", pg_dsn,
+        "keys",
+        "create",
+        "--account",
+        "acme",
+        "--scope",
+        "ingest,read",
+        "--database",
+        pg_dsn,
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     env = {"INLET_DATABASE_URL": pg_dsn, "INLET_PG_POOL_SIZE": "4"}
     cores = [free_port(), free_port()]
     bridges = [free_port(), free_port()]
     with ExitStack() as running:
         for port in cores:
             running.enter_context(
-                process(["serve", "core", "--grpc", f"127.0.0.1:{port}"], tmp_path,
-                        "core listening", **env)
-            )  # fmt: skip
+                process(
+                    ["serve", "core", "--grpc", f"127.0.0.1:{port}"],
+                    tmp_path,
+                    "core listening",
+                    **env,
+                )
+            )
         for port, core in zip(bridges, cores, strict=True):
             running.enter_context(
-                process(["serve", "bridge", "--core", f"127.0.0.1:{core}", "--host", "127.0.0.1",
-                         "--port", str(port)], tmp_path, "bridge listening")
-            )  # fmt: skip
+                process(
+                    [
+                        "serve",
+                        "bridge",
+                        "--core",
+                        f"127.0.0.1:{core}",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    tmp_path,
+                    "bridge listening",
+                )
+            )
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{cores[1]}") as channel:
             stream = events_pb2_grpc.EventServiceStub(channel).Subscribe(
@@ -106,8 +133,12 @@ async def deliver_twice(bridges: list[int], key: str) -> tuple[set[str], dict[in
         nonlocal stored_answers
         while todo:
             n = todo.pop()
-            event = {"type": "track", "userId": f"u{n % 7}", "event": "Load",
-                     "messageId": f"scale-{n}"}  # fmt: skip
+            event = {
+                "type": "track",
+                "userId": f"u{n % 7}",
+                "event": "Load",
+                "messageId": f"scale-{n}",
+            }
 
             async def post(port: int, event: dict[str, object] = event) -> tuple[int, bool]:
                 async with session.post(

@@ -67,8 +67,10 @@ def test_segment_analytics_python(live: LiveStack, gzip: bool) -> None:
         max_retries=1,
         upload_interval=0.05,
     )
-    ids = {kind: f"py-{kind}-{uuid.uuid4()}" for kind in
-           ("identify", "track", "page", "screen", "group", "alias")}  # fmt: skip
+    ids = {
+        kind: f"py-{kind}-{uuid.uuid4()}"
+        for kind in ("identify", "track", "page", "screen", "group", "alias")
+    }
     client.identify("u-1", {"email": "p@example.com"}, message_id=ids["identify"])
     client.track("u-1", "Order Completed", {"revenue": 39.95}, message_id=ids["track"])
     client.page("u-1", name="Home", properties={"path": "/"}, message_id=ids["page"])

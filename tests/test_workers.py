@@ -85,10 +85,25 @@ class Served:
 
 def serve_workers(cwd: Path, *extra: str, count: int = 2) -> Served:
     process = subprocess.Popen(
-        [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", str(count), "--host",
-         "127.0.0.1", "--port", "0", "--grpc", "127.0.0.1:0", *extra],
-        cwd=cwd, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inlet_app.cli",
+            "serve",
+            "--workers",
+            str(count),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc",
+            "127.0.0.1:0",
+            *extra,
+        ],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     served = Served(process, 0)
 
     def read() -> None:  # keeps the pipe drained, and the lines for the test
@@ -156,8 +171,9 @@ def metric(text: str, name: str) -> float:
 
 @pytest.fixture
 def operator_key(tmp_path: Path) -> str:
-    created = inlet("keys", "create", "--account", "acme", "--scope", "ingest,admin,operator",
-                    cwd=tmp_path)  # fmt: skip
+    created = inlet(
+        "keys", "create", "--account", "acme", "--scope", "ingest,admin,operator", cwd=tmp_path
+    )
     return created.stdout.strip()
 
 
@@ -270,10 +286,30 @@ def test_sigterm_under_load_loses_nothing_acknowledged(tmp_path: Path, operator_
 def test_workers_that_cannot_start_make_it_exit_non_zero(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     result = subprocess.run(
-        [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", "2", "--host", "127.0.0.1",
-         "--port", "0", "--grpc", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inlet_app.cli",
+            "serve",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1, result.stderr
     assert "could not start" in result.stderr
 
@@ -282,10 +318,26 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
     first = serve_workers(tmp_path)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "inlet_app.cli", "serve", "--workers", "2", "--host",
-             "127.0.0.1", "--port", str(first.port), "--grpc", "127.0.0.1:0"],
-            check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "inlet_app.cli",
+                "serve",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(first.port),
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2 and "cannot listen" in result.stderr
         assert first.stop() == 0
     finally:
@@ -296,8 +348,9 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
 def test_workers_on_postgresql_store_each_event_once(tmp_path: Path, pg_dsn: str) -> None:
     # Each worker is a full core on the database; a redelivery is a duplicate whichever
     # worker it reaches (the database's unique key).
-    key = inlet("keys", "create", "--database", pg_dsn, "--account", "acme",
-                cwd=tmp_path).stdout.strip()  # fmt: skip
+    key = inlet(
+        "keys", "create", "--database", pg_dsn, "--account", "acme", cwd=tmp_path
+    ).stdout.strip()
     served = serve_workers(tmp_path, "--database", pg_dsn)
     try:
         sent = until_both_answered(served, key, "pg")
@@ -321,8 +374,9 @@ def test_sighup_reloads_every_workers_certificate(tmp_path: Path) -> None:
     try:
         new_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
         served.process.send_signal(signal.SIGHUP)
-        reloaded = {served.wait_for_line(r"TLS certificate reloaded.*\"worker\":(\d)")[1]
-                    for _ in range(2)}  # fmt: skip
+        reloaded = {
+            served.wait_for_line(r"TLS certificate reloaded.*\"worker\":(\d)")[1] for _ in range(2)
+        }
         assert reloaded == {"1", "2"}
         context = ssl.create_default_context()
         new_ca.configure_trust(context)

@@ -110,12 +110,28 @@ def run_property_tests(config: ContractConfig, work_dir: Path) -> PropertyRun:
     )
     junit = work_dir / "schemathesis-junit.xml"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file), "run",
-        str(spec_file), "--url", f"{url.scheme}://{url.netloc}",
-        "--auth", f"{config.api_key}:", "--max-examples", str(config.max_examples),
-        "--phases", "examples,coverage,fuzzing", "--report", "junit",
-        "--report-junit-path", str(junit), "--request-timeout", "10",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config_file),
+        "run",
+        str(spec_file),
+        "--url",
+        f"{url.scheme}://{url.netloc}",
+        "--auth",
+        f"{config.api_key}:",
+        "--max-examples",
+        str(config.max_examples),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(junit),
+        "--request-timeout",
+        "10",
+    ]
     if config.cacert:
         command += ["--tls-verify", config.cacert]
     if config.seed is not None:

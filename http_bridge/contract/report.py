@@ -43,10 +43,14 @@ def render_text(report: ContractReport, url: str) -> str:
             tail = run.output.strip().splitlines()[-60:]
             lines += ["", *("    " + line for line in tail), ""]
     verdict = "PASS" if report.passed else "FAIL"
-    lines.append(f"{verdict}: {passed}/{len(report.outcomes)} scenarios passed" + (
-        "" if report.property_run is None
-        else f"; property-based run {'passed' if report.property_run.passed else 'failed'}"
-    ))  # fmt: skip
+    lines.append(
+        f"{verdict}: {passed}/{len(report.outcomes)} scenarios passed"
+        + (
+            ""
+            if report.property_run is None
+            else f"; property-based run {'passed' if report.property_run.passed else 'failed'}"
+        )
+    )
     return "\n".join(lines)
 
 
@@ -54,12 +58,16 @@ def write_junit(report: ContractReport, path: Path) -> None:
     suites = ET.Element("testsuites", name="inlet contract-test")
     failures = sum(not outcome.passed for outcome in report.outcomes)
     suite = ET.SubElement(
-        suites, "testsuite", name="segment-conformance",
-        tests=str(len(report.outcomes)), failures=str(failures),
-    )  # fmt: skip
+        suites,
+        "testsuite",
+        name="segment-conformance",
+        tests=str(len(report.outcomes)),
+        failures=str(failures),
+    )
     for outcome in report.outcomes:
-        case = ET.SubElement(suite, "testcase", classname="segment-conformance",
-                             name=outcome.scenario.name)  # fmt: skip
+        case = ET.SubElement(
+            suite, "testcase", classname="segment-conformance", name=outcome.scenario.name
+        )
         if not outcome.passed:
             failure = ET.SubElement(case, "failure", message="; ".join(outcome.problems))
             failure.text = (
@@ -72,8 +80,13 @@ def write_junit(report: ContractReport, path: Path) -> None:
             # Schemathesis's own report: one test case per operation, with its failures.
             suites.extend(ET.parse(run.junit).getroot().iter("testsuite"))
         else:
-            extra = ET.SubElement(suites, "testsuite", name="property-based", tests="1",
-                                  failures="0" if run.passed else "1")  # fmt: skip
+            extra = ET.SubElement(
+                suites,
+                "testsuite",
+                name="property-based",
+                tests="1",
+                failures="0" if run.passed else "1",
+            )
             case = ET.SubElement(extra, "testcase", classname="property-based", name="schemathesis")
             if not run.passed:
                 ET.SubElement(case, "failure", message=run.summary).text = run.output[-5000:]

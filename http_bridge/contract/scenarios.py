@@ -91,9 +91,14 @@ VALID_EVENTS: Final[dict[str, Callable[[], dict[str, Any]]]] = {
     "alias": lambda: event("alias", previousId="507f191e810c19729de860ea"),
     # A user of its own: the scenarios after it send contract-user-1's events, which a
     # destination honouring the delete would rightly keep out (Inlet answers `suppressed`).
-    "delete": lambda: {"type": "delete", "messageId": f"contract-{uuid.uuid4()}",
-                       "userId": "contract-user-deleted", "context": None, "integrations": None},
-}  # fmt: skip
+    "delete": lambda: {
+        "type": "delete",
+        "messageId": f"contract-{uuid.uuid4()}",
+        "userId": "contract-user-deleted",
+        "context": None,
+        "integrations": None,
+    },
+}
 #: Segment's partner docs ask every destination for these four; others may answer 501.
 REQUIRED_TYPES: Final = ("identify", "track", "page", "group")
 
@@ -154,34 +159,84 @@ def scenarios(oversize_bytes: int = 2 * 1024 * 1024) -> list[Scenario]:
         for kind in VALID_EVENTS
     ]
     out += [
-        Scenario("redelivered messageId", "the same event twice (Segment retries after "
-                 "timeouts): the second must succeed too", (200, 202), _redelivery),
-        Scenario("missing key", "no Authorization header", (401,),
-                 _with_headers({"Authorization": None}), client_error=True),
-        Scenario("garbled key", "Authorization that is not Basic base64", (401,),
-                 _with_headers({"Authorization": "Basic %%%not-base64%%%"}), client_error=True),
-        Scenario("unknown key", "a well-formed Basic header with a key nobody issued", (401, 403),
-                 _with_headers({"Authorization": basic(f"unknown-{uuid.uuid4().hex}")}),
-                 client_error=True),
-        Scenario("garbled settings", "X-Segment-Settings that is not base64", (400,),
-                 _with_headers({"X-Segment-Settings": "%%%not-base64%%%"}), client_error=True),
-        Scenario("settings not an object", "X-Segment-Settings that is base64 of a JSON array",
-                 (400,), _with_headers({"X-Segment-Settings": base64.b64encode(b"[1]").decode()}),
-                 client_error=True),
-        Scenario("malformed JSON", "a body that is not JSON", (400,),
-                 _with_body(b'{"type": "track", "userId": '), client_error=True),
-        Scenario("JSON array", "a JSON array instead of one event", (400,),
-                 _with_body(b"[1, 2, 3]"), client_error=True),
+        Scenario(
+            "redelivered messageId",
+            "the same event twice (Segment retries after timeouts): the second must succeed too",
+            (200, 202),
+            _redelivery,
+        ),
+        Scenario(
+            "missing key",
+            "no Authorization header",
+            (401,),
+            _with_headers({"Authorization": None}),
+            client_error=True,
+        ),
+        Scenario(
+            "garbled key",
+            "Authorization that is not Basic base64",
+            (401,),
+            _with_headers({"Authorization": "Basic %%%not-base64%%%"}),
+            client_error=True,
+        ),
+        Scenario(
+            "unknown key",
+            "a well-formed Basic header with a key nobody issued",
+            (401, 403),
+            _with_headers({"Authorization": basic(f"unknown-{uuid.uuid4().hex}")}),
+            client_error=True,
+        ),
+        Scenario(
+            "garbled settings",
+            "X-Segment-Settings that is not base64",
+            (400,),
+            _with_headers({"X-Segment-Settings": "%%%not-base64%%%"}),
+            client_error=True,
+        ),
+        Scenario(
+            "settings not an object",
+            "X-Segment-Settings that is base64 of a JSON array",
+            (400,),
+            _with_headers({"X-Segment-Settings": base64.b64encode(b"[1]").decode()}),
+            client_error=True,
+        ),
+        Scenario(
+            "malformed JSON",
+            "a body that is not JSON",
+            (400,),
+            _with_body(b'{"type": "track", "userId": '),
+            client_error=True,
+        ),
+        Scenario(
+            "JSON array",
+            "a JSON array instead of one event",
+            (400,),
+            _with_body(b"[1, 2, 3]"),
+            client_error=True,
+        ),
         Scenario("empty body", "no body at all", (400,), _with_body(b""), client_error=True),
-        Scenario("missing required field", "a track event without `event`", (400,),
-                 _with_body(lambda: _json(event("track"))),
-                 client_error=True),
-        Scenario("unsupported type", "a `type` no destination supports", (501,),
-                 _with_body(lambda: _json(event("teleport"))), client_error=True),
-        Scenario("oversize body", f"a {oversize_bytes // 1024} KiB event (Segment caps events "
-                 "at 32 KB)", (413, 400), _with_body(_oversize(oversize_bytes)),
-                 client_error=True),
-    ]  # fmt: skip
+        Scenario(
+            "missing required field",
+            "a track event without `event`",
+            (400,),
+            _with_body(lambda: _json(event("track"))),
+            client_error=True,
+        ),
+        Scenario(
+            "unsupported type",
+            "a `type` no destination supports",
+            (501,),
+            _with_body(lambda: _json(event("teleport"))),
+            client_error=True,
+        ),
+        Scenario(
+            "oversize body",
+            f"a {oversize_bytes // 1024} KiB event (Segment caps events at 32 KB)",
+            (413, 400),
+            _with_body(_oversize(oversize_bytes)),
+            client_error=True,
+        ),
+    ]
     return out
 
 

@@ -182,6 +182,9 @@ class WalCheckpointer:
         if pages > self.settings.backstop_pages:
             # Commits then run SQLite's checkpoint themselves, the slow way; a reader
             # holding an old snapshot keeps pages from being copied or the log restarted.
-            self._warnings.warning("long", f"the write-ahead log holds {pages} pages ({copied} "
-                                   "copied): checkpoints are falling behind, or a long read "
-                                   "is pinning it")  # fmt: skip
+            self._warnings.warning(
+                "long",
+                f"the write-ahead log holds {pages} pages ({copied} "
+                "copied): checkpoints are falling behind, or a long read "
+                "is pinning it",
+            )

@@ -130,8 +130,7 @@ class PostgresOptions:
             raise ValueError("pool_size must be >= 1 and the timeouts > 0")
         if (
             self.commits_in_flight < 1
-            or min(self.horizon_recheck_s, self.erase_poll_s, self.idle_transaction_timeout_s)
-            <= 0
+            or min(self.horizon_recheck_s, self.erase_poll_s, self.idle_transaction_timeout_s) <= 0
         ):
             raise ValueError("commits_in_flight must be >= 1 and the intervals > 0")
 
@@ -330,16 +329,30 @@ def _key(row: asyncpg.Record) -> KeyRecord:
 
 def _account(row: asyncpg.Record) -> Account:
     return Account(
-        id=row[0], name=row[1], suspended=row[2], created_at_us=row[3],
+        id=row[0],
+        name=row[1],
+        suspended=row[2],
+        created_at_us=row[3],
         suppress_deleted_users=row[4],
-    )  # fmt: skip
+    )
 
 
 def _stored(row: asyncpg.Record) -> StoredRecord:
     return StoredRecord(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-        bytes(row[11]), None if row[12] is None else bytes(row[12]),
-    )  # fmt: skip
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        bytes(row[11]),
+        None if row[12] is None else bytes(row[12]),
+    )
 
 
 def _suppressed(event: CanonicalEvent, times: dict[str, int] | None, suppress_all: bool) -> bool:
@@ -503,16 +516,18 @@ class _Eraser:
                 f"SELECT {_EVENT_COLUMNS}, account_id FROM events e "
                 "WHERE (account_id, subject) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) "
                 "AND type != 'delete' ORDER BY seq",
-                [row[0] for row in subjects], [row[1] for row in subjects],
-            )  # fmt: skip
+                [row[0] for row in subjects],
+                [row[1] for row in subjects],
+            )
             rebuilt = _Projected()
             for row in kept:
                 record = _stored(row)
                 try:
                     event = canonicalise(
-                        record.payload, received_at_us=record.received_at_us,
+                        record.payload,
+                        received_at_us=record.received_at_us,
                         settings=record.settings,
-                    )  # fmt: skip
+                    )
                 except InletError as exc:  # stored by an older version, refused by this one
                     log.warning("event %s not projected again: %s", record.message_id, exc)
                     continue
@@ -521,13 +536,17 @@ class _Eraser:
             await conn.execute(
                 "UPDATE deletions d SET erased_at_us = $3, erased_events = x.n "
                 "FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE d.id = x.id",
-                list(erased), list(erased.values()), now_us(),
-            )  # fmt: skip
+                list(erased),
+                list(erased.values()),
+                now_us(),
+            )
         for deletion_id, account, seq in claimed:
             log.info(
                 "deletion %s in account %d erased: %d events",
-                seq, account, erased[deletion_id],
-            )  # fmt: skip
+                seq,
+                account,
+                erased[deletion_id],
+            )
         if kept:
             log.info("profiles rebuilt from %d events stored after their deletion", len(kept))
 
@@ -771,11 +790,22 @@ class PostgresStore:
         for write in writes:
             e = write.event
             row = (
-                write.account_id, _text(e.message_id), e.type, _text(e.user_id),
-                _text(e.anonymous_id), _text(e.name), _text(e.group_id), _text(e.previous_id),
-                e.timestamp_us, e.received_at_us, write.key_id, e.raw, e.settings,
-                _text(e.user_id or e.anonymous_id), event_time_us(e),
-            )  # fmt: skip
+                write.account_id,
+                _text(e.message_id),
+                e.type,
+                _text(e.user_id),
+                _text(e.anonymous_id),
+                _text(e.name),
+                _text(e.group_id),
+                _text(e.previous_id),
+                e.timestamp_us,
+                e.received_at_us,
+                write.key_id,
+                e.raw,
+                e.settings,
+                _text(e.user_id or e.anonymous_id),
+                event_time_us(e),
+            )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
             for id in covered_ids(e):
@@ -787,7 +817,9 @@ class PostgresStore:
             try:
                 written = await conn.fetchrow(_WRITE_EVENTS, *columns, *candidates)
                 assert written is not None  # the statement always returns one row
-                inserted = dict(zip(zip(written[1], written[2], strict=True), written[0], strict=True))
+                inserted = dict(
+                    zip(zip(written[1], written[2], strict=True), written[0], strict=True)
+                )
                 # The first of the group's writes of a messageId was stored (or none).
                 results: list[WriteResult] = [
                     inserted.pop(key, None) for key in zip(columns[0], columns[1], strict=True)
@@ -874,9 +906,13 @@ class PostgresStore:
             SELECT DISTINCT $1, linked.id, deletion.id, $5::bigint FROM deletion, linked
             RETURNING id
             """,
-            account, _text(delete.user_id) or "", _text(delete.message_id) or "", now_us(),
-            event_time_us(delete), seq,
-        )  # fmt: skip
+            account,
+            _text(delete.user_id) or "",
+            _text(delete.message_id) or "",
+            now_us(),
+            event_time_us(delete),
+            seq,
+        )
         return [row[0] for row in rows]
 
     async def list_events(self, query: EventQuery) -> list[StoredRecord]:
@@ -927,8 +963,9 @@ class PostgresStore:
             status = await conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq "
                 "LIMIT $1) AND received_at_us < $2",
-                limit, received_before_us,
-            )  # fmt: skip
+                limit,
+                received_before_us,
+            )
         return int(status.split()[-1])  # "DELETE n"
 
     async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
@@ -945,21 +982,24 @@ class PostgresStore:
                 for row in await conn.fetch(
                     "SELECT key, value, timestamp_us, message_id FROM traits WHERE account_id = $1 "
                     f"AND subject_kind = '{USER}' AND subject_id = ANY($2::text[])",
-                    account_id, ids,
+                    account_id,
+                    ids,
                 )
-            )  # fmt: skip
+            )
             joined = await conn.fetch(
                 "SELECT group_id, max(timestamp_us) FROM memberships WHERE account_id = $1 "
                 'AND member_id = ANY($2::text[]) GROUP BY group_id ORDER BY group_id COLLATE "C"',
-                account_id, ids,
-            )  # fmt: skip
+                account_id,
+                ids,
+            )
             groups = []
             for group_id, timestamp_us in joined:
                 rows = await conn.fetch(
                     "SELECT key, value, timestamp_us, message_id FROM traits "
                     f"WHERE account_id = $1 AND subject_kind = '{GROUP}' AND subject_id = $2",
-                    account_id, group_id,
-                )  # fmt: skip
+                    account_id,
+                    group_id,
+                )
                 groups.append(GroupRecord(group_id, timestamp_us, newest_traits(map(tuple, rows))))
             counts: dict[str, int] = {}
             first: int | None = None
@@ -968,8 +1008,9 @@ class PostgresStore:
                 "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
                 "WHERE account_id = $1 AND subject = ANY($2::text[]) AND type != 'delete' "
                 "GROUP BY type",
-                account_id, ids,
-            ):  # fmt: skip
+                account_id,
+                ids,
+            ):
                 counts[event_type] = count
                 first = oldest if first is None else min(first, oldest)
                 last = newest if last is None else max(last, newest)
@@ -1004,8 +1045,9 @@ class PostgresStore:
             value = await conn.fetchval(
                 "SELECT payload FROM events WHERE account_id = $1 AND message_id = $2 "
                 f"AND {_NOT_BEING_ERASED}",
-                account_id, _text(message_id),
-            )  # fmt: skip
+                account_id,
+                _text(message_id),
+            )
         return None if value is None else bytes(value)
 
     # -- accounts, keys, switches ------------------------------------------------------
@@ -1020,8 +1062,9 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO accounts (name, created_at_us) VALUES ($1, $2) "
                 "ON CONFLICT (name) DO NOTHING",
-                name, now_us(),
-            )  # fmt: skip
+                name,
+                now_us(),
+            )
             row = await conn.fetchrow(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = $1", name
             )
@@ -1035,8 +1078,10 @@ class PostgresStore:
             row = await conn.fetchrow(
                 "INSERT INTO accounts (name, created_at_us, suppress_deleted_users) "
                 f"VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
-                name, now_us(), suppress_deleted_users,
-            )  # fmt: skip
+                name,
+                now_us(),
+                suppress_deleted_users,
+            )
         return None if row is None else _account(row)
 
     async def get_account(self, name: str) -> Account | None:
@@ -1063,8 +1108,9 @@ class PostgresStore:
         async with self._connection() as conn:
             row = await conn.fetchrow(
                 f"UPDATE accounts SET {column} = $1 WHERE name = $2 RETURNING {_ACCOUNT_COLUMNS}",
-                value, name,
-            )  # fmt: skip
+                value,
+                name,
+            )
         if row is None:
             raise StoreError(f"no account named {name!r}")
         return _account(row)
@@ -1083,8 +1129,10 @@ class PostgresStore:
                 "INSERT INTO switches (name, value, changed_at_us) VALUES ($1, $2, $3) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                 "changed_at_us = excluded.changed_at_us",
-                name, value, now,
-            )  # fmt: skip
+                name,
+                value,
+                now,
+            )
         return now
 
     async def create_key(
@@ -1122,9 +1170,14 @@ class PostgresStore:
                 "UPDATE api_keys SET expires_at_us = $1 WHERE key_id = $2", until, key_id
             )
             return await self._insert_key(
-                conn, account_id, new_key_id, new_secret_hash, old.scopes, old.label,
+                conn,
+                account_id,
+                new_key_id,
+                new_secret_hash,
+                old.scopes,
+                old.label,
                 old.expires_at_us,
-            )  # fmt: skip
+            )
 
     @staticmethod
     async def _insert_key(
@@ -1139,8 +1192,14 @@ class PostgresStore:
         await conn.execute(
             "INSERT INTO api_keys (key_id, account_id, secret_hash, scopes, label, "
             "created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            key_id, account_id, secret_hash, ",".join(scopes), label, now_us(), expires_at_us,
-        )  # fmt: skip
+            key_id,
+            account_id,
+            secret_hash,
+            ",".join(scopes),
+            label,
+            now_us(),
+            expires_at_us,
+        )
         row = await conn.fetchrow(_SELECT_KEY, key_id)
         assert row is not None  # inserted just above, in this transaction
         return _key(row)

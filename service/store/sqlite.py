@@ -300,9 +300,20 @@ def _key(row: tuple[Any, ...]) -> KeyRecord:
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
     return StoredRecord(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-        bytes(row[11]), None if row[12] is None else bytes(row[12]),
-    )  # fmt: skip
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        bytes(row[11]),
+        None if row[12] is None else bytes(row[12]),
+    )
 
 
 def _linked(conn: sqlite3.Connection, account_id: int, id: str) -> tuple[str, ...]:
@@ -311,9 +322,12 @@ def _linked(conn: sqlite3.Connection, account_id: int, id: str) -> tuple[str, ..
 
 def _account(row: tuple[Any, ...]) -> Account:
     return Account(
-        id=row[0], name=row[1], suspended=bool(row[2]), created_at_us=row[3],
+        id=row[0],
+        name=row[1],
+        suspended=bool(row[2]),
+        created_at_us=row[3],
         suppress_deleted_users=bool(row[4]),
-    )  # fmt: skip
+    )
 
 
 class SqliteStore:
@@ -678,11 +692,22 @@ class SqliteStore:
             cursor.execute(
                 _INSERT_EVENT,
                 (
-                    write.account_id, e.message_id, e.type, e.user_id, e.anonymous_id,
-                    e.name, e.group_id, e.previous_id, e.timestamp_us, e.received_at_us,
-                    write.key_id, e.raw, e.settings, e.user_id or e.anonymous_id,
+                    write.account_id,
+                    e.message_id,
+                    e.type,
+                    e.user_id,
+                    e.anonymous_id,
+                    e.name,
+                    e.group_id,
+                    e.previous_id,
+                    e.timestamp_us,
+                    e.received_at_us,
+                    write.key_id,
+                    e.raw,
+                    e.settings,
+                    e.user_id or e.anonymous_id,
                 ),
-            )  # fmt: skip
+            )
             if cursor.rowcount != 1:
                 results.append(None)  # a duplicate: its projection was applied before
                 continue
@@ -727,11 +752,18 @@ class SqliteStore:
             cursor.executemany(
                 _UPSERT_TRAIT,
                 [
-                    (account, t.subject_kind, t.subject_id, t.key, t.value,
-                     event.timestamp_us, event.message_id)
+                    (
+                        account,
+                        t.subject_kind,
+                        t.subject_id,
+                        t.key,
+                        t.value,
+                        event.timestamp_us,
+                        event.message_id,
+                    )
                     for t in projection.traits
                 ],
-            )  # fmt: skip
+            )
         if projection.membership is not None:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
@@ -1010,9 +1042,14 @@ class SqliteStore:
                 return None
             conn.execute("UPDATE api_keys SET expires_at_us = ? WHERE key_id = ?", (until, key_id))
             return self._insert_key(
-                conn, account_id, new_key_id, new_secret_hash, old.scopes, old.label,
+                conn,
+                account_id,
+                new_key_id,
+                new_secret_hash,
+                old.scopes,
+                old.label,
                 old.expires_at_us,
-            )  # fmt: skip
+            )
 
         return await self._run(self._transaction, work)
 

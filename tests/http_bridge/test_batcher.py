@@ -264,8 +264,11 @@ async def test_new_submissions_are_refused_once_the_oldest_has_waited_too_long(
     assert await send.next_call() == ["e"]
     send.release(2)
     assert [await first, await queued, await younger, await late] == [
-        "done:a", "done:b", "done:c", "done:e",
-    ]  # fmt: skip
+        "done:a",
+        "done:b",
+        "done:c",
+        "done:e",
+    ]
 
 
 async def test_an_abandoned_request_at_the_head_does_not_make_the_queue_look_old(

@@ -17,28 +17,47 @@ from tests.stack import Stack
 #: What analytics.js 1.84 posts (src/core/stats/remote-metrics.ts).
 SENT = {
     "series": [
-        {"type": "Counter", "metric": "analytics_js.invoke", "value": 1,
-         "tags": {"library": "analytics.js", "library_version": "npm:next-1.84.3"}},
-        {"type": "Counter", "metric": "analytics_js.integration.invoke.error", "value": 1,
-         "tags": {"method": "track", "integration_name": "Amplitude", "type": "classic",
-                  "library": "analytics.js", "library_version": "npm:next-1.84.3"}},
+        {
+            "type": "Counter",
+            "metric": "analytics_js.invoke",
+            "value": 1,
+            "tags": {"library": "analytics.js", "library_version": "npm:next-1.84.3"},
+        },
+        {
+            "type": "Counter",
+            "metric": "analytics_js.integration.invoke.error",
+            "value": 1,
+            "tags": {
+                "method": "track",
+                "integration_name": "Amplitude",
+                "type": "classic",
+                "library": "analytics.js",
+                "library_version": "npm:next-1.84.3",
+            },
+        },
         {"type": "Counter", "metric": "u-1@example.com", "value": 1000, "tags": {}},
     ]
-}  # fmt: skip
+}
 
 
 def test_each_entry_counts_one_under_its_name_or_other() -> None:
     assert client_metrics.counted(SENT) == [
-        "analytics_js.invoke", "analytics_js.integration.invoke.error", "other",
-    ]  # fmt: skip
+        "analytics_js.invoke",
+        "analytics_js.integration.invoke.error",
+        "other",
+    ]
     assert client_metrics.counted({"series": []}) == []
 
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [({}, "missing_field"), ({"series": {}}, "wrong_type"), ({"series": [1]}, "wrong_type"),
-     ({"series": [{"metric": 5}]}, "wrong_type")],
-)  # fmt: skip
+    [
+        ({}, "missing_field"),
+        ({"series": {}}, "wrong_type"),
+        ({"series": [1]}, "wrong_type"),
+        ({"series": [{"metric": 5}]}, "wrong_type"),
+    ],
+)
 def test_a_body_without_series_of_named_metrics_is_refused(body: Any, code: str) -> None:
     with pytest.raises(BadRequest) as refused:
         client_metrics.counted(body)
@@ -67,8 +86,11 @@ async def test_client_metrics_are_counted_by_name_and_never_stored(stack: Stack)
     assert (status, body) == (200, {"message": "counted, not stored", "counted": 3})
 
     samples = await scrape(stack)
-    counted = {labels: v for (name, labels), v in samples.items()
-               if name == "inlet_sdk_client_metrics_total"}  # fmt: skip
+    counted = {
+        labels: v
+        for (name, labels), v in samples.items()
+        if name == "inlet_sdk_client_metrics_total"
+    }
     assert counted == {
         (("metric", "analytics_js.invoke"),): 1,
         (("metric", "analytics_js.invoke.error"),): 0,
@@ -87,11 +109,15 @@ async def test_client_metrics_are_counted_by_name_and_never_stored(stack: Stack)
         (b'{"series": "x"}', {}, 400, "wrong_type"),
         (b"{}", {"Content-Type": "text/html"}, 415, "unsupported_media_type"),
         (b'{"series": [], "pad": "' + b"x" * 16 * 1024 + b'"}', {}, 413, "payload_too_large"),
-        (gzip.compress(b'{"series": [], "pad": "' + b"x" * 16 * 1024 + b'"}'),
-         {"Content-Encoding": "gzip"}, 413, "payload_too_large"),
+        (
+            gzip.compress(b'{"series": [], "pad": "' + b"x" * 16 * 1024 + b'"}'),
+            {"Content-Encoding": "gzip"},
+            413,
+            "payload_too_large",
+        ),
     ],
     ids=["not-json", "series-not-array", "media-type", "over-16-KiB", "over-16-KiB-inflated"],
-)  # fmt: skip
+)
 async def test_bad_client_metrics_get_a_clear_4xx(
     stack: Stack, data: bytes, headers: dict[str, str], status: int, code: str
 ) -> None:

@@ -8,8 +8,12 @@ from http_bridge.config import BridgeConfig
 
 
 def test_environment_then_flags() -> None:
-    environ = {"INLET_PORT": "9000", "INLET_CORE": "core:1", "INLET_BODY_TIMEOUT_S": "2.5",
-               "INLET_SHUTDOWN_GRACE_S": "4"}  # fmt: skip
+    environ = {
+        "INLET_PORT": "9000",
+        "INLET_CORE": "core:1",
+        "INLET_BODY_TIMEOUT_S": "2.5",
+        "INLET_SHUTDOWN_GRACE_S": "4",
+    }
     config = BridgeConfig.from_env(environ, port=9100, host=None)
     assert (config.port, config.core_target, config.body_timeout_s) == (9100, "core:1", 2.5)
     assert config.shutdown_grace_s == 4  # the core reads it too: one grace for the process

@@ -144,11 +144,28 @@ def test_inlet_passes_its_own_contract(
 ) -> None:
     # Run as docs/contract-test.md shows it, with and without --settings.
     result = subprocess.run(
-        [sys.executable, "-m", "inlet_app.cli", "contract-test", "--url", live.stack.url + "/segment",
-         "--key", live.stack.keys["ingest"], *settings, "--seed", str(seed),
-         "--max-examples", "20", "--junit-xml", str(tmp_path / "junit.xml")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inlet_app.cli",
+            "contract-test",
+            "--url",
+            live.stack.url + "/segment",
+            "--key",
+            live.stack.keys["ingest"],
+            *settings,
+            "--seed",
+            str(seed),
+            "--max-examples",
+            "20",
+            "--junit-xml",
+            str(tmp_path / "junit.xml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: 19/19 scenarios passed; property-based run passed" in result.stdout
     assert ET.parse(tmp_path / "junit.xml").getroot().tag == "testsuites"
@@ -199,9 +216,16 @@ def test_property_run_sends_only_settings_segment_would(
 
 def test_segment_consequences() -> None:
     assert [segment_consequence(s) for s in (200, 202, 400, 401, 408, 429, 500, 501, 503)] == [
-        "delivered", "delivered", "dropped", "dropped", "retried", "retried", "retried",
-        "dropped", "retried",
-    ]  # fmt: skip
+        "delivered",
+        "delivered",
+        "dropped",
+        "dropped",
+        "retried",
+        "retried",
+        "retried",
+        "dropped",
+        "retried",
+    ]
 
 
 def test_openapi_is_shipped_in_the_package() -> None:

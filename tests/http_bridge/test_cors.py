@@ -25,8 +25,11 @@ async def test_sdk_answers_are_readable_by_any_page_errors_included(stack: Stack
             assert response.status == 400
             assert response.headers["Access-Control-Allow-Origin"] == "*"
         # The webhook is for Segment's servers, not for pages.
-        webhook = {**ORIGIN, "Authorization": basic(stack.keys["ingest"]),
-                   "Content-Type": "application/json"}  # fmt: skip
+        webhook = {
+            **ORIGIN,
+            "Authorization": basic(stack.keys["ingest"]),
+            "Content-Type": "application/json",
+        }
         async with http.post(f"{stack.url}/segment", data=b"{}", headers=webhook) as response:
             assert "Access-Control-Allow-Origin" not in response.headers
 
@@ -36,8 +39,11 @@ async def test_preflight_allows_a_post_with_what_analytics_js_sends(
     stack: Stack, path: str
 ) -> None:
     # analytics.js ≥ 1.84 sends the key as Basic, and X-Retry-Count when it retries.
-    headers = {**ORIGIN, "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization, content-type, x-retry-count"}  # fmt: skip
+    headers = {
+        **ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-retry-count",
+    }
     async with (
         aiohttp.ClientSession() as http,
         http.options(f"{stack.url}{path}", headers=headers) as response,

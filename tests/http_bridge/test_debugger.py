@@ -13,8 +13,11 @@ TRACK = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId
 
 
 async def post(http: aiohttp.ClientSession, stack: Stack, key: str, body: bytes) -> int:
-    headers = {"Authorization": basic(key), "Content-Type": "application/json",
-               "User-Agent": "Segment.io/1.0"}  # fmt: skip
+    headers = {
+        "Authorization": basic(key),
+        "Content-Type": "application/json",
+        "User-Agent": "Segment.io/1.0",
+    }
     async with http.post(f"{stack.url}/segment", data=body, headers=headers) as response:
         return response.status
 
@@ -48,8 +51,11 @@ async def test_admins_see_their_accounts_requests_as_received_and_answered(stack
         ]
         stored = listed[-1]
         assert (stored["type"], stored["event"], stored["user"], stored["messageId"]) == (
-            "track", "Order Completed", "u1", "dbg-1",
-        )  # fmt: skip
+            "track",
+            "Order Completed",
+            "u1",
+            "dbg-1",
+        )
 
         status, detail = await get(
             http, stack, f"/debugger/api/exchanges/{stored['id']}", stack.keys["admin"]
@@ -116,8 +122,10 @@ async def test_the_debugger_needs_an_admin_key(stack: Stack) -> None:
 
 async def test_write_keys_in_sdk_bodies_never_reach_the_debugger(stack: Stack) -> None:
     key = stack.keys["ingest"]
-    body = {"batch": [{"type": "track", "userId": "u1", "event": "E", "writeKey": key}],
-            "writeKey": key}  # fmt: skip
+    body = {
+        "batch": [{"type": "track", "userId": "u1", "event": "E", "writeKey": key}],
+        "writeKey": key,
+    }
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{stack.url}/v1/batch", json=body) as response:
             assert response.status == 200
@@ -155,8 +163,11 @@ async def test_analytics_js_events_are_shown_with_their_type_and_nothing_else(
     # Only the event: a preflight carries none and client metrics are none.
     (shown,) = listed["exchanges"]  # type: ignore[misc]
     assert (shown["path"], shown["type"], shown["event"], shown["outcome"]) == (
-        "/v1/t", "track", "Signed Up", "stored",
-    )  # fmt: skip
+        "/v1/t",
+        "track",
+        "Signed Up",
+        "stored",
+    )
 
 
 def test_every_credential_header_is_redacted_and_the_rest_kept_in_order() -> None:
@@ -168,14 +179,21 @@ def test_every_credential_header_is_redacted_and_the_rest_kept_in_order() -> Non
     one = CIMultiDict([("Host", "x"), ("authorization", basic(secret)), ("Accept", "*/*")])
     kept = _without_secrets(CIMultiDictProxy(one))
     assert list(kept.items()) == [
-        ("Host", "x"), ("Authorization", "<redacted: key 0123456789abcdef>"), ("Accept", "*/*")
-    ]  # fmt: skip
+        ("Host", "x"),
+        ("Authorization", "<redacted: key 0123456789abcdef>"),
+        ("Accept", "*/*"),
+    ]
     assert one["Authorization"] == basic(secret)  # a copy: the request's own are untouched
 
     many = CIMultiDict(
-        [("Host", "x"), ("authorization", basic(secret)), ("Cookie", "session=s3cr3t"),
-         ("AUTHORIZATION", "Bearer another-secret"), ("Proxy-Authorization", "Basic cHJveHk=")]
-    )  # fmt: skip
+        [
+            ("Host", "x"),
+            ("authorization", basic(secret)),
+            ("Cookie", "session=s3cr3t"),
+            ("AUTHORIZATION", "Bearer another-secret"),
+            ("Proxy-Authorization", "Basic cHJveHk="),
+        ]
+    )
     kept = _without_secrets(CIMultiDictProxy(many))
     assert list(kept.items()) == [
         ("Host", "x"),
@@ -191,10 +209,15 @@ async def test_undecodable_header_bytes_still_reach_the_debugger_as_json(stack: 
     body = orjson.dumps({**TRACK, "messageId": "dbg-latin1"})
     writer.write(
         b"POST /segment HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        + b"Authorization: " + basic(stack.keys["ingest"]).encode() + b"\r\n"
+        + b"Authorization: "
+        + basic(stack.keys["ingest"]).encode()
+        + b"\r\n"
         + b"X-Note: caf\xe9\r\n"  # Latin-1, not UTF-8
-        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )  # fmt: skip
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     await writer.drain()
     assert (await reader.read()).startswith(b"HTTP/1.1 200")
     writer.close()

@@ -110,8 +110,12 @@ async def test_keys_authorization_and_trait_values_are_never_logged(
     stack: Stack, logs: Captured
 ) -> None:
     key = stack.keys["ingest"]
-    identify = {"type": "identify", "userId": "u1", "messageId": "log-2",
-                "traits": {"email": "peter@example.com"}}  # fmt: skip
+    identify = {
+        "type": "identify",
+        "userId": "u1",
+        "messageId": "log-2",
+        "traits": {"email": "peter@example.com"},
+    }
     assert (await post(stack, identify))[0] == 200
     wrong = key[:-4] + "AAAA"  # a wrong secret for a real key id
     assert (await post(stack, identify, {"Authorization": basic(wrong)}))[0] == 401
@@ -234,8 +238,9 @@ async def test_access_log_errors_keeps_info_for_what_an_operator_acts_on(
         await stack.stop()
     accesses = [line for line in logs.lines() if line["logger"] == "inlet.access"]
     assert [(line["request_id"], line["level"]) for line in accesses] == [
-        ("bad-1", "INFO"), ("ok-2", "DEBUG"),
-    ]  # fmt: skip
+        ("bad-1", "INFO"),
+        ("ok-2", "DEBUG"),
+    ]
     with pytest.raises(ValueError):
         BridgeConfig(access_log="some")
 

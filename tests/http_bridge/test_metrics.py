@@ -77,8 +77,15 @@ async def test_requests_events_latencies_and_batches_are_counted(shared: Stack) 
     assert value(samples, "inlet_core_call_duration_seconds_count", result="ok") == 4
     assert value(samples, "inlet_core_call_events_sum") == 4
     assert value(samples, "inlet_store_write_duration_seconds_count") == 2  # two valid events
-    assert value(samples, "inlet_grpc_requests_total",
-                 method="/inlet.v1.EventService/IngestBatch", code="OK") == 4  # fmt: skip
+    assert (
+        value(
+            samples,
+            "inlet_grpc_requests_total",
+            method="/inlet.v1.EventService/IngestBatch",
+            code="OK",
+        )
+        == 4
+    )
     # The scrape itself is in flight while it is rendered; nothing else is.
     assert value(samples, "inlet_http_requests_in_flight") == 1
     assert value(samples, "inlet_bridge_queued_requests") == 0
@@ -115,8 +122,11 @@ async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
             assert asyncio.get_running_loop().time() < deadline, "no checkpoint ran"
             await asyncio.sleep(0.02)
             _, samples = await scrape(session, shared.url + "/metrics")
-    for name in ("inlet_sqlite_checkpoint_failures_total", "inlet_sqlite_checkpoint_catch_ups_total",
-                 "inlet_sqlite_wal_pages"):  # fmt: skip
+    for name in (
+        "inlet_sqlite_checkpoint_failures_total",
+        "inlet_sqlite_checkpoint_catch_ups_total",
+        "inlet_sqlite_wal_pages",
+    ):
         assert (name, ()) in samples
     assert value(samples, "inlet_sqlite_checkpoint_failures_total") == 0
     assert value(samples, "inlet_sqlite_checkpoint_thread_up") == 1
@@ -144,16 +154,28 @@ async def test_route_labels_stay_bounded_under_a_scan_of_random_paths(shared: St
 
 async def test_no_key_user_or_event_data_in_any_label(shared: Stack) -> None:
     key = shared.keys["ingest"]
-    event = {"type": "identify", "userId": "user-7f3a9c", "messageId": "msg-5e1d2b",
-             "traits": {"email": "peter@example.com"}}  # fmt: skip
+    event = {
+        "type": "identify",
+        "userId": "user-7f3a9c",
+        "messageId": "msg-5e1d2b",
+        "traits": {"email": "peter@example.com"},
+    }
     async with aiohttp.ClientSession() as session:
         headers = {"Authorization": basic(key), "X-Request-Id": "req-4b8e0f"}
         async with session.post(shared.url + "/segment", json=event, headers=headers) as reply:
             assert reply.status == 200
         text, _ = await scrape(session, shared.url + "/metrics")
     account_id = str(shared.account_ids["acme"])
-    for secret in (key, key.split("_")[1], key.split("_")[2], "user-7f3a9c", "msg-5e1d2b",
-                   "peter@example.com", "req-4b8e0f", 'account="' + account_id):  # fmt: skip
+    for secret in (
+        key,
+        key.split("_")[1],
+        key.split("_")[2],
+        "user-7f3a9c",
+        "msg-5e1d2b",
+        "peter@example.com",
+        "req-4b8e0f",
+        'account="' + account_id,
+    ):
         assert secret not in text
 
 
@@ -178,8 +200,12 @@ async def test_a_metrics_token_keeps_metrics_from_anyone_without_it(tmp_path: Pa
     stack = await start_stack(tmp_path, bridge_config=config, registry=CollectorRegistry())
     try:
         async with aiohttp.ClientSession() as session:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-scrape"},
-                            {"Authorization": basic(stack.keys["admin"])}):  # fmt: skip
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "s3cret-scrape"},
+                {"Authorization": basic(stack.keys["admin"])},
+            ):
                 async with session.get(stack.url + "/metrics", headers=headers) as reply:
                     assert reply.status == 401
                     assert (await reply.json())["code"] == "invalid_metrics_token"

@@ -50,9 +50,11 @@ def test_verdict_counts_and_results() -> None:
     _, body = sdk.verdict([OK, DUP, bad(400, "missing_field")])
     assert (body["stored"], body["duplicates"], body["rejected"]) == (1, 1, 1)
     assert body["results"][2] == {
-        "status": 400, "outcome": "rejected", "code": "missing_field",
+        "status": 400,
+        "outcome": "rejected",
+        "code": "missing_field",
         "message": "missing_field happened",
-    }  # fmt: skip
+    }
 
 
 def test_deep_merge_event_wins_and_depth_is_bounded() -> None:
@@ -72,9 +74,11 @@ def test_batch_defaults() -> None:
     body = {"context": {"ip": "1.2.3.4"}, "integrations": {"All": False}, "sentAt": "S"}
     event = {"type": "track", "writeKey": "secret", "context": None}
     assert sdk.with_batch_defaults(event, body) == {
-        "type": "track", "context": {"ip": "1.2.3.4"}, "integrations": {"All": False},
+        "type": "track",
+        "context": {"ip": "1.2.3.4"},
+        "integrations": {"All": False},
         "sentAt": "S",
-    }  # fmt: skip
+    }
     wrong = {"type": "track", "context": "nope"}  # the event's own mistake is kept for the core
     assert sdk.with_batch_defaults(wrong, body)["context"] == "nope"
 

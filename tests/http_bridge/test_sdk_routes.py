@@ -55,8 +55,14 @@ async def count(stack: Stack) -> int:
 async def test_single_event_route_fixes_the_type(stack: Stack, kind: str, short: bool) -> None:
     # analytics.js posts to the first letter of the type: `/v1/t`, `/v1/i`, ...
     path = f"/v1/{kind[0] if short else kind}"
-    event = {"userId": "u1", "event": "E", "groupId": "g1", "previousId": "p1",
-             "messageId": f"m-{kind}", "type": "identify"}  # fmt: skip
+    event = {
+        "userId": "u1",
+        "event": "E",
+        "groupId": "g1",
+        "previousId": "p1",
+        "messageId": f"m-{kind}",
+        "type": "identify",
+    }
     status, body, _ = await post(stack, path, event)
     assert status == 200, body
     assert body["success"] is True and body["results"][0]["outcome"] == "stored"
@@ -65,10 +71,15 @@ async def test_single_event_route_fixes_the_type(stack: Stack, kind: str, short:
 
 async def test_analytics_js_batch_route_is_the_batch_route(stack: Stack) -> None:
     # What its batching delivery posts: the key as Basic and in the body, text/plain.
-    batch = {"batch": [dict(TRACK, type="track", messageId="b-1"),
-                       {"type": "identify", "userId": "u1", "messageId": "b-2"},
-                       {"type": "track", "userId": "u1", "messageId": "b-3"}],  # no event
-             "writeKey": stack.keys["ingest"], "sentAt": "2024-01-01T00:00:00Z"}  # fmt: skip
+    batch = {
+        "batch": [
+            dict(TRACK, type="track", messageId="b-1"),
+            {"type": "identify", "userId": "u1", "messageId": "b-2"},
+            {"type": "track", "userId": "u1", "messageId": "b-3"},
+        ],  # no event
+        "writeKey": stack.keys["ingest"],
+        "sentAt": "2024-01-01T00:00:00Z",
+    }
     status, body, _ = await post(stack, "/v1/b", batch, headers={"Content-Type": "text/plain"})
     assert status == 200, body
     assert (body["stored"], body["rejected"]) == (2, 1)
@@ -123,15 +134,25 @@ async def test_key_without_ingest_scope_is_403(stack: Stack) -> None:
 async def test_batch_merges_context_and_integrations_and_sent_at(stack: Stack) -> None:
     body = {
         "batch": [
-            {"type": "track", "userId": "u1", "event": "A", "messageId": "a",
-             "context": {"library": {"name": "mine"}, "device": {"type": "ios"}}},
-            {"type": "identify", "userId": "u1", "messageId": "b", "integrations": {"All": False},
-             "sentAt": "2026-01-01T00:00:00Z"},
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "A",
+                "messageId": "a",
+                "context": {"library": {"name": "mine"}, "device": {"type": "ios"}},
+            },
+            {
+                "type": "identify",
+                "userId": "u1",
+                "messageId": "b",
+                "integrations": {"All": False},
+                "sentAt": "2026-01-01T00:00:00Z",
+            },
         ],
         "context": {"ip": "1.2.3.4", "device": {"id": "d1", "type": "android"}},
         "integrations": {"Salesforce": False},
         "sentAt": "2026-11-26T08:19:18.596191+00:00",
-    }  # fmt: skip
+    }
     status, answer, _ = await post(stack, "/v1/batch", body)
     assert status == 200 and answer["stored"] == 2
     a, b = await stored(stack, "a"), await stored(stack, "b")
@@ -167,8 +188,14 @@ async def test_a_batch_with_invalid_items_stores_the_others(stack: Stack) -> Non
     assert (answer["stored"], answer["rejected"]) == (3, 4)
     assert [r["status"] for r in answer["results"]] == [200, 400, 200, 400, 413, 501, 200]
     assert [r.get("code") for r in answer["results"]] == [
-        None, "missing_field", None, "not_an_object", "event_too_large", "unknown_type", None,
-    ]  # fmt: skip
+        None,
+        "missing_field",
+        None,
+        "not_an_object",
+        "event_too_large",
+        "unknown_type",
+        None,
+    ]
     assert answer["results"][1]["messageId"] == "no-event"
     assert await count(stack) == 3
 
@@ -229,8 +256,9 @@ async def test_chunked_gzip_body_without_content_length(stack: Stack) -> None:
         for start in range(0, len(raw), 7):
             yield raw[start : start + 7]
 
-    status, _, _ = await post(stack, "/v1/import", headers={"Content-Encoding": "gzip"},
-                              data=chunks())  # fmt: skip
+    status, _, _ = await post(
+        stack, "/v1/import", headers={"Content-Encoding": "gzip"}, data=chunks()
+    )
     assert status == 200 and await stored(stack, "m-1") is not None
 
 

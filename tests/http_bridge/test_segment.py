@@ -47,9 +47,17 @@ def b64(data: bytes) -> str:
         f"Basic {b64(KEY.encode() + b':password')}",  # a password is ignored
         f"Basic {b64(KEY.encode() + b'::')}",
     ],
-    ids=["segment", "no-colon", "no-padding", "lowercase", "uppercase", "spaces", "password",
-         "two-colons"],
-)  # fmt: skip
+    ids=[
+        "segment",
+        "no-colon",
+        "no-padding",
+        "lowercase",
+        "uppercase",
+        "spaces",
+        "password",
+        "two-colons",
+    ],
+)
 def test_api_key_is_read_from_basic_credentials(header: str) -> None:
     assert api_key_from_authorization(header) == KEY
 
@@ -163,11 +171,25 @@ def test_the_spec_states_the_pattern_the_decoder_checks() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        "!!!", "not base64 at all", "a", "eyJh=Ijoi", '{"a": 1}', "é", "e30==", "e31=",
-        b64(b"not json"), b64(b"[1]"), b64(b'"text"'), b64(b"null"), b64(b"{"),
-        b64(b' {"a": 1}'), b64(b'{"a": 1}\n'), "e30=\n", "\x0be30=",
+        "!!!",
+        "not base64 at all",
+        "a",
+        "eyJh=Ijoi",
+        '{"a": 1}',
+        "é",
+        "e30==",
+        "e31=",
+        b64(b"not json"),
+        b64(b"[1]"),
+        b64(b'"text"'),
+        b64(b"null"),
+        b64(b"{"),
+        b64(b' {"a": 1}'),
+        b64(b'{"a": 1}\n'),
+        "e30=\n",
+        "\x0be30=",
     ],
-)  # fmt: skip
+)
 def test_settings_not_of_the_documented_form_are_a_bad_request(header: str) -> None:
     with pytest.raises(BadRequest) as caught:
         decode_settings(header)

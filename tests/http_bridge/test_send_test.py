@@ -12,9 +12,12 @@ from tests.stack import LiveStack
 def send_test(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inlet_app.cli", "send-test", *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
 
 
 def test_every_sample_is_sent_and_shown_side_by_side(live: LiveStack) -> None:
@@ -34,8 +37,9 @@ def test_a_refusal_is_shown_and_fails_the_command(live: LiveStack) -> None:
 
 def test_load_mode_summarises(live: LiveStack) -> None:
     url = live.stack.url + "/segment"
-    done = send_test("--url", url, "--key", live.stack.keys["ingest"], "--count", "40",
-                     "--rate", "400")  # fmt: skip
+    done = send_test(
+        "--url", url, "--key", live.stack.keys["ingest"], "--count", "40", "--rate", "400"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sent 40 events" in done.stdout and "statuses: 200: 40" in done.stdout
     assert "latency: p50" in done.stdout

@@ -29,8 +29,12 @@ def ca() -> trustme.CA:
 async def test_https_with_a_trusted_certificate(tmp_path: Path, ca: trustme.CA) -> None:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    config = BridgeConfig(host="127.0.0.1", port=0, tls_cert=str(tmp_path / "server.pem"),
-                          tls_key=str(tmp_path / "server.pem"))  # fmt: skip
+    config = BridgeConfig(
+        host="127.0.0.1",
+        port=0,
+        tls_cert=str(tmp_path / "server.pem"),
+        tls_key=str(tmp_path / "server.pem"),
+    )
     stack = await start_stack(tmp_path, bridge_config=config)
     try:
         assert stack.bridge.scheme == "https"

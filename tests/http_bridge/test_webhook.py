@@ -311,8 +311,13 @@ async def bridge_to_core(
     core_port: int, core_timeout_s: float = 1.0, registry: CollectorRegistry | None = None
 ) -> BridgeServer:
     """A bridge alone, in front of whatever listens (or not) on `core_port`."""
-    config = BridgeConfig(host="127.0.0.1", port=0, core_target=f"127.0.0.1:{core_port}",
-                          core_timeout_s=core_timeout_s, request_timeout_s=2.0)  # fmt: skip
+    config = BridgeConfig(
+        host="127.0.0.1",
+        port=0,
+        core_target=f"127.0.0.1:{core_port}",
+        core_timeout_s=core_timeout_s,
+        request_timeout_s=2.0,
+    )
     return await start_bridge(config, registry=registry)
 
 
@@ -438,9 +443,14 @@ async def test_integer_ids_are_stored_as_strings(
 
 @pytest.mark.parametrize(
     "raw_id",
-    [b"123456789012345678901234567890", b"123456789012345678901234567891", b"0.1", b"1e300",
-     b"9223372036854775808"],
-)  # fmt: skip
+    [
+        b"123456789012345678901234567890",
+        b"123456789012345678901234567891",
+        b"0.1",
+        b"1e300",
+        b"9223372036854775808",
+    ],
+)
 async def test_inexact_numeric_ids_are_refused_not_merged(stack: Stack, raw_id: bytes) -> None:
     # Parsed as floats, two such ids would print alike and the second event would be
     # answered "already stored" without ever being stored.

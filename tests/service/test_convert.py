@@ -26,32 +26,61 @@ def struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-TRAITS = {"email": "ada@example.com", "plan": "pro", "logins": 3, "tags": ["a", None, True],
-          "address": {"city": "London"}}  # fmt: skip
+TRAITS = {
+    "email": "ada@example.com",
+    "plan": "pro",
+    "logins": 3,
+    "tags": ["a", None, True],
+    "address": {"city": "London"},
+}
 PROPERTIES = {"revenue": 25.5, "currency": "USD", "products": [{"sku": "45790-32"}]}
 
 CASES = [
     pytest.param(
-        events_pb2.Event(message_id="m1", user_id="u1", anonymous_id="a1",
-                         identify=events_pb2.Identify(traits=struct(TRAITS))),
-        {"type": "identify", "messageId": "m1", "userId": "u1", "anonymousId": "a1",
-         "traits": TRAITS},
+        events_pb2.Event(
+            message_id="m1",
+            user_id="u1",
+            anonymous_id="a1",
+            identify=events_pb2.Identify(traits=struct(TRAITS)),
+        ),
+        {
+            "type": "identify",
+            "messageId": "m1",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "traits": TRAITS,
+        },
         id="identify",
     ),
     pytest.param(
-        events_pb2.Event(message_id="m2", user_id="u1",
-                         track=events_pb2.Track(event="Order Completed",
-                                                properties=struct(PROPERTIES))),
-        {"type": "track", "messageId": "m2", "userId": "u1", "event": "Order Completed",
-         "properties": PROPERTIES},
+        events_pb2.Event(
+            message_id="m2",
+            user_id="u1",
+            track=events_pb2.Track(event="Order Completed", properties=struct(PROPERTIES)),
+        ),
+        {
+            "type": "track",
+            "messageId": "m2",
+            "userId": "u1",
+            "event": "Order Completed",
+            "properties": PROPERTIES,
+        },
         id="track",
     ),
     pytest.param(
-        events_pb2.Event(anonymous_id="a1",
-                         page=events_pb2.Page(name="Pricing", category="Docs",
-                                              properties=struct({"path": "/pricing"}))),
-        {"type": "page", "anonymousId": "a1", "name": "Pricing", "category": "Docs",
-         "properties": {"path": "/pricing"}},
+        events_pb2.Event(
+            anonymous_id="a1",
+            page=events_pb2.Page(
+                name="Pricing", category="Docs", properties=struct({"path": "/pricing"})
+            ),
+        ),
+        {
+            "type": "page",
+            "anonymousId": "a1",
+            "name": "Pricing",
+            "category": "Docs",
+            "properties": {"path": "/pricing"},
+        },
         id="page",
     ),
     pytest.param(
@@ -60,8 +89,9 @@ CASES = [
         id="screen",
     ),
     pytest.param(
-        events_pb2.Event(user_id="u1", group=events_pb2.Group(group_id="g1",
-                                                              traits=struct({"name": "Acme"}))),
+        events_pb2.Event(
+            user_id="u1", group=events_pb2.Group(group_id="g1", traits=struct({"name": "Acme"}))
+        ),
         {"type": "group", "userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}},
         id="group",
     ),
@@ -75,7 +105,7 @@ CASES = [
         {"type": "delete", "userId": "u1"},
         id="delete",
     ),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("event", "expected"), CASES)
@@ -101,8 +131,12 @@ def test_converted_event_passes_validation_like_webhook_traffic(
 
 
 def test_struct_numbers_keep_their_value() -> None:
-    spec = event_to_spec(events_pb2.Event(user_id="u", identify=events_pb2.Identify(
-        traits=struct({"logins": 3, "score": 2.5, "big": 1e15}))))  # fmt: skip
+    spec = event_to_spec(
+        events_pb2.Event(
+            user_id="u",
+            identify=events_pb2.Identify(traits=struct({"logins": 3, "score": 2.5, "big": 1e15})),
+        )
+    )
     assert spec["traits"] == {"logins": 3, "score": 2.5, "big": 1e15}
 
 
@@ -110,10 +144,19 @@ def test_whole_numbers_within_2_to_the_53_are_written_as_json_integers() -> None
     """Struct numbers are doubles; the stored JSON writes `3`, as the JSON form of the
     same event would, not `3.0`. Beyond 2^53 a whole double may stand for another integer,
     so it stays a double."""
-    values = {"logins": 3, "negative": -7, "zero": 0.0, "negativeZero": -0.0, "score": 2.5,
-              "limit": 2**53, "beyond": 2**53 + 2, "list": [1, 2.5, {"n": 4}]}  # fmt: skip
-    spec = event_to_spec(events_pb2.Event(user_id="u", identify=events_pb2.Identify(
-        traits=struct(values))))  # fmt: skip
+    values = {
+        "logins": 3,
+        "negative": -7,
+        "zero": 0.0,
+        "negativeZero": -0.0,
+        "score": 2.5,
+        "limit": 2**53,
+        "beyond": 2**53 + 2,
+        "list": [1, 2.5, {"n": 4}],
+    }
+    spec = event_to_spec(
+        events_pb2.Event(user_id="u", identify=events_pb2.Identify(traits=struct(values)))
+    )
     assert orjson.dumps(spec["traits"], option=orjson.OPT_SORT_KEYS) == (
         b'{"beyond":9007199254740994.0,"limit":9007199254740992,"list":[1,2.5,{"n":4}],'
         b'"logins":3,"negative":-7,"negativeZero":-0.0,"score":2.5,"zero":0}'
@@ -138,21 +181,53 @@ def no_kind(values: dict[str, Any], *path: str | int) -> struct_pb2.Struct:
 @pytest.mark.parametrize(
     ("event", "path"),
     [
-        (events_pb2.Event(user_id="u", track=events_pb2.Track(event="Bought", properties=no_kind(
-            {"quantity": 3, "sku": "s"}, "quantity"))), "track.properties.quantity"),
-        (events_pb2.Event(user_id="u", track=events_pb2.Track(event="Bought", properties=no_kind(
-            {"products": [{"sku": "a"}, {"sku": "b"}]}, "products", 1, "sku"))),
-         "track.properties.products[1].sku"),
-        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(traits=no_kind(
-            {"tags": ["a", "b"]}, "tags", 0))), "identify.traits.tags[0]"),
-        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
-                          context=no_kind({"user agent": "x"}, "user agent")),
-         'context["user agent"]'),
-        (events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
-                          extra=no_kind({"projectId": "p"}, "projectId")), "extra.projectId"),
+        (
+            events_pb2.Event(
+                user_id="u",
+                track=events_pb2.Track(
+                    event="Bought", properties=no_kind({"quantity": 3, "sku": "s"}, "quantity")
+                ),
+            ),
+            "track.properties.quantity",
+        ),
+        (
+            events_pb2.Event(
+                user_id="u",
+                track=events_pb2.Track(
+                    event="Bought",
+                    properties=no_kind(
+                        {"products": [{"sku": "a"}, {"sku": "b"}]}, "products", 1, "sku"
+                    ),
+                ),
+            ),
+            "track.properties.products[1].sku",
+        ),
+        (
+            events_pb2.Event(
+                user_id="u",
+                identify=events_pb2.Identify(traits=no_kind({"tags": ["a", "b"]}, "tags", 0)),
+            ),
+            "identify.traits.tags[0]",
+        ),
+        (
+            events_pb2.Event(
+                user_id="u",
+                identify=events_pb2.Identify(),
+                context=no_kind({"user agent": "x"}, "user agent"),
+            ),
+            'context["user agent"]',
+        ),
+        (
+            events_pb2.Event(
+                user_id="u",
+                identify=events_pb2.Identify(),
+                extra=no_kind({"projectId": "p"}, "projectId"),
+            ),
+            "extra.projectId",
+        ),
     ],
     ids=["property", "nested", "list-item", "odd-key", "extra"],
-)  # fmt: skip
+)
 def test_a_value_with_no_kind_is_refused_naming_the_field(
     event: events_pb2.Event, path: str
 ) -> None:
@@ -211,8 +286,13 @@ def test_unset_fields_are_left_out() -> None:
 
 
 def test_set_but_empty_struct_is_kept_as_an_empty_object() -> None:
-    spec = event_to_spec(events_pb2.Event(user_id="u", identify=events_pb2.Identify(
-        traits=struct_pb2.Struct()), context=struct_pb2.Struct()))  # fmt: skip
+    spec = event_to_spec(
+        events_pb2.Event(
+            user_id="u",
+            identify=events_pb2.Identify(traits=struct_pb2.Struct()),
+            context=struct_pb2.Struct(),
+        )
+    )
     assert spec == {"type": "identify", "userId": "u", "traits": {}, "context": {}}
 
 
@@ -253,12 +333,16 @@ def test_event_without_a_call_has_no_type_and_is_rejected_by_validation() -> Non
         (events_pb2.Event(user_id="u", track=events_pb2.Track()), "track requires `event`"),
         (events_pb2.Event(user_id="u", group=events_pb2.Group()), "group requires `groupId`"),
         (events_pb2.Event(user_id="u", alias=events_pb2.Alias()), "alias requires `previousId`"),
-        (events_pb2.Event(anonymous_id="a", delete=events_pb2.Delete()),
-         "delete requires `userId`"),
-        (events_pb2.Event(identify=events_pb2.Identify()),
-         "identify requires `userId` or `anonymousId`"),
+        (
+            events_pb2.Event(anonymous_id="a", delete=events_pb2.Delete()),
+            "delete requires `userId`",
+        ),
+        (
+            events_pb2.Event(identify=events_pb2.Identify()),
+            "identify requires `userId` or `anonymousId`",
+        ),
     ],
-)  # fmt: skip
+)
 def test_typed_event_missing_a_required_field_gets_the_webhook_error(
     event: events_pb2.Event, message: str
 ) -> None:
@@ -270,17 +354,26 @@ def test_typed_event_missing_a_required_field_gets_the_webhook_error(
 @pytest.mark.parametrize(
     "event",
     [
-        events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
-                         timestamp=timestamp_pb2.Timestamp(seconds=10**12)),
-        events_pb2.Event(user_id="u", identify=events_pb2.Identify(),
-                         sent_at=timestamp_pb2.Timestamp(seconds=-(10**12))),
-        events_pb2.Event(user_id="u", identify=events_pb2.Identify(
-            traits=struct({"score": float("nan")}))),
-        events_pb2.Event(user_id="u", track=events_pb2.Track(
-            event="E", properties=struct({"total": float("inf")}))),
+        events_pb2.Event(
+            user_id="u",
+            identify=events_pb2.Identify(),
+            timestamp=timestamp_pb2.Timestamp(seconds=10**12),
+        ),
+        events_pb2.Event(
+            user_id="u",
+            identify=events_pb2.Identify(),
+            sent_at=timestamp_pb2.Timestamp(seconds=-(10**12)),
+        ),
+        events_pb2.Event(
+            user_id="u", identify=events_pb2.Identify(traits=struct({"score": float("nan")}))
+        ),
+        events_pb2.Event(
+            user_id="u",
+            track=events_pb2.Track(event="E", properties=struct({"total": float("inf")})),
+        ),
     ],
     ids=["timestamp-year-33658", "sent-at-before-year-1", "nan-trait", "infinite-property"],
-)  # fmt: skip
+)
 def test_unrepresentable_typed_values_are_rejected_as_invalid_events(
     event: events_pb2.Event,
 ) -> None:

@@ -487,13 +487,29 @@ def _item_with_mark(field: str) -> events_pb2.IngestItem:
 
 
 STRING_FIELDS: Final = [
-    "api_key", "message_id", "user_id", "anonymous_id", "channel", "version", "original_json",
-    "track.event", "struct_key", "struct_value",
-]  # fmt: skip
+    "api_key",
+    "message_id",
+    "user_id",
+    "anonymous_id",
+    "channel",
+    "version",
+    "original_json",
+    "track.event",
+    "struct_key",
+    "struct_value",
+]
 INVALID_UTF8: Final = [
-    b"\xff", b"\x80", b"\xc0\x80", b"\xc1\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
-    b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82", b"\xf0\x9f\x98",
-]  # fmt: skip
+    b"\xff",
+    b"\x80",
+    b"\xc0\x80",
+    b"\xc1\xbf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+]
 
 
 @st.composite

@@ -191,13 +191,25 @@ async def test_a_typed_event_stores_whole_numbers_as_its_json_twin_does(
     )
     traits = json_format.ParseDict({"logins": 5, "score": 2.5}, struct_pb2.Struct())
     items = [
-        events_pb2.IngestItem(event=events_pb2.Event(
-            message_id="typed", user_id="u1", track=events_pb2.Track(event="B", properties=properties))),
-        events_pb2.IngestItem(json=b'{"messageId":"json","userId":"u1","type":"track","event":"B",'
-                                   b'"properties":{"quantity":3,"price":2.5,"big":1152921504606846976}}'),
-        events_pb2.IngestItem(event=events_pb2.Event(
-            message_id="typed-identify", user_id="u1", identify=events_pb2.Identify(traits=traits))),
-    ]  # fmt: skip
+        events_pb2.IngestItem(
+            event=events_pb2.Event(
+                message_id="typed",
+                user_id="u1",
+                track=events_pb2.Track(event="B", properties=properties),
+            )
+        ),
+        events_pb2.IngestItem(
+            json=b'{"messageId":"json","userId":"u1","type":"track","event":"B",'
+            b'"properties":{"quantity":3,"price":2.5,"big":1152921504606846976}}'
+        ),
+        events_pb2.IngestItem(
+            event=events_pb2.Event(
+                message_id="typed-identify",
+                user_id="u1",
+                identify=events_pb2.Identify(traits=traits),
+            )
+        ),
+    ]
     stub = events_pb2_grpc.EventServiceStub(channel)
     reply = await stub.IngestBatch(
         events_pb2.IngestBatchRequest(items=items), metadata=bearer(key), timeout=5

@@ -36,14 +36,20 @@ def pki(tmp_path: Path) -> dict[str, str]:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     server_cert, server_key = write(ca.issue_cert("127.0.0.1", "localhost"), tmp_path, "core")
     client_cert, client_key = write(ca.issue_cert("bridge.internal"), tmp_path, "bridge")
-    return {"ca": str(tmp_path / "ca.pem"), "server_cert": server_cert,
-            "server_key": server_key, "client_cert": client_cert, "client_key": client_key}  # fmt: skip
+    return {
+        "ca": str(tmp_path / "ca.pem"),
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
 
 async def tls_core_stack(tmp_path: Path, pki: dict[str, str]) -> Stack:
     """A stack whose core serves TLS (no client certificates) to a bridge trusting its CA."""
-    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    core = CoreConfig(
+        listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"], grpc_tls_key=pki["server_key"]
+    )
     bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"])
     return await start_stack(tmp_path, core, bridge)
 
@@ -59,8 +65,12 @@ def renewal(folder: Path) -> tuple[str, str, str]:
 
 
 def mtls_core(pki: dict[str, str]) -> CoreConfig:
-    return CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"], grpc_client_ca=pki["ca"])  # fmt: skip
+    return CoreConfig(
+        listen="127.0.0.1:0",
+        grpc_tls_cert=pki["server_cert"],
+        grpc_tls_key=pki["server_key"],
+        grpc_client_ca=pki["ca"],
+    )
 
 
 async def post(stack: Stack) -> int:
@@ -75,8 +85,13 @@ async def post(stack: Stack) -> int:
 async def test_a_bridge_with_a_client_certificate_stores_events(
     tmp_path: Path, pki: dict[str, str]
 ) -> None:
-    bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"],
-                          core_tls_cert=pki["client_cert"], core_tls_key=pki["client_key"])  # fmt: skip
+    bridge = BridgeConfig(
+        host="127.0.0.1",
+        port=0,
+        core_tls_ca=pki["ca"],
+        core_tls_cert=pki["client_cert"],
+        core_tls_key=pki["client_key"],
+    )
     stack = await start_stack(tmp_path, mtls_core(pki), bridge)
     try:
         assert await post(stack) == 200
@@ -171,8 +186,13 @@ async def test_a_renewed_client_ca_applies_to_new_connections(
 ) -> None:
     """Bridges start getting certificates from a second CA: once the core's client-CA
     file lists it and the core reloads, their connections are accepted."""
-    bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"],
-                          core_tls_cert=pki["client_cert"], core_tls_key=pki["client_key"])  # fmt: skip
+    bridge = BridgeConfig(
+        host="127.0.0.1",
+        port=0,
+        core_tls_ca=pki["ca"],
+        core_tls_cert=pki["client_cert"],
+        core_tls_key=pki["client_key"],
+    )
     stack = await start_stack(tmp_path, mtls_core(pki), bridge)
     try:
         assert stack.core is not None
@@ -214,8 +234,9 @@ async def test_a_bridge_rereads_its_core_tls_files_on_sighup(
     """The core comes back with a certificate from a new CA: the bridge's calls fail
     until its CA file names the new CA and it reloads (SIGHUP, as `serve bridge`
     handles it); bad files leave the current channel in use."""
-    core = CoreConfig(listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"],
-                      grpc_tls_key=pki["server_key"])  # fmt: skip
+    core = CoreConfig(
+        listen="127.0.0.1:0", grpc_tls_cert=pki["server_cert"], grpc_tls_key=pki["server_key"]
+    )
     bridge = BridgeConfig(host="127.0.0.1", port=0, core_tls_ca=pki["ca"], core_timeout_s=1.0)
     stack = await start_stack(tmp_path, core, bridge)
     loop = asyncio.get_running_loop()
@@ -224,8 +245,7 @@ async def test_a_bridge_rereads_its_core_tls_files_on_sighup(
         port = stack.core.port
         await stack.core.stop(grace=0)
         new_ca, new_cert, new_key = renewal(tmp_path / "new")
-        moved = CoreConfig(listen=f"127.0.0.1:{port}", grpc_tls_cert=new_cert,
-                           grpc_tls_key=new_key)  # fmt: skip
+        moved = CoreConfig(listen=f"127.0.0.1:{port}", grpc_tls_cert=new_cert, grpc_tls_key=new_key)
         stack.core = await start_core(moved, SqliteStore(tmp_path / "inlet.db"))
         assert await post(stack) == 503  # not trusted: Segment retries, nothing is lost
 

@@ -50,8 +50,10 @@ def test_each_member_is_found_whatever_the_layout(body: dict[str, Any], layout: 
 def test_repeated_keys_are_all_listed_in_order() -> None:
     text = '{"a":1,"b":[2],"a":{"c":3}}'
     assert [(key, text[start:end]) for key, start, end in object_members(text)] == [
-        ("a", "1"), ("b", "[2]"), ("a", '{"c":3}'),
-    ]  # fmt: skip
+        ("a", "1"),
+        ("b", "[2]"),
+        ("a", '{"c":3}'),
+    ]
 
 
 def test_escaped_keys_are_decoded() -> None:

@@ -131,9 +131,14 @@ def test_parse_scopes_rejects_an_empty_list(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "unknown"),
-    [("write", "write"), ("ingest,write", "write"), ("read,superuser,ingest", "superuser"),
-     ("Ingest", "Ingest"), ("ingest read", "ingest read")],
-)  # fmt: skip
+    [
+        ("write", "write"),
+        ("ingest,write", "write"),
+        ("read,superuser,ingest", "superuser"),
+        ("Ingest", "Ingest"),
+        ("ingest read", "ingest read"),
+    ],
+)
 def test_parse_scopes_rejects_unknown_scopes_by_name(text: str, unknown: str) -> None:
     with pytest.raises(ValueError, match="unknown scope") as caught:
         parse_scopes(text)
@@ -151,8 +156,18 @@ async def test_a_lookup_racing_a_revocation_does_not_recache_the_old_record() ->
         async def get_key(self, key_id: str) -> object:
             revoked = self.revoked  # the row as read before the revocation committed
             await release.wait()
-            return KeyRecord(new.key_id, 1, "acme", False, ("ingest",), "", new.secret_hash,
-                             0, None, 1 if revoked else None)  # fmt: skip
+            return KeyRecord(
+                new.key_id,
+                1,
+                "acme",
+                False,
+                ("ingest",),
+                "",
+                new.secret_hash,
+                0,
+                None,
+                1 if revoked else None,
+            )
 
     store = SlowStore()
     auth = Authenticator(store, ttl_s=60)  # type: ignore[arg-type]

@@ -176,8 +176,11 @@ async def test_trait_values_come_back_exactly_as_sent(
     assert found.traits["count"].value.number_value == 5
     assert found.traits["id19"].value.number_value == float(9007199254740993123)
     assert json_format.MessageToDict(group.traits["nested"].value) == {
-        "a": [1.0, 2.5, {"b": 0.0}], "c": None, "d": "x", "e": float(9007199254740993123),
-    }  # fmt: skip
+        "a": [1.0, 2.5, {"b": 0.0}],
+        "c": None,
+        "d": "x",
+        "e": float(9007199254740993123),
+    }
     assert found.traits["text"].value.string_value == "5"
 
 
@@ -273,12 +276,22 @@ async def test_two_users_of_one_browser_stay_two_profiles(
         channel,
         key,
         {"type": "page", "anonymousId": "shared-dev", "name": "Home", "messageId": "sd-0"},
-        {"type": "identify", "userId": "alice", "anonymousId": "shared-dev", "messageId": "sd-1",
-         "traits": {"email": "alice@example.com"}},
-        {"type": "identify", "userId": "bob", "anonymousId": "shared-dev", "messageId": "sd-2",
-         "traits": {"email": "bob@example.com"}},
+        {
+            "type": "identify",
+            "userId": "alice",
+            "anonymousId": "shared-dev",
+            "messageId": "sd-1",
+            "traits": {"email": "alice@example.com"},
+        },
+        {
+            "type": "identify",
+            "userId": "bob",
+            "anonymousId": "shared-dev",
+            "messageId": "sd-2",
+            "traits": {"email": "bob@example.com"},
+        },
         track("sd-3", "bob"),
-    )  # fmt: skip
+    )
     alice = await profile(channel, key, "alice")
     assert list(alice.linked_ids) == ["alice", "shared-dev"]
     assert traits(alice) == {"email": "alice@example.com"}

@@ -105,9 +105,10 @@ async def test_a_core_with_a_retention_deletes_old_events_while_it_serves(tmp_pa
             items = []
             for message_id, days_ago in (("backfilled", 3), ("today", 0)):
                 item = events_pb2.IngestItem(
-                    json=orjson.dumps({"type": "track", "messageId": message_id,
-                                       "userId": "u1", "event": "E"}),
-                )  # fmt: skip
+                    json=orjson.dumps(
+                        {"type": "track", "messageId": message_id, "userId": "u1", "event": "E"}
+                    ),
+                )
                 item.received_at.FromMicroseconds(int((time.time() - days_ago * DAY_S) * 1e6))
                 items.append(item)
             reply = await stub.IngestBatch(
@@ -142,6 +143,7 @@ def test_inlet_prune_deletes_now_and_says_how_many(tmp_path: Path) -> None:
     asyncio.run(fill())
     done = inlet("prune", "--older-than", "7d", "--database", str(database), cwd=tmp_path)
     assert "deleted 4 events" in done.stdout
-    short = inlet("prune", "--older-than", "6h", "--database", str(database), cwd=tmp_path,
-                  check=False)  # fmt: skip
+    short = inlet(
+        "prune", "--older-than", "6h", "--database", str(database), cwd=tmp_path, check=False
+    )
     assert short.returncode == 2 and "at least 1 day" in short.stderr

@@ -259,12 +259,24 @@ def test_normalise_name(name: str, normal: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1, "1"), (1.0, "1"), (0, "0"), (-7, "-7"), (12345678901234, "12345678901234"),
-     (2**63 - 1, "9223372036854775807"), ("abc", "abc")],
-)  # fmt: skip
+    [
+        (1, "1"),
+        (1.0, "1"),
+        (0, "0"),
+        (-7, "-7"),
+        (12345678901234, "12345678901234"),
+        (2**63 - 1, "9223372036854775807"),
+        ("abc", "abc"),
+    ],
+)
 def test_numeric_ids_become_strings(value: Any, expected: str) -> None:
-    body = {"type": "alias", "userId": value, "previousId": value, "anonymousId": value,
-            "messageId": value}  # fmt: skip
+    body = {
+        "type": "alias",
+        "userId": value,
+        "previousId": value,
+        "anonymousId": value,
+        "messageId": value,
+    }
     canonical = accept(body)
     assert canonical.user_id == expected
     assert canonical.previous_id == expected
@@ -346,8 +358,15 @@ def test_null_object_fields_are_accepted(field: str) -> None:
 
 
 def test_unknown_top_level_fields_are_kept_as_sent() -> None:
-    body = {"type": "track", "userId": "u", "event": "E", "writeKey": "w", "_metadata": {"x": [1]},
-            "Custom Field": None, "properties": {"User ID": "kept"}}  # fmt: skip
+    body = {
+        "type": "track",
+        "userId": "u",
+        "event": "E",
+        "writeKey": "w",
+        "_metadata": {"x": [1]},
+        "Custom Field": None,
+        "properties": {"User ID": "kept"},
+    }
     canonical = accept(body)
     assert canonical.body == body
     assert canonical.raw == orjson.dumps(body)
@@ -510,8 +529,12 @@ def test_absent_or_unparsable_timestamp_falls_back_to_receive_time(body: dict[st
 
 
 def test_other_dates_do_not_replace_the_timestamp() -> None:
-    body = {"type": "identify", "userId": "u", "sentAt": "2020-01-01T00:00:00Z",
-            "originalTimestamp": "2020-01-01T00:00:00Z"}  # fmt: skip
+    body = {
+        "type": "identify",
+        "userId": "u",
+        "sentAt": "2020-01-01T00:00:00Z",
+        "originalTimestamp": "2020-01-01T00:00:00Z",
+    }
     assert accept(body).timestamp_us == RECEIVED_US
 
 
@@ -580,18 +603,44 @@ def test_samples_match_the_shared_reference_folder() -> None:
 # Property: only expected failures
 
 
-_SPEC_KEYS = ["type", "action", "userId", "user_id", "User ID", "anonymousId", "messageId",
-              "event", "groupId", "previousId", "timestamp", "sentAt", "traits", "properties",
-              "context", "name", "category", "Type", "TIMESTAMP"]  # fmt: skip
+_SPEC_KEYS = [
+    "type",
+    "action",
+    "userId",
+    "user_id",
+    "User ID",
+    "anonymousId",
+    "messageId",
+    "event",
+    "groupId",
+    "previousId",
+    "timestamp",
+    "sentAt",
+    "traits",
+    "properties",
+    "context",
+    "name",
+    "category",
+    "Type",
+    "TIMESTAMP",
+]
 _JSON_SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=80)
-    | st.sampled_from(list(EVENT_TYPES) + ["TRACK", "Group", "2020-01-01T00:00:00Z",
-                                          "2015-2-02T00:30:08.276Z", "9999-12-31T23:59:59-23:59"])
-)  # fmt: skip
+    | st.sampled_from(
+        list(EVENT_TYPES)
+        + [
+            "TRACK",
+            "Group",
+            "2020-01-01T00:00:00Z",
+            "2015-2-02T00:30:08.276Z",
+            "9999-12-31T23:59:59-23:59",
+        ]
+    )
+)
 _JSON_VALUES = st.recursive(
     _JSON_SCALARS,
     lambda children: (

@@ -126,8 +126,11 @@ async def test_notices_reach_every_sibling_and_skip_one_that_is_gone(tmp_path: P
     first.maintenance()
     got = [await asyncio.wait_for(heard.get(), 5) for _ in range(4)]
     assert got == [
-        ("key", "0123456789abcdef"), ("key", None), ("maintenance", None), ("commit", None),
-    ]  # fmt: skip
+        ("key", "0123456789abcdef"),
+        ("key", None),
+        ("maintenance", None),
+        ("commit", None),
+    ]
     assert heard.empty()
     first.close()
     second.close()

@@ -131,13 +131,31 @@ async def test_links_groups_and_lookup_by_any_linked_id(store: Store) -> None:
     await store.write_events(
         [
             write(acme, {"type": "track", "anonymousId": "anon-1", "event": "V", "messageId": "a"}),
-            write(acme, {"type": "alias", "previousId": "anon-1", "userId": "u1", "messageId": "b"}),
-            write(acme, {"type": "identify", "userId": "u1", "anonymousId": "anon-2",
-                         "messageId": "c", "traits": {"email": "u@x"}}),
-            write(acme, {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "d",
-                         "traits": {"name": "Initech"}}),
+            write(
+                acme, {"type": "alias", "previousId": "anon-1", "userId": "u1", "messageId": "b"}
+            ),
+            write(
+                acme,
+                {
+                    "type": "identify",
+                    "userId": "u1",
+                    "anonymousId": "anon-2",
+                    "messageId": "c",
+                    "traits": {"email": "u@x"},
+                },
+            ),
+            write(
+                acme,
+                {
+                    "type": "group",
+                    "userId": "u1",
+                    "groupId": "g1",
+                    "messageId": "d",
+                    "traits": {"name": "Initech"},
+                },
+            ),
         ]
-    )  # fmt: skip
+    )
     for id in ("u1", "anon-1", "anon-2"):
         assert await store.linked_ids(acme, id) == ("anon-1", "anon-2", "u1")
         profile = await store.get_profile(acme, id)
@@ -171,12 +189,20 @@ async def test_delete_erases_the_user_and_keeps_an_audit_record(
     acme = await account(store)
     await store.write_events(
         [
-            write(acme, {"type": "identify", "userId": "gone", "anonymousId": "anon-g",
-                         "messageId": "d-1", "traits": {"email": "g@x"}}),
+            write(
+                acme,
+                {
+                    "type": "identify",
+                    "userId": "gone",
+                    "anonymousId": "anon-g",
+                    "messageId": "d-1",
+                    "traits": {"email": "g@x"},
+                },
+            ),
             write(acme, {"type": "group", "userId": "gone", "groupId": "g9", "messageId": "d-2"}),
             write(acme, track("d-keep", "someone-else")),
         ]
-    )  # fmt: skip
+    )
     # The delete, then in the same group the user again: erased is only what came before.
     await store.write_events(
         [
@@ -220,11 +246,19 @@ async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
 ) -> None:
     acme = await account(store)
     before = [
-        at({"type": "identify", "userId": "gone", "anonymousId": "dev-1", "messageId": "e-1",
-            "traits": {"email": "g@x", "plan": "pro"}}, 0),
+        at(
+            {
+                "type": "identify",
+                "userId": "gone",
+                "anonymousId": "dev-1",
+                "messageId": "e-1",
+                "traits": {"email": "g@x", "plan": "pro"},
+            },
+            0,
+        ),
         at({"type": "alias", "previousId": "old-id", "userId": "gone", "messageId": "e-2"}, 0),
         at({"type": "page", "anonymousId": "dev-1", "name": "Home", "messageId": "e-3"}, 0),
-    ]  # fmt: skip
+    ]
     await store.write_events([write(acme, b) for b in before])
     delete = at({"type": "delete", "userId": "gone", "messageId": "del-1"}, 5)
     assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
@@ -233,9 +267,10 @@ async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
     late = [
         *before,
         at(track("e-4", "old-id"), 4),
-        at({"type": "alias", "previousId": "dev-1", "userId": "someone-new",
-            "messageId": "e-5"}, 1),
-    ]  # fmt: skip
+        at(
+            {"type": "alias", "previousId": "dev-1", "userId": "someone-new", "messageId": "e-5"}, 1
+        ),
+    ]
     for _ in range(2):
         assert await store.write_events([write(acme, b) for b in late]) == [SUPPRESSED] * 5
     assert await store.get_profile(acme, "gone") is None
@@ -246,12 +281,22 @@ async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
     # Received after the delete: a returning user, stored; so is another user of the
     # deleted user's device (an anonymousId beside a userId is not the subject).
     after = [
-        at({"type": "identify", "userId": "gone", "messageId": "n-1",
-            "traits": {"plan": "free"}}, 6),
-        at({"type": "track", "userId": "other", "anonymousId": "dev-1", "event": "E",
-            "messageId": "n-2"}, 1),
+        at(
+            {"type": "identify", "userId": "gone", "messageId": "n-1", "traits": {"plan": "free"}},
+            6,
+        ),
+        at(
+            {
+                "type": "track",
+                "userId": "other",
+                "anonymousId": "dev-1",
+                "event": "E",
+                "messageId": "n-2",
+            },
+            1,
+        ),
         at(track("n-3", "stranger"), 1),
-    ]  # fmt: skip
+    ]
     assert all(
         isinstance(r, int) for r in await store.write_events([write(acme, b) for b in after])
     )
@@ -262,8 +307,10 @@ async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
     # The record: each id linked at the time, with the delete's receivedAt.
     deleted_at = NOW_US + 5 * MINUTE
     assert sorted(await backend.rows("SELECT id, deleted_at_us FROM deleted_ids")) == [
-        ("dev-1", deleted_at), ("gone", deleted_at), ("old-id", deleted_at)
-    ]  # fmt: skip
+        ("dev-1", deleted_at),
+        ("gone", deleted_at),
+        ("old-id", deleted_at),
+    ]
     assert await backend.rows("SELECT user_id, deleted_at_us FROM deletions") == [
         ("gone", deleted_at)
     ]
@@ -274,8 +321,16 @@ async def test_events_a_deletion_covered_are_suppressed_later_ones_stored(
 
 async def test_a_delete_and_its_users_late_events_in_one_group(store: Store) -> None:
     acme = await account(store)
-    old = at({"type": "identify", "userId": "u9", "anonymousId": "d9", "messageId": "o-1",
-              "traits": {"plan": "pro"}}, 0)  # fmt: skip
+    old = at(
+        {
+            "type": "identify",
+            "userId": "u9",
+            "anonymousId": "d9",
+            "messageId": "o-1",
+            "traits": {"plan": "pro"},
+        },
+        0,
+    )
     results = await store.write_events(
         [
             write(acme, old),
@@ -298,8 +353,9 @@ async def test_an_account_may_suppress_every_later_event_of_a_deleted_user(
     acme = await account(store)
     assert not (await store.get_account("acme")).suppress_deleted_users  # type: ignore[union-attr]
     await store.write_events([write(acme, at(track("s-1", "u3"), 0))])
-    await store.write_events([write(acme, at({"type": "delete", "userId": "u3",
-                                              "messageId": "del-3"}, 5))])  # fmt: skip
+    await store.write_events(
+        [write(acme, at({"type": "delete", "userId": "u3", "messageId": "del-3"}, 5))]
+    )
     later = write(acme, at(track("s-2", "u3"), 6))
     assert await store.write_events([later._replace(suppress_deleted_users=True)]) == [SUPPRESSED]
     assert isinstance((await store.write_events([later]))[0], int)  # off: a returning user

@@ -108,9 +108,13 @@ async def test_a_core_killed_in_the_middle_of_a_transaction_leaves_no_gap_and_no
     acme = (await one.ensure_account("acme")).id
     # Another core, in a process of its own, draws a number and stops before COMMIT.
     core = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HELD_CORE, pg_dsn, str(acme),
+        sys.executable,
+        "-c",
+        _HELD_CORE,
+        pg_dsn,
+        str(acme),
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert core.stdout is not None
         line = await asyncio.wait_for(core.stdout.readline(), LONG)
@@ -217,8 +221,10 @@ async def test_a_database_of_the_counter_schemas_migrates_and_cursors_keep_their
                     "INSERT INTO events (seq, account_id, message_id, type, timestamp_us, "
                     "received_at_us, key_id, payload, subject) "
                     "VALUES ($1, $2, $3, 'track', 0, 0, 'k', '{}', 'u')",
-                    seq, acme, f"old-{n}",
-                )  # fmt: skip
+                    seq,
+                    acme,
+                    f"old-{n}",
+                )
         store = PostgresStore(pg_dsn, PostgresOptions(pool_size=2))
         await store.open()
         try:
@@ -388,8 +394,10 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
     for users in (["u2", "u1", "u3"], ["u3", "u1", "u2"]):
         projected = _Projected()
         for user in users:
-            body = {**identify(f"m-{user}", "2026-01-01T00:00:00Z", user, plan="p", email="e"),
-                    "anonymousId": f"a-{user}"}  # fmt: skip
+            body = {
+                **identify(f"m-{user}", "2026-01-01T00:00:00Z", user, plan="p", email="e"),
+                "anonymousId": f"a-{user}",
+            }
             projected.add(write(1, body), project(write(1, body).event))
         conn = Recorder()
         await projected.write(conn)  # type: ignore[arg-type]
