@@ -15,7 +15,7 @@ from service.errors import AlreadyExists, InvalidArgument, InvalidEvent, NotFoun
 from service.maintenance import MaintenanceMode
 from service.messages import account_message, key_message, timestamp
 from service.rpc import Context, caller, rpc
-from service.store import Account, KeyRecord, Store, StoreError
+from service.store import Account, AccountStore, KeyRecord, StoreError
 from service.timestamps import now_us
 
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -35,7 +35,9 @@ def _scopes(requested: Sequence[str], granter: KeyRecord, field: str) -> tuple[s
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: Store, auth: Authenticator, maintenance: MaintenanceMode) -> None:
+    def __init__(
+        self, store: AccountStore, auth: Authenticator, maintenance: MaintenanceMode
+    ) -> None:
         self._store = store
         self._auth = auth
         self._maintenance = maintenance

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from service import keys
 from service.errors import PermissionDenied, Unauthenticated
-from service.store import KeyRecord, Store
+from service.store import AccountStore, KeyRecord
 
 _MAX_CACHED = 10_000
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Authenticator:
     """Resolves API keys to key records and checks scopes and account state."""
 
     def __init__(
-        self, store: Store, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+        self, store: AccountStore, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s

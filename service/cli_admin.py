@@ -11,7 +11,7 @@ from service import keys
 from service.admin import ACCOUNT_NAME
 from service.maintenance import MaintenanceMode
 from service.retention import Retention
-from service.store import Account, Store, StoreError
+from service.store import Account, AccountStore, EventStore, StoreError, SwitchStore
 from service.timestamps import format_micros, now_us, parse_duration_s
 
 
@@ -69,7 +69,7 @@ def _suppress_option(parser: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
-async def accounts(store: Store, args: argparse.Namespace) -> int:
+async def accounts(store: AccountStore, args: argparse.Namespace) -> int:
     if args.action == "create":
         if not ACCOUNT_NAME.fullmatch(args.name):
             raise ValueError("account names are 1-100 letters, digits, '.', '_' or '-'")
@@ -103,7 +103,7 @@ def _suppression(account: Account) -> str:
     return ": events of a deleted user from before the delete are suppressed"
 
 
-async def rotate(store: Store, args: argparse.Namespace) -> int:
+async def rotate(store: AccountStore, args: argparse.Namespace) -> int:
     old = await store.get_key(args.key_id)
     if old is None:
         raise StoreError(f"no key with id {args.key_id!r}")
@@ -126,7 +126,7 @@ async def rotate(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def maintenance(store: Store, args: argparse.Namespace) -> int:
+async def maintenance(store: SwitchStore, args: argparse.Namespace) -> int:
     mode = MaintenanceMode(store)
     state = (
         await mode.refresh()
@@ -144,7 +144,7 @@ async def maintenance(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def prune(store: Store, args: argparse.Namespace) -> int:
+async def prune(store: EventStore, args: argparse.Namespace) -> int:
     try:
         window_s = parse_duration_s(args.older_than)
     except ValueError as exc:

@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator
 
 from service.errors import Unavailable
 from service.metrics import CoreMetrics
-from service.store import Store
+from service.store import EventStore
 from service.store.base import EventQuery, StoredRecord
 
 
 class Feed:
     def __init__(
         self,
-        store: Store,
+        store: EventStore,
         poll_s: float = 1.0,
         page_size: int = 256,
         metrics: CoreMetrics | None = None,

@@ -25,7 +25,7 @@ from service.logs import REQUEST_ID, RateLimitedLog
 from service.maintenance import MaintenanceMode
 from service.metrics import UNKNOWN_TYPE, CoreMetrics
 from service.ratelimit import RateLimiter
-from service.store import EventWrite, KeyRecord, Store
+from service.store import EventStore, EventWrite, KeyRecord
 from service.store.base import SUPPRESSED
 from service.suppression import REASON as SUPPRESSED_REASON
 from service.validation import EVENT_TYPES, CanonicalEvent, canonicalise
@@ -56,7 +56,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store,
+        store: EventStore,
         auth: Authenticator,
         supported_types: Collection[str] = EVENT_TYPES,
         limiter: RateLimiter | None = None,

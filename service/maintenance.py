@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import orjson
 
 from service.errors import StoreUnavailable, Unavailable
-from service.store import Store
+from service.store import SwitchStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class State:
 
 
 class MaintenanceMode:
-    def __init__(self, store: Store, refresh_s: float = 2.0) -> None:
+    def __init__(self, store: SwitchStore, refresh_s: float = 2.0) -> None:
         self._store = store
         self._refresh_s = refresh_s
         self.state = State()

@@ -7,11 +7,11 @@ from service.auth import Authenticator
 from service.errors import InvalidArgument, NotFound
 from service.messages import profile_message
 from service.rpc import Context, caller, rpc
-from service.store import Store
+from service.store import ProfileStore
 
 
 class ProfileServicer(profiles_pb2_grpc.ProfileServiceServicer):
-    def __init__(self, store: Store, auth: Authenticator) -> None:
+    def __init__(self, store: ProfileStore, auth: Authenticator) -> None:
         self._store = store
         self._auth = auth
 

@@ -28,7 +28,7 @@ from typing import Final
 from prometheus_client import Counter
 
 from service.errors import StoreUnavailable
-from service.store import Store
+from service.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Retention:
 
     def __init__(
         self,
-        store: Store,
+        store: EventStore,
         keep_s: float,
         *,
         interval_s: float = 60.0,

@@ -10,10 +10,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.store.base import Account, EventWrite, KeyRecord, Store, StoreError
+from service.store.base import (
+    Account,
+    AccountStore,
+    EventStore,
+    EventWrite,
+    KeyRecord,
+    ProfileStore,
+    Store,
+    StoreError,
+    SwitchStore,
+)
 from service.store.sqlite import SqliteStore
 
-__all__ = ["Account", "EventWrite", "KeyRecord", "SqliteStore", "Store", "StoreError", "open_store"]
+__all__ = [
+    "Account",
+    "AccountStore",
+    "EventStore",
+    "EventWrite",
+    "KeyRecord",
+    "ProfileStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "SwitchStore",
+    "open_store",
+]
 
 POSTGRES_SCHEMES = ("postgres://", "postgresql://")
 

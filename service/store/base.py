@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
@@ -138,16 +138,6 @@ class ProfileRecord:
     event_counts: dict[str, int] = field(default_factory=dict)
 
 
-def newest_traits(rows: Iterable[tuple[str, bytes, int, str]]) -> dict[str, TraitRecord]:
-    """One value per key across the linked ids' traits: the newest timestamp wins."""
-    merged: dict[str, TraitRecord] = {}
-    for key, value, timestamp_us, message_id in rows:
-        current = merged.get(key)
-        if current is None or timestamp_us > current.timestamp_us:
-            merged[key] = TraitRecord(bytes(value), timestamp_us, message_id)
-    return merged
-
-
 class CommitSignal:
     """Wakes subscribers when events are committed. Never blocks the writer.
 
@@ -176,19 +166,18 @@ class CommitSignal:
         event.set()
 
 
-class Store(Protocol):
-    """What the core needs from a database. Every write is durable when it returns."""
+# The store's interface in the parts its users need: the ingest path, the feed and
+# retention need events; the ProfileService profiles; authentication and the
+# AdminService accounts and keys; maintenance mode the switches. `Store` is all of
+# them with the lifecycle, what an implementation provides.
 
-    async def open(self, *, migrate: bool = True) -> None:
-        """Connect; with `migrate`, first bring the schema up to date (`migrate()`)."""
-        ...
 
-    async def migrate(self) -> tuple[int, int]:
-        """Apply the schema migrations this database lacks, in order, each once, safe
-        while other processes do the same. Returns (version before, version after)."""
-        ...
+class EventStore(Protocol):
+    """Stored events: writing, the ordered feed, retention. Every write is durable when
+    it returns."""
 
-    async def close(self) -> None: ...
+    #: Published after every commit that stored events.
+    commits: CommitSignal
 
     #: How long a caught-up Subscribe stream may wait for `commits` before re-reading:
     #: short where other processes' commits cannot signal (SQLite), long where they do.
@@ -208,6 +197,16 @@ class Store(Protocol):
         """
         ...
 
+    async def list_events(self, query: EventQuery) -> list[StoredRecord]: ...
+
+    async def latest_sequence(self) -> int:
+        """The highest sequence committed so far (0 when there is none)."""
+        ...
+
+    async def count_events(self, account_id: int) -> int: ...
+
+    async def get_event_payload(self, account_id: int, message_id: str) -> bytes | None: ...
+
     async def prune_events(self, received_before_us: int, limit: int) -> int:
         """Delete, among the `limit` oldest stored events (by sequence), those received
         before `received_before_us`, in one transaction; return how many. Profiles
@@ -218,7 +217,21 @@ class Store(Protocol):
         """
         ...
 
-    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+class ProfileStore(Protocol):
+    """Per-user profiles, built as events are stored."""
+
+    async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
+        """`id` and every id linked to it, sorted."""
+        ...
+
+    async def get_profile(self, account_id: int, id: str) -> ProfileRecord | None:
+        """The merged profile of `id`'s linked ids; None when nothing is known of them."""
+        ...
+
+
+class AccountStore(Protocol):
+    """Accounts and their API keys."""
 
     async def ensure_account(self, name: str) -> Account: ...
 
@@ -231,11 +244,15 @@ class Store(Protocol):
 
     async def get_account(self, name: str) -> Account | None: ...
 
+    async def list_accounts(self) -> list[Account]: ...
+
     async def set_account_suspended(self, name: str, suspended: bool) -> Account: ...
 
     async def set_account_suppress_deleted_users(self, name: str, on: bool) -> Account:
         """Raises StoreError when there is no such account."""
         ...
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
     async def create_key(
         self,
@@ -255,27 +272,6 @@ class Store(Protocol):
         """Revoke a key (of `account_id`, when given); None if there is no such key."""
         ...
 
-    async def count_events(self, account_id: int) -> int: ...
-
-    #: Published after every commit that stored events.
-    commits: CommitSignal
-
-    async def list_events(self, query: EventQuery) -> list[StoredRecord]: ...
-
-    async def latest_sequence(self) -> int:
-        """The highest sequence committed so far (0 when there is none)."""
-        ...
-
-    async def linked_ids(self, account_id: int, id: str) -> tuple[str, ...]:
-        """`id` and every id linked to it, sorted."""
-        ...
-
-    async def get_profile(self, account_id: int, id: str) -> ProfileRecord | None:
-        """The merged profile of `id`'s linked ids; None when nothing is known of them."""
-        ...
-
-    async def list_accounts(self) -> list[Account]: ...
-
     async def rotate_key(
         self,
         key_id: str,
@@ -289,12 +285,29 @@ class Store(Protocol):
         None if there is no such live key in the account."""
         ...
 
+
+class SwitchStore(Protocol):
+    """Deployment-wide settings (maintenance mode)."""
+
     async def get_switch(self, name: str) -> tuple[str, int] | None:
-        """A deployment-wide setting: (value, changed at µs), or None if never set."""
+        """(value, changed at µs), or None if never set."""
         ...
 
     async def set_switch(self, name: str, value: str) -> int:
-        """Set a deployment-wide setting; returns the change time (µs)."""
+        """Set it; returns the change time (µs)."""
         ...
 
-    async def get_event_payload(self, account_id: int, message_id: str) -> bytes | None: ...
+
+class Store(EventStore, ProfileStore, AccountStore, SwitchStore, Protocol):
+    """What the core needs from a database: every part, and its lifecycle."""
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; with `migrate`, first bring the schema up to date (`migrate()`)."""
+        ...
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply the schema migrations this database lacks, in order, each once, safe
+        while other processes do the same. Returns (version before, version after)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -45,11 +45,11 @@ from service.store.base import (
     StoredRecord,
     StoreError,
     WriteResult,
-    newest_traits,
     rotated_expiry,
 )
 from service.store.checkpointer import CheckpointSettings, WalCheckpointer
 from service.store.group_commit import AsyncGroupCommitter
+from service.store.rows import newest_traits
 from service.suppression import covered_ids, event_time_us, is_suppressed
 from service.timestamps import now_us
 from service.validation import CanonicalEvent
