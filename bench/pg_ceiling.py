@@ -3,7 +3,7 @@
     python bench/pg_ceiling.py DSN SECONDS [BATCH] [INFLIGHT] [WARMUP]
 
 Makes, in the database of DSN, a table shaped as Inlet's `events` (service/store/
-pg_schema.py: the same columns, a bigint primary key from a sequence, the unique
+service/store/postgres/schema.py: the same columns, a bigint primary key from a sequence, the unique
 (account_id, message_id) key, the two secondary indexes, the foreign key to an accounts
 table), then, on INFLIGHT connections (default 4) with synchronous_commit on, inserts
 BATCH rows (default 500) per transaction: the rows Inlet stores for bench/grpc_load.py's

@@ -305,7 +305,7 @@ def test_the_pg_ceiling_table_is_inlets_events_table(pg_dsn: str) -> None:
     import asyncpg
     from pg_ceiling import _SCHEMA
 
-    from service.store.pg_schema import migrate
+    from service.store.postgres.schema import migrate
     from tests.pg import in_thread
 
     async def shapes() -> tuple[list[tuple[Any, ...]], ...]:

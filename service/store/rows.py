@@ -4,8 +4,8 @@ dialects differ only in their placeholders (`?` against `$1`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final, Protocol
 
 from service.store.base import (
     Account,
@@ -16,8 +16,14 @@ from service.store.base import (
     TraitRecord,
 )
 
-# A row is a tuple (sqlite3) or an asyncpg Record: both index by position.
-Row = Sequence[Any]
+
+class Row(Protocol):
+    """A row as the drivers give it: a tuple (sqlite3) or an asyncpg Record."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 EVENT_COLUMNS: Final = """
     seq, message_id, type, user_id, anonymous_id, name, group_id, previous_id, timestamp_us,

@@ -12,9 +12,10 @@ import pytest
 
 from service import keys
 from service.errors import StoreUnavailable
-from service.store import Store, StoreError, pg_schema
+from service.store import Store, StoreError
 from service.store import sqlite as sqlite_store
 from service.store.base import SUPPRESSED, EventQuery, EventWrite
+from service.store.postgres import schema as pg_schema
 from service.timestamps import format_micros
 from service.validation import canonicalise
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json

@@ -19,9 +19,9 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.feed import Feed
-from service.store import pg_schema
 from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
 from service.store.postgres import PostgresOptions, PostgresStore, is_transient
+from service.store.postgres import schema as pg_schema
 from tests.store.test_conformance import at, identify, track, write
 
 LONG = 10.0
@@ -381,7 +381,7 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
     other instead of deadlocking (the server would abort one after deadlock_timeout, 1 s:
     503s and second-long stalls with two cores)."""
     from service.projections import project
-    from service.store.postgres import _Projected
+    from service.store.postgres import Projected
 
     class Recorder:
         def __init__(self) -> None:
@@ -392,7 +392,7 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
 
     written: list[list[tuple[Any, ...]]] = []
     for users in (["u2", "u1", "u3"], ["u3", "u1", "u2"]):
-        projected = _Projected()
+        projected = Projected()
         for user in users:
             body = {
                 **identify(f"m-{user}", "2026-01-01T00:00:00Z", user, plan="p", email="e"),

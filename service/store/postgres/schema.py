@@ -135,7 +135,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- Counts committed deletions. An ingest transaction checks the events it stores
     -- against deleted_ids as its statement's snapshot saw them; a deletion that
     -- committed while it waited for this row's lock shows as a changed count
-    -- (postgres.py, _WRITE_EVENTS), and the check is made again.
+    -- (events.py, _WRITE_EVENTS), and the check is made again.
     ALTER TABLE event_counter ADD COLUMN deletions bigint NOT NULL DEFAULT 0;
     -- A delete event is part of its user's history (ListEvents' user filter) and of no
     -- profile: erasures and profiles leave delete events out.
@@ -143,7 +143,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # 3: feed positions from a sequence instead of the one-row counter, whose row lock
     # made every core's ingest transaction wait for the one before it, and deletes
-    # erased in the background (postgres.py says how both stay correct). A sequence
+    # erased in the background (the package docstring, __init__.py, says how both stay correct). A sequence
     # hands numbers out at insert time, so readers stop at the feed horizon: below it
     # every number is committed or will never be. The sequence goes on from the counter,
     # so every cursor a client holds keeps its meaning; FOR UPDATE waits for the
@@ -170,7 +170,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     $$;
     -- The next number the sequence gives, then the lowest floor an ingest transaction
     -- in flight has announced (a shared advisory lock it takes before it draws a number,
-    -- postgres.py), NULL if none. Every number below the lesser of the two is committed
+    -- events.py), NULL if none. Every number below the lesser of the two is committed
     -- or will never exist: a transaction that draws after the sequence was read draws
     -- at least its next number; one that drew before took its lock before it drew, so
     -- it is still in pg_locks, or it has ended. Hence the order of the two reads.

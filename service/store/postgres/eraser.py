@@ -1,0 +1,227 @@
+"""Erasing recorded deletions in the background, on every core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+from service.errors import InletError
+from service.logs import RateLimitedLog
+from service.projections import USER, project
+from service.store.base import (
+    EventWrite,
+)
+from service.store.postgres.database import (
+    PostgresDatabase,
+    feed_state,
+    log,
+)
+from service.store.postgres.projected import Projected
+from service.store.rows import (
+    EVENT_COLUMNS,
+    stored_record,
+)
+from service.timestamps import now_us
+from service.validation import canonicalise
+
+BEING_ERASED: Final = """
+    SELECT EXISTS (
+        SELECT 1 FROM deleted_ids di
+        JOIN deletions d ON d.id = di.deletion_id AND d.erased_at_us IS NULL
+        WHERE di.account_id = $1 AND di.id = $2
+    )
+"""
+
+
+# What readers leave out while deletions wait to be erased: what the eraser will erase.
+NOT_BEING_ERASED: Final = """
+    NOT EXISTS (
+        SELECT 1 FROM deleted_ids di
+        JOIN deletions d ON d.id = di.deletion_id AND d.erased_at_us IS NULL
+        JOIN accounts a ON a.id = d.account_id
+        WHERE di.account_id = events.account_id AND di.id = events.subject
+          AND events.type != 'delete'
+          AND (a.suppress_deleted_users OR events.seq < d.seq
+               OR events.event_time_us < d.deleted_at_us)
+    )
+"""
+
+
+class Eraser:
+    """Erases recorded deletions in the background, on every core (each deletion once:
+    FOR UPDATE SKIP LOCKED), so that a delete's ingest transaction only records it.
+
+    A deletion is erased once no ingest transaction that may have missed its record is
+    still in flight: such a transaction announced its floor before its snapshot, so
+    before the deletion committed, and its floor is at most the sequence's next number
+    read after the deletion was seen (the deletion's *fence*). Once every floor in
+    flight is above the fence, what it stored is committed, and the erasure sees it.
+
+    Erased: the ids' events stored before the delete (a lower seq) or from before it
+    (an earlier time, suppression.py: what a transaction that missed the record stored),
+    every event of theirs where the account suppresses deleted users; then their
+    traits, memberships and links, rebuilt from the events that stay (a returning user's,
+    stored after the delete)."""
+
+    def __init__(self, store: PostgresDatabase) -> None:
+        self._store = store
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._fences: dict[int, int] = {}
+        self._warnings = RateLimitedLog(log)
+        #: How many times it has looked for deletions to erase (tests wait on it).
+        self.checks = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="inlet-pg-eraser")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def kick(self) -> None:
+        """A deletion committed: erase it as soon as it may be."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        options = self._store.options
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(options.erase_poll_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                # While deletions wait for their fence, look again shortly: the
+                # transactions in flight end within milliseconds.
+                while await self.erase_ready():
+                    await asyncio.sleep(options.horizon_recheck_s)
+            except Exception as exc:  # noqa: BLE001 - retried at the next wake or poll
+                self._warnings.warning("erase", f"erasing deletions failed (will retry): {exc}")
+
+    async def erase_ready(self) -> bool:
+        """Erase the pending deletions whose fence the floors have passed; whether some
+        are still waiting."""
+        self.checks += 1
+        async with self._store._connection() as conn:
+            pending = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT id FROM deletions WHERE erased_at_us IS NULL ORDER BY id LIMIT 100"
+                )
+            ]
+            if not pending:
+                self._fences.clear()
+                return False
+            state = await feed_state(conn)
+        next_seq, floor = state.next_seq, state.floor
+        self._fences = {id: self._fences.get(id, next_seq) for id in pending}
+        ready = [id for id in pending if floor is None or floor > self._fences[id]]
+        if ready:
+            await self._erase(ready)
+            for id in ready:
+                del self._fences[id]
+        return len(ready) < len(pending)
+
+    async def _erase(self, deletion_ids: list[int]) -> None:
+        """Erase these deletions, in one transaction (a burst of deletes costs a few
+        statements, not a few per delete)."""
+        async with self._store._connection() as conn, conn.transaction():
+            # Generic plans of these statements scan the whole account on a database
+            # without statistics (every new one): plan each with its values.
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            claimed = await conn.fetch(_CLAIM_DELETIONS, deletion_ids)
+            if not claimed:
+                return  # erased by another core, or being erased right now
+            erased: dict[int, int] = {row[0]: 0 for row in claimed}
+            for (deletion,) in await conn.fetch(_ERASE_EVENTS, list(erased)):
+                erased[deletion] += 1
+            subjects = await conn.fetch(_ERASE_PROFILES, list(erased))
+            kept = await conn.fetch(
+                f"SELECT {EVENT_COLUMNS}, account_id FROM events e "
+                "WHERE (account_id, subject) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) "
+                "AND type != 'delete' ORDER BY seq",
+                [row[0] for row in subjects],
+                [row[1] for row in subjects],
+            )
+            rebuilt = Projected()
+            for row in kept:
+                record = stored_record(row)
+                try:
+                    event = canonicalise(
+                        record.payload,
+                        received_at_us=record.received_at_us,
+                        settings=record.settings,
+                    )
+                except InletError as exc:  # stored by an older version, refused by this one
+                    log.warning("event %s not projected again: %s", record.message_id, exc)
+                    continue
+                rebuilt.add(EventWrite(row[-1], record.key_id, event), project(event))
+            await rebuilt.write(conn)
+            await conn.execute(
+                "UPDATE deletions d SET erased_at_us = $3, erased_events = x.n "
+                "FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE d.id = x.id",
+                list(erased),
+                list(erased.values()),
+                now_us(),
+            )
+        for deletion_id, account, seq in claimed:
+            log.info(
+                "deletion %s in account %d erased: %d events",
+                seq,
+                account,
+                erased[deletion_id],
+            )
+        if kept:
+            log.info("profiles rebuilt from %d events stored after their deletion", len(kept))
+
+
+# The deletions to erase that no other core is erasing: (id, account, the delete's seq).
+_CLAIM_DELETIONS: Final = """
+    SELECT id, account_id, seq FROM deletions
+    WHERE id = ANY($1::bigint[]) AND erased_at_us IS NULL
+    FOR UPDATE SKIP LOCKED
+"""
+
+
+# The deleted ids' events stored before the delete or from before it (all of them where
+# the account suppresses deleted users): one row, the deletion's id, per event erased.
+_ERASE_EVENTS: Final = """
+    WITH covered AS (
+        SELECT d.id AS deletion, di.account_id, di.id, d.seq, d.deleted_at_us,
+               a.suppress_deleted_users AS everything
+        FROM deletions d
+        JOIN deleted_ids di ON di.deletion_id = d.id
+        JOIN accounts a ON a.id = d.account_id
+        WHERE d.id = ANY($1::bigint[])
+    )
+    DELETE FROM events e USING covered c
+    WHERE e.account_id = c.account_id AND e.subject = c.id AND e.type != 'delete'
+      AND (c.everything OR e.seq < c.seq OR e.event_time_us < c.deleted_at_us)
+    RETURNING c.deletion
+"""
+
+
+# Their profiles (traits, memberships, links), rebuilt afterwards from the events that
+# stay; returns the (account, id) pairs.
+_ERASE_PROFILES: Final = f"""
+    WITH ids AS (
+        SELECT DISTINCT di.account_id, di.id FROM deleted_ids di
+        WHERE di.deletion_id = ANY($1::bigint[])
+    ), traits_gone AS (
+        DELETE FROM traits t USING ids
+        WHERE t.account_id = ids.account_id AND t.subject_kind = '{USER}'
+          AND t.subject_id = ids.id
+    ), memberships_gone AS (
+        DELETE FROM memberships m USING ids
+        WHERE m.account_id = ids.account_id AND m.member_id = ids.id
+    ), links_gone AS (
+        DELETE FROM identity_links l USING ids
+        WHERE l.account_id = ids.account_id AND l.id = ids.id
+    )
+    SELECT account_id, id FROM ids
+"""

@@ -1,0 +1,111 @@
+"""The profile tables' writes of an ingest transaction (and of the eraser's rebuild), and
+the linked ids' walk."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from service.projections import Projection
+from service.store.base import (
+    EventWrite,
+)
+from service.store.postgres.database import (
+    Conn,
+    pg_text,
+)
+
+_TraitKey = tuple[int, str, str, str]
+
+
+class Projected:
+    """A group's projection rows, merged as applying them one by one would leave them:
+    per trait the newest `timestamp` (a tie: the later event), per membership the newest
+    timestamp, each link once."""
+
+    def __init__(self) -> None:
+        self.traits: dict[_TraitKey, tuple[bytes, int, str]] = {}
+        self.members: dict[tuple[int, str, str], int] = {}
+        self.links: dict[tuple[int, str, str], str] = {}
+
+    def add(self, write: EventWrite, projection: Projection) -> None:
+        account, event = write.account_id, write.event
+        message_id = pg_text(event.message_id) or ""
+        for a, b, kind in projection.links:
+            self.links.setdefault((account, pg_text(a) or "", pg_text(b) or ""), kind)
+        for t in projection.traits:
+            key = (account, t.subject_kind, pg_text(t.subject_id) or "", pg_text(t.key) or "")
+            held = self.traits.get(key)
+            if held is None or event.timestamp_us >= held[1]:
+                self.traits[key] = (t.value, event.timestamp_us, message_id)
+        if projection.membership is not None:
+            member, group = projection.membership
+            key3 = (account, pg_text(member) or "", pg_text(group) or "")
+            self.members[key3] = max(self.members.get(key3, event.timestamp_us), event.timestamp_us)
+
+    # Rows go in key order: transactions of several cores upserting the same users' rows
+    # then lock them in one order and wait for each other, where any other order could
+    # deadlock them (the server notices after deadlock_timeout, 1 s, and aborts one).
+
+    async def write_links(self, conn: Conn) -> None:
+        if self.links:
+            rows = [(*key, kind) for key, kind in sorted(self.links.items())]
+            await conn.execute(_LINKS, *map(list, zip(*rows, strict=True)))
+            self.links.clear()
+
+    async def write(self, conn: Conn) -> None:
+        await self.write_links(conn)
+        if self.traits:
+            rows2 = [(*key, *held) for key, held in sorted(self.traits.items())]
+            await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows2, strict=True)))
+        if self.members:
+            rows3 = [(*key, ts) for key, ts in sorted(self.members.items())]
+            await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows3, strict=True)))
+        self.traits.clear()
+        self.members.clear()
+
+
+# The projections of a group, one statement per table (rows deduplicated beforehand,
+# see Projected: ON CONFLICT DO UPDATE may not touch one row twice in a statement).
+_UPSERT_TRAITS: Final = """
+    INSERT INTO traits (account_id, subject_kind, subject_id, key, value, timestamp_us, message_id)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                         $6::bigint[], $7::text[])
+    ON CONFLICT (account_id, subject_kind, subject_id, key) DO UPDATE
+    SET value = excluded.value, timestamp_us = excluded.timestamp_us,
+        message_id = excluded.message_id
+    WHERE excluded.timestamp_us >= traits.timestamp_us
+"""
+
+
+_UPSERT_MEMBERSHIPS: Final = """
+    INSERT INTO memberships (account_id, member_id, group_id, timestamp_us)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])
+    ON CONFLICT (account_id, member_id, group_id) DO UPDATE
+    SET timestamp_us = greatest(memberships.timestamp_us, excluded.timestamp_us)
+"""
+
+
+_LINKS: Final = """
+    INSERT INTO identity_links (account_id, id, other, kind)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+    ON CONFLICT DO NOTHING
+"""
+
+
+# A device's link to its users is followed only from the start (projections.py). UNION
+# (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts.
+LINKED_CTE: Final = """
+    linked(id, start) AS (
+        SELECT $2::text, true
+        UNION
+        SELECT l.other, false FROM identity_links l
+        JOIN linked ON l.account_id = $1 AND l.id = linked.id
+        WHERE l.kind != 'user' OR linked.start
+    )
+"""
+
+
+LINKED_IDS: Final = f"""
+    WITH RECURSIVE {LINKED_CTE}
+    SELECT id FROM (SELECT DISTINCT id FROM linked) ids ORDER BY id COLLATE "C"
+"""
