@@ -2,5 +2,6 @@
 (bridge and core in one process) and the `--workers` supervisor.
 
 It is the only layer that imports both halves: `proto/` (inlet.v1) <- `service/` (the
-core) <- `http_bridge/` (the HTTP side) <- `inlet_app/`. tests/test_layers.py keeps it so.
+core) <- `http_bridge/` (the HTTP side) <- `inlet_app/`, and `inlet_tools/` (send-test,
+contract-test) beside them. tests/test_layers.py keeps it so.
 """

@@ -20,13 +20,13 @@ from typing import Final
 import prometheus_client
 
 from http_bridge.config import BridgeConfig
-from http_bridge.contract.config import ContractConfig
-from http_bridge.contract.report import render_text, write_junit
-from http_bridge.contract.runner import run_contract_test
-from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import BridgeServer, start_bridge
 from inlet_app.in_process import InProcessCore
 from inlet_app.supervisor import Supervisor, worker_count
+from inlet_tools.contract.config import ContractConfig
+from inlet_tools.contract.report import render_text, write_junit
+from inlet_tools.contract.runner import run_contract_test
+from inlet_tools.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from service import cli_admin, cli_client, keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.metrics import SAMPLER, count_worker
