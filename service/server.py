@@ -23,7 +23,7 @@ from inlet.v1 import (
     profiles_pb2,
     profiles_pb2_grpc,
 )
-from service.admin import AdminServicer
+from service.admin_servicer import AdminServicer
 from service.auth import Authenticator
 from service.config import CoreConfig, open_configured_store
 from service.errors import StoreUnavailable
