@@ -788,27 +788,27 @@ class PostgresStore:
         columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
         covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
         for write in writes:
-            e = write.event
+            event = write.event
             row = (
                 write.account_id,
-                _text(e.message_id),
-                e.type,
-                _text(e.user_id),
-                _text(e.anonymous_id),
-                _text(e.name),
-                _text(e.group_id),
-                _text(e.previous_id),
-                e.timestamp_us,
-                e.received_at_us,
+                _text(event.message_id),
+                event.type,
+                _text(event.user_id),
+                _text(event.anonymous_id),
+                _text(event.name),
+                _text(event.group_id),
+                _text(event.previous_id),
+                event.timestamp_us,
+                event.received_at_us,
                 write.key_id,
-                e.raw,
-                e.settings,
-                _text(e.user_id or e.anonymous_id),
-                event_time_us(e),
+                event.raw,
+                event.settings,
+                _text(event.user_id or event.anonymous_id),
+                event_time_us(event),
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-            for id in covered_ids(e):
+            for id in covered_ids(event):
                 covered[write.account_id, _text(id) or ""] = None
         candidates = ([a for a, _ in covered], [i for _, i in covered])
         deletes = False
