@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from http_bridge import client_metrics, debugger, handlers, sdk
 from http_bridge.access import AccessLog
+from http_bridge.app_keys import BATCHER, CONFIG, CORE, DRAIN, RECORDER, VIEWERS
 from http_bridge.batcher import BATCH_TAGS, Batcher
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import Core, GrpcCore
@@ -20,7 +21,6 @@ from http_bridge.cors import preflight
 from http_bridge.drain import Drain
 from http_bridge.edge import edge
 from http_bridge.forwarded import Forwarding
-from http_bridge.keys import BATCHER, CONFIG, CORE, DRAIN, RECORDER, VIEWERS
 from http_bridge.metrics import METRICS, BridgeMetrics, metrics_endpoint
 from http_bridge.recorder import Recorder
 from http_bridge.sdk_routes import sdk_client_metrics, sdk_handler

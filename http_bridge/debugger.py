@@ -28,9 +28,9 @@ import orjson
 from aiohttp import web
 
 from http_bridge import sdk
+from http_bridge.app_keys import CORE, RECORDER, VIEWERS
 from http_bridge.errors import BadRequest, Forbidden, NotFound
 from http_bridge.handlers import json_response
-from http_bridge.keys import CORE, RECORDER, VIEWERS
 from http_bridge.recorder import Exchange, Recorder, worker_of
 from http_bridge.segment import key_from_authorization
 from http_bridge.siblings import ALL, SIBLINGS

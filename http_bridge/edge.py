@@ -24,9 +24,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from http_bridge import access, cors, handlers
+from http_bridge.app_keys import CONFIG
 from http_bridge.drain import Drain
 from http_bridge.errors import BridgeError
-from http_bridge.keys import CONFIG
 from http_bridge.metrics import BridgeMetrics
 from http_bridge.recorder import Recorder
 from service.logs import REQUEST_ID, RateLimitedLog, sane_request_id

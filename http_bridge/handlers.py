@@ -12,10 +12,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from http_bridge.access import ERROR_CODE, MESSAGE_ID
+from http_bridge.app_keys import BATCHER, CONFIG, CORE
 from http_bridge.batcher import QueueFull
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, BadRequest, RequestTimeout, Unavailable
-from http_bridge.keys import BATCHER, CONFIG, CORE
 from http_bridge.metrics import METRICS
 from http_bridge.recorder import ACCOUNT, BODY
 from http_bridge.segment import api_key_from_authorization, check_media_type, decode_settings

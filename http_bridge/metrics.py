@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics import Counter, Gauge, Histogram
 
 from http_bridge import client_metrics
+from http_bridge.app_keys import CONFIG
 from http_bridge.errors import Unauthorized
-from http_bridge.keys import CONFIG
 from service.metrics import SAMPLER, exposition
 from service.metrics_http import BEARER_CHALLENGE, TOKEN_MISSING, token_accepted
 

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from http_bridge import client_metrics, sdk
 from http_bridge.access import ERROR_CODE
+from http_bridge.app_keys import BATCHER, CONFIG
 from http_bridge.config import BridgeConfig
 from http_bridge.errors import CHALLENGE, PayloadTooLarge
 from http_bridge.handlers import CORE_FAILURES, core_unavailable, json_response, read_body
-from http_bridge.keys import BATCHER, CONFIG
 from http_bridge.metrics import METRICS
 from http_bridge.recorder import ACCOUNT, BODY, redact_write_keys
 from http_bridge.status_map import RETRY_LATER

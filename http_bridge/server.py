@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from http_bridge.access import quiet_malformed_requests
 from http_bridge.app import CoreFactory, create_app
+from http_bridge.app_keys import CORE, DRAIN
 from http_bridge.config import BridgeConfig
 from http_bridge.core_client import GrpcCore
 from http_bridge.drain import AFTER_GRACE_S, drain
-from http_bridge.keys import CORE, DRAIN
 from http_bridge.tls import reload_certificate, server_context
 from service.worker import WorkerContext
 

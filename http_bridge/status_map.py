@@ -13,29 +13,27 @@ from typing import Final
 
 import grpc
 
-S = grpc.StatusCode
-
 GRPC_TO_HTTP: Final[dict[grpc.StatusCode, int]] = {
-    S.OK: 200,
-    S.INVALID_ARGUMENT: 400,  # the event itself is wrong: retrying cannot help
-    S.FAILED_PRECONDITION: 400,
-    S.OUT_OF_RANGE: 400,
-    S.UNAUTHENTICATED: 401,
-    S.PERMISSION_DENIED: 403,
-    S.NOT_FOUND: 404,
-    S.ALREADY_EXISTS: 200,  # only ever "already stored": idempotent success
-    S.RESOURCE_EXHAUSTED: 429,  # rate limit: Segment retries 429
-    S.UNIMPLEMENTED: 501,  # unsupported type: Segment does not retry 501, as intended
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,  # the event itself is wrong: retrying cannot help
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 200,  # only ever "already stored": idempotent success
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # rate limit: Segment retries 429
+    grpc.StatusCode.UNIMPLEMENTED: 501,  # unsupported type: Segment does not retry 501, as intended
     # Transient: all must be retried, so 503 (code.proto says 409 for ABORTED and
     # 504 for DEADLINE_EXCEEDED; 409 would be dropped by Segment).
-    S.UNAVAILABLE: 503,
-    S.ABORTED: 503,
-    S.DEADLINE_EXCEEDED: 503,
-    S.CANCELLED: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.ABORTED: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.CANCELLED: 503,
     # Bugs: 500 (retried, which is right if the bug is fixed within the window).
-    S.UNKNOWN: 500,
-    S.INTERNAL: 500,
-    S.DATA_LOSS: 500,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 _BY_NUMBER: Final = {code.value[0]: status for code, status in GRPC_TO_HTTP.items()}

@@ -20,14 +20,15 @@ from typing import Final
 import prometheus_client
 
 from http_bridge.config import BridgeConfig
-from http_bridge.contract.config import ContractConfig
-from http_bridge.contract.report import render_text, write_junit
-from http_bridge.contract.runner import run_contract_test
-from http_bridge.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from http_bridge.server import BridgeServer, start_bridge
+from inlet_app import cli_admin, cli_read
 from inlet_app.in_process import InProcessCore
 from inlet_app.supervisor import Supervisor, worker_count
-from service import cli_admin, cli_client, keys, logs
+from inlet_tools.contract.config import ContractConfig
+from inlet_tools.contract.report import render_text, write_junit
+from inlet_tools.contract.runner import run_contract_test
+from inlet_tools.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
+from service import keys, logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.metrics import SAMPLER, count_worker
 from service.server import CoreServer, start_core, stop_on_signal
@@ -145,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         help="bring the database schema up to date (cores also do it when they start)",
     )
     cli_admin.register(commands, key_actions, database)
-    cli_client.register(commands)
+    cli_read.register(commands)
 
     contract = commands.add_parser(
         "contract-test",
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "send-test":
             return send_test(args)
         if args.command in ("profile", "events"):
-            return _run(cli_client.run(args))
+            return _run(cli_read.run(args))
         if args.command == "migrate":
             return _run(_migrate(args))
         return _run(_keys(args))

@@ -244,29 +244,29 @@ class CheckpointCollector(Collector):
         self._checkpointer = checkpointer
 
     def collect(self) -> Iterator[Metric]:
-        c = self._checkpointer
+        checkpointer = self._checkpointer
         yield CounterMetricFamily(
             "inlet_sqlite_checkpoints",
             "Checkpoints of the SQLite write-ahead log run by the checkpoint thread.",
-            value=c.runs,
+            value=checkpointer.runs,
         )
         yield CounterMetricFamily(
             "inlet_sqlite_checkpoint_catch_ups",
             "Short checkpoints run by the writer after a commit, so that the log restarts.",
-            value=c.catch_ups,
+            value=checkpointer.catch_ups,
         )
         yield CounterMetricFamily(
             "inlet_sqlite_checkpoint_failures",
             "Checkpoints of the thread that failed (retried after the next commit; "
             "nothing is lost).",
-            value=c.failures,
+            value=checkpointer.failures,
         )
         yield GaugeMetricFamily(
             "inlet_sqlite_checkpoint_thread_up",
             "1 while the checkpoint thread runs.",
-            value=1 if c.alive else 0,
+            value=1 if checkpointer.alive else 0,
         )
-        last = c.last
+        last = checkpointer.last
         yield GaugeMetricFamily(
             "inlet_sqlite_wal_pages",
             "Pages in the write-ahead log at the latest checkpoint (it restarts from "

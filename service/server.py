@@ -23,10 +23,11 @@ from inlet.v1 import (
     profiles_pb2,
     profiles_pb2_grpc,
 )
-from service.admin import AdminServicer
+from service.admin_servicer import AdminServicer
 from service.auth import Authenticator
 from service.config import CoreConfig, open_configured_store
 from service.errors import StoreUnavailable
+from service.event_servicer import EventServicer
 from service.feed import Feed
 from service.grpc_tls import ReloadableCredentials
 from service.ingest import Ingestor
@@ -34,10 +35,9 @@ from service.interceptors import AccessInterceptor, DecodeErrorInterceptor
 from service.maintenance import MaintenanceMode
 from service.metrics import CoreMetrics
 from service.metrics_http import start_metrics_server
-from service.profiles import ProfileServicer
+from service.profile_servicer import ProfileServicer
 from service.ratelimit import RateLimiter, SharedBuckets
 from service.retention import Retention
-from service.servicer import EventServicer
 from service.store import SqliteStore, Store
 from service.worker import Notices, WorkerContext
 

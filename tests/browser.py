@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.test_cli_read import free_port
+from tests.test_cli import free_port
 
 CHROMIUM: Final = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM: Final = "no chromium on this machine (.ci/run installs Debian's)"

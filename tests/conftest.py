@@ -7,6 +7,7 @@ import pytest
 
 from tests.pg import TestDatabase
 from tests.stack import LiveStack, Stack, start_stack
+from tests.test_cli import BRIDGE_READY, Served, free_port, inlet, start, stop
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,20 @@ async def stack_on_each_store(
     running = await start_stack(tmp_path, database=database)
     yield running
     await running.stop()
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """`inlet serve` in tmp_path with a key that may ingest and read (the CLI's tests)."""
+    key = inlet(
+        "keys", "create", "--account", "acme", "--scope", "ingest,read", cwd=tmp_path
+    ).stdout.strip()
+    core = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("INLET_SWITCH_REFRESH_S", "0.1")  # the CLI's switch, seen at once
+    server, ready = start(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", core], tmp_path, BRIDGE_READY
+    )
+    try:
+        yield Served(f"http://127.0.0.1:{ready[1]}/segment", core, key, tmp_path)
+    finally:
+        assert stop(server) == 0

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,25 @@ WORKERS_READY = r"\d+ workers serving on http://127\.0\.0\.1:(\d+)/segment"
 
 def ready_line(workers: int) -> str:
     return BRIDGE_READY if workers == 1 else WORKERS_READY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running `inlet serve` (the `served` fixture) and a key that may ingest and read."""
+
+    url: str
+    core: str
+    key: str
+    cwd: Path
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return inlet(*args, "--core", self.core, "--key", self.key, cwd=self.cwd, check=check)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -1,57 +1,17 @@
-"""The read and operator commands against a real `inlet serve`: profile, events, tail,
-accounts, key rotation, maintenance mode."""
+"""The read commands (inlet_app/cli_read.py) against a real `inlet serve`: profile get,
+events list, events tail."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json
-from tests.test_cli import BRIDGE_READY, inlet, post, start, stop
-
-
-@dataclass
-class Served:
-    url: str
-    core: str
-    key: str
-    cwd: Path
-
-    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return inlet(*args, "--core", self.core, "--key", self.key, cwd=self.cwd, check=check)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
-    """`inlet serve` in tmp_path with a key that may ingest and read."""
-    key = inlet(
-        "keys", "create", "--account", "acme", "--scope", "ingest,read", cwd=tmp_path
-    ).stdout.strip()
-    core = f"127.0.0.1:{free_port()}"
-    monkeypatch.setenv("INLET_SWITCH_REFRESH_S", "0.1")  # the CLI's switch, seen at once
-    server, ready = start(
-        ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc", core], tmp_path, BRIDGE_READY
-    )
-    try:
-        yield Served(f"http://127.0.0.1:{ready[1]}/segment", core, key, tmp_path)
-    finally:
-        assert stop(server) == 0
+from tests.test_cli import Served, post
 
 
 def test_profile_and_events_from_the_shell(served: Served) -> None:
@@ -175,59 +135,6 @@ def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path
     finally:
         second.kill()
         second.wait()
-
-
-def test_operator_commands(served: Served) -> None:
-    cwd = served.cwd
-    inlet("accounts", "create", "globex", cwd=cwd)
-    assert inlet("accounts", "create", "globex", cwd=cwd, check=False).returncode == 2
-    listing = inlet("accounts", "list", cwd=cwd).stdout
-    assert "acme" in listing and "globex" in listing
-
-    key_id = served.key.split("_")[1]
-    rotated = inlet("keys", "rotate", key_id, "--overlap", "1h", cwd=cwd)
-    new_key = rotated.stdout.strip()
-    assert new_key.startswith("inlet_") and "stops working at" in rotated.stderr
-    event = {"type": "track", "userId": "u1", "event": "E"}
-    assert post(served.url, new_key, event)[0] == 200
-    assert post(served.url, served.key, dict(event, event="F"))[0] == 200  # still valid
-
-    inlet("maintenance", "on", "--message", "upgrading", cwd=cwd)
-    assert "is on" in inlet("maintenance", "status", cwd=cwd).stdout
-    deadline = time.monotonic() + 10
-    while (answer := post(served.url, new_key, dict(event, event="G")))[0] != 503:
-        assert time.monotonic() < deadline, "the server never saw maintenance mode"
-        time.sleep(0.05)
-    assert answer[1] == {"message": "upgrading", "code": "maintenance"}
-    inlet("maintenance", "off", cwd=cwd)
-    while post(served.url, new_key, dict(event, event="G"))[0] != 200:
-        assert time.monotonic() < deadline, "the server never left maintenance mode"
-        time.sleep(0.05)
-
-    # Suppress with Delete, switched in the database: the server follows within seconds.
-    assert post(served.url, new_key, {"type": "delete", "userId": "gone"})[0] == 200
-    inlet("accounts", "set", "acme", "--suppress-deleted-users", "on", cwd=cwd)
-    deadline = time.monotonic() + 10
-    for attempt in itertools.count():  # a returning user's events, until suppressed
-        back = dict(event, userId="gone", messageId=f"back-{attempt}")
-        if post(served.url, new_key, back)[1].get("suppressed"):
-            break
-        assert time.monotonic() < deadline, "the setting was never seen"
-        time.sleep(0.05)
-    inlet("accounts", "create", "strict", "--suppress-deleted-users", "on", cwd=cwd)
-    rows = inlet("accounts", "list", cwd=cwd).stdout.splitlines()
-    assert {row.split()[0]: row.split(None, 3)[3] for row in rows[1:]} == {
-        "acme": "suppressed",
-        "globex": "may return",
-        "strict": "suppressed",
-    }
-    inlet("accounts", "set", "acme", "--suppress-deleted-users", "off", cwd=cwd)
-
-    inlet("accounts", "suspend", "acme", cwd=cwd)
-    while post(served.url, new_key, dict(event, event="H"))[0] != 403:
-        assert time.monotonic() < deadline, "the suspension was never seen"
-        time.sleep(0.05)
-    inlet("accounts", "resume", "acme", cwd=cwd)
 
 
 def test_read_commands_need_a_key(tmp_path: Path) -> None:

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import CHROMIUM, NO_CHROMIUM, chromium, open_page
-from tests.test_cli import BRIDGE_READY, inlet, post, start, stop
-from tests.test_cli_read import free_port
+from tests.test_cli import BRIDGE_READY, free_port, inlet, post, start, stop
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "proto" / "inlet" / "v1"
 README = ROOT / "README.md"
 GRPC_API = ROOT / "docs" / "grpc-api.md"
-CODE_DIRS = (ROOT / "service", ROOT / "http_bridge")
+CODE_DIRS = tuple(
+    ROOT / package for package in ("service", "http_bridge", "inlet_app", "inlet_tools")
+)
 MAX_README_LINES = 400
 
 _RPC = re.compile(r"^\s*rpc\s+(\w+)\s*\(", re.MULTILINE)

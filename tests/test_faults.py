@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from http_bridge.app_keys import BATCHER
 from http_bridge.config import BridgeConfig
-from http_bridge.keys import BATCHER
 from service.store import Store
 from tests.stack import Stack, basic, start_stack
 

@@ -2,6 +2,9 @@
 core) <- `http_bridge/` (the HTTP side) <- `inlet_app/` (the command line and the wiring of
 `inlet serve`). The core must run without the HTTP side (`inlet serve core`), and the
 contract without either, so an import the other way is a design change, not a shortcut.
+`inlet_tools/` (send-test, contract-test) is a client of any deployment beside them:
+`inlet.v1` <- `inlet_tools/` <- `inlet_app/`; it knows nothing of the server's code, and the
+server nothing of it.
 Read from the source with `ast`, every import (function-level ones too), without
 importing anything.
 """
@@ -17,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Each layer, where its source is, and the first-party packages it must not import.
 LAYERS = {
-    "inlet.v1": (ROOT / "proto" / "inlet", ("service", "http_bridge", "inlet_app")),
-    "service": (ROOT / "service", ("http_bridge", "inlet_app")),
-    "http_bridge": (ROOT / "http_bridge", ("inlet_app",)),
+    "inlet.v1": (ROOT / "proto" / "inlet", ("service", "http_bridge", "inlet_app", "inlet_tools")),
+    "service": (ROOT / "service", ("http_bridge", "inlet_app", "inlet_tools")),
+    "http_bridge": (ROOT / "http_bridge", ("inlet_app", "inlet_tools")),
+    "inlet_tools": (ROOT / "inlet_tools", ("service", "http_bridge", "inlet_app")),
 }
 
 

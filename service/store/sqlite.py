@@ -681,31 +681,31 @@ class SqliteStore:
         deleted = {} if newest is None else self._deleted_at(cursor, writes)
         results: list[WriteResult] = []
         for write in writes:
-            e = write.event
+            event = write.event
             if deleted and is_suppressed(
-                e, deleted.get(write.account_id, {}), write.suppress_deleted_users
+                event, deleted.get(write.account_id, {}), write.suppress_deleted_users
             ):
                 # Deduplication first, as everywhere: a stored messageId is a duplicate.
-                stored = cursor.execute(_IS_STORED, (write.account_id, e.message_id)).fetchone()
+                stored = cursor.execute(_IS_STORED, (write.account_id, event.message_id)).fetchone()
                 results.append(None if stored else SUPPRESSED)
                 continue
             cursor.execute(
                 _INSERT_EVENT,
                 (
                     write.account_id,
-                    e.message_id,
-                    e.type,
-                    e.user_id,
-                    e.anonymous_id,
-                    e.name,
-                    e.group_id,
-                    e.previous_id,
-                    e.timestamp_us,
-                    e.received_at_us,
+                    event.message_id,
+                    event.type,
+                    event.user_id,
+                    event.anonymous_id,
+                    event.name,
+                    event.group_id,
+                    event.previous_id,
+                    event.timestamp_us,
+                    event.received_at_us,
                     write.key_id,
-                    e.raw,
-                    e.settings,
-                    e.user_id or e.anonymous_id,
+                    event.raw,
+                    event.settings,
+                    event.user_id or event.anonymous_id,
                 ),
             )
             if cursor.rowcount != 1:
@@ -714,7 +714,7 @@ class SqliteStore:
             seq = cursor.lastrowid
             assert seq is not None
             results.append(seq)
-            projection = project(e)
+            projection = project(event)
             if not projection.empty:
                 self._apply(cursor, write, seq, projection, new_links)
         return results

@@ -19,8 +19,12 @@ from service.errors import (
     UnsupportedType,
 )
 
-S = grpc.StatusCode
-TRANSIENT = [S.UNAVAILABLE, S.ABORTED, S.DEADLINE_EXCEEDED, S.CANCELLED]
+TRANSIENT = [
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+]
 
 
 def segment_retries(status: int) -> bool:
@@ -38,7 +42,9 @@ def test_transient_codes_are_503(code: grpc.StatusCode) -> None:
     assert http_status_for(code) in RETRY_LATER
 
 
-@pytest.mark.parametrize("code", [*TRANSIENT, S.RESOURCE_EXHAUSTED], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "code", [*TRANSIENT, grpc.StatusCode.RESOURCE_EXHAUSTED], ids=lambda c: c.name
+)
 def test_no_transient_code_becomes_a_status_segment_drops(code: grpc.StatusCode) -> None:
     status = http_status_for(code)
     assert segment_retries(status)
@@ -48,19 +54,19 @@ def test_no_transient_code_becomes_a_status_segment_drops(code: grpc.StatusCode)
 @pytest.mark.parametrize(
     ("code", "status"),
     [
-        (S.OK, 200),
-        (S.ALREADY_EXISTS, 200),  # duplicate messageId: idempotent success
-        (S.INVALID_ARGUMENT, 400),
-        (S.FAILED_PRECONDITION, 400),
-        (S.OUT_OF_RANGE, 400),
-        (S.UNAUTHENTICATED, 401),
-        (S.PERMISSION_DENIED, 403),
-        (S.NOT_FOUND, 404),
-        (S.RESOURCE_EXHAUSTED, 429),
-        (S.UNIMPLEMENTED, 501),
-        (S.UNKNOWN, 500),
-        (S.INTERNAL, 500),
-        (S.DATA_LOSS, 500),
+        (grpc.StatusCode.OK, 200),
+        (grpc.StatusCode.ALREADY_EXISTS, 200),  # duplicate messageId: idempotent success
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (grpc.StatusCode.OUT_OF_RANGE, 400),
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, 403),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNIMPLEMENTED, 501),
+        (grpc.StatusCode.UNKNOWN, 500),
+        (grpc.StatusCode.INTERNAL, 500),
+        (grpc.StatusCode.DATA_LOSS, 500),
     ],
     ids=lambda v: v.name if isinstance(v, grpc.StatusCode) else str(v),
 )
@@ -68,7 +74,9 @@ def test_status_table(code: grpc.StatusCode, status: int) -> None:
     assert http_status_for(code) == status
 
 
-@pytest.mark.parametrize("code", [S.INVALID_ARGUMENT, S.UNIMPLEMENTED], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED], ids=lambda c: c.name
+)
 def test_permanent_event_errors_are_not_retried_by_segment(code: grpc.StatusCode) -> None:
     assert not segment_retries(http_status_for(code))
 
@@ -131,17 +139,22 @@ def test_every_way_a_hand_over_fails_is_a_503_to_retry(failure: Exception, code:
 @pytest.mark.parametrize(
     ("grpc_code", "code"),
     [
-        (S.DEADLINE_EXCEEDED, "core_timeout"),  # reached, but no answer within the deadline
-        (S.UNAVAILABLE, "core_unavailable"),  # not listening, connection lost
-        (S.CANCELLED, "core_unavailable"),
-        (S.ABORTED, "core_unavailable"),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "core_timeout",
+        ),  # reached, but no answer within the deadline
+        (grpc.StatusCode.UNAVAILABLE, "core_unavailable"),  # not listening, connection lost
+        (grpc.StatusCode.CANCELLED, "core_unavailable"),
+        (grpc.StatusCode.ABORTED, "core_unavailable"),
     ],
 )
-def test_a_failed_call_to_the_core_is_a_503_naming_why(grpc_code: S, code: str) -> None:
+def test_a_failed_call_to_the_core_is_a_503_naming_why(
+    grpc_code: grpc.StatusCode, code: str
+) -> None:
     answer = call_failed(grpc_code, BridgeConfig(retry_after_s=7))
     assert (answer.status, answer.code, answer.headers) == (503, code, {"Retry-After": "7"})
 
 
 def test_a_failed_call_to_the_core_for_a_bug_is_a_500() -> None:
-    answer = call_failed(S.INTERNAL, BridgeConfig())
+    answer = call_failed(grpc.StatusCode.INTERNAL, BridgeConfig())
     assert (answer.status, answer.code) == (500, "internal")

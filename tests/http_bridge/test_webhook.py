@@ -22,7 +22,7 @@ from inlet.v1 import events_pb2, events_pb2_grpc
 from service.config import CoreConfig
 from tests.stack import Stack, basic, start_stack
 
-SAMPLES = Path(__file__).resolve().parents[2] / "http_bridge" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "inlet_tools" / "samples"
 TRACK = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "m-1"}
 
 

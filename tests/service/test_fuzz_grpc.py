@@ -37,19 +37,18 @@ from inlet.v1 import events_pb2, events_pb2_grpc
 from tests.fuzzing import FUZZ
 from tests.stack import LiveStack
 
-S = grpc.StatusCode
 ALLOWED: Final = frozenset(
     {
-        S.OK,
-        S.INVALID_ARGUMENT,
-        S.UNAUTHENTICATED,
-        S.PERMISSION_DENIED,
-        S.UNIMPLEMENTED,
-        S.UNAVAILABLE,
-        S.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
-BUG_CODES: Final = frozenset({S.INTERNAL.value[0], S.UNKNOWN.value[0]})
+BUG_CODES: Final = frozenset({grpc.StatusCode.INTERNAL.value[0], grpc.StatusCode.UNKNOWN.value[0]})
 TIMEOUT_S: Final = 10.0
 INGEST: Final = "/inlet.v1.EventService/Ingest"
 INGEST_BATCH: Final = "/inlet.v1.EventService/IngestBatch"
@@ -104,7 +103,9 @@ def call(
         reply = method(request, metadata=metadata or [], timeout=TIMEOUT_S)
     except grpc.RpcError as error:
         code = error.code()  # type: ignore[attr-defined]
-        assert code != S.DEADLINE_EXCEEDED, f"no answer within {TIMEOUT_S} s: the core hangs"
+        assert code != grpc.StatusCode.DEADLINE_EXCEEDED, (
+            f"no answer within {TIMEOUT_S} s: the core hangs"
+        )
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
         reason = None
         if status is not None and status.details:
@@ -113,7 +114,7 @@ def call(
                 reason = info.reason
         outcome = Outcome(code, None, error.details() or "", reason)  # type: ignore[attr-defined]
     else:
-        outcome = Outcome(S.OK, reply, "", None)
+        outcome = Outcome(grpc.StatusCode.OK, reply, "", None)
     if tally and currently_in_test_context():
         event(f"status {outcome.code.name}")  # for --hypothesis-show-statistics
     return outcome
@@ -131,7 +132,7 @@ def decodes(message_type: Any, wire: bytes) -> bool:
 def check_status(outcome: Outcome) -> None:
     """The status is allowed; a refusal says why."""
     assert outcome.code in ALLOWED, outcome
-    if outcome.code != S.OK:
+    if outcome.code != grpc.StatusCode.OK:
         assert outcome.details and outcome.reason, outcome
 
 
@@ -139,7 +140,7 @@ def check_result(result: events_pb2.IngestResult) -> None:
     assert result.code not in BUG_CODES, result
     if result.outcome == events_pb2.OUTCOME_REJECTED:
         assert result.code != 0 and result.reason and result.message, result
-        assert grpc_code(result.code) in ALLOWED - {S.OK}, result
+        assert grpc_code(result.code) in ALLOWED - {grpc.StatusCode.OK}, result
     elif result.outcome == events_pb2.OUTCOME_SUPPRESSED:
         # An event of a user an earlier delete in the run covers: accepted, not stored.
         assert result.code == 0 and result.reason == "user_deleted" and result.message_id, result
@@ -151,7 +152,7 @@ def check_result(result: events_pb2.IngestResult) -> None:
 
 
 def grpc_code(number: int) -> grpc.StatusCode:
-    return next(code for code in S if code.value[0] == number)
+    return next(code for code in grpc.StatusCode if code.value[0] == number)
 
 
 def stub(channel: grpc.Channel) -> events_pb2_grpc.EventServiceStub:
@@ -180,7 +181,7 @@ def still_works(live: LiveStack, channel: grpc.Channel) -> None:
     message_id = fresh_id("canary")
     item = events_pb2.IngestItem(json=valid_json(message_id))
     outcome = call(stub(channel).Ingest, item, bearer(live.stack.keys["ingest"]), tally=False)
-    assert outcome.code == S.OK, outcome
+    assert outcome.code == grpc.StatusCode.OK, outcome
     assert outcome.reply.outcome == events_pb2.OUTCOME_STORED, outcome.reply
     assert stored_payload(live, message_id) == item.json
 
@@ -405,7 +406,7 @@ def test_ingest_random_items(live: LiveStack, channel: grpc.Channel, data: st.Da
     metadata = data.draw(call_metadata(live), label="metadata")
     outcome = call(stub(channel).Ingest, item, metadata)
     check_status(outcome)
-    if outcome.code == S.OK:
+    if outcome.code == grpc.StatusCode.OK:
         check_result(outcome.reply)
         event(f"item {events_pb2.Outcome.Name(outcome.reply.outcome)}")
         if item.WhichOneof("payload") == "json" and (
@@ -429,7 +430,7 @@ def test_ingest_batch_random_items(
     if not decodes(type(request), request.SerializeToString()):
         check_status(outcome)
         return still_works(live, channel)
-    assert outcome.code == S.OK, outcome  # only an oversized batch fails as a whole
+    assert outcome.code == grpc.StatusCode.OK, outcome  # only an oversized batch fails as a whole
     results = outcome.reply.results
     assert len(results) == len(items)
     for item, result in zip(items, results, strict=True):
@@ -452,7 +453,7 @@ def test_typed_events(
     item.event.CopyFrom(event)  # the constructor's copy would hit protobuf's depth limit
     outcome = call(stub(channel).Ingest, item, bearer(live.stack.keys["ingest"]))
     check_status(outcome)
-    if outcome.code == S.OK:
+    if outcome.code == grpc.StatusCode.OK:
         check_result(outcome.reply)
         if event.message_id and outcome.reply.outcome == events_pb2.OUTCOME_STORED:
             assert outcome.reply.message_id == event.message_id
@@ -545,7 +546,7 @@ def test_invalid_utf8_in_string_fields(
     else:
         outcome = call(raw_method(channel, INGEST, events_pb2.IngestResult), wire, metadata)
     check_status(outcome)
-    assert outcome.code != S.OK, "undecodable bytes must not be accepted"
+    assert outcome.code != grpc.StatusCode.OK, "undecodable bytes must not be accepted"
     still_works(live, channel)
 
 
@@ -592,7 +593,9 @@ def test_deepest_decodable_typed_event_with_nul_bytes_is_stored(
     message_id = fresh_id("typed")
     item = item_nested(MAX_STRUCT_DEPTH, message_id)
     outcome = call(stub(channel).Ingest, item, bearer(live.stack.keys["ingest"]))
-    assert outcome.code == S.OK and outcome.reply.outcome == events_pb2.OUTCOME_STORED, outcome
+    assert (
+        outcome.code == grpc.StatusCode.OK and outcome.reply.outcome == events_pb2.OUTCOME_STORED
+    ), outcome
     stored = orjson.loads(stored_payload(live, message_id) or b"null")
     assert stored["userId"] == "u\x00" and stored["event"] == "E\x00"
     still_works(live, channel)
@@ -605,7 +608,9 @@ def test_struct_with_10000_fields_is_stored(live: LiveStack, channel: grpc.Chann
     outcome = call(
         stub(channel).Ingest, events_pb2.IngestItem(event=event), bearer(live.stack.keys["ingest"])
     )
-    assert outcome.code == S.OK and outcome.reply.outcome == events_pb2.OUTCOME_STORED, outcome
+    assert (
+        outcome.code == grpc.StatusCode.OK and outcome.reply.outcome == events_pb2.OUTCOME_STORED
+    ), outcome
     stored = orjson.loads(stored_payload(live, message_id) or b"null")
     assert len(stored["properties"]) == 10_000
 
@@ -619,7 +624,9 @@ def test_non_finite_struct_number_is_invalid_argument(
     outcome = call(
         stub(channel).Ingest, events_pb2.IngestItem(event=event), bearer(live.stack.keys["ingest"])
     )
-    assert (outcome.code, outcome.reason) == (S.INVALID_ARGUMENT, "wrong_type"), outcome
+    assert (outcome.code, outcome.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "wrong_type"), (
+        outcome
+    )
 
 
 @pytest.mark.parametrize(
@@ -634,7 +641,7 @@ def test_received_at_outside_years_1_to_9999_is_invalid_argument(
         received_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
     )
     outcome = call(stub(channel).Ingest, item, bearer(live.stack.keys["ingest"]))
-    assert outcome.code == S.INVALID_ARGUMENT, outcome
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
 
 
 def test_batch_of_max_items_is_answered_and_one_more_is_refused(
@@ -643,12 +650,12 @@ def test_batch_of_max_items_is_answered_and_one_more_is_refused(
     limit = live.stack.core.config.max_batch_items
     empty = events_pb2.IngestItem()  # no key, no payload: each rejected on its own
     full = call(stub(channel).IngestBatch, events_pb2.IngestBatchRequest(items=[empty] * limit))
-    assert full.code == S.OK and len(full.reply.results) == limit
-    assert all(r.code == S.UNAUTHENTICATED.value[0] for r in full.reply.results)
+    assert full.code == grpc.StatusCode.OK and len(full.reply.results) == limit
+    assert all(r.code == grpc.StatusCode.UNAUTHENTICATED.value[0] for r in full.reply.results)
     over = call(
         stub(channel).IngestBatch, events_pb2.IngestBatchRequest(items=[empty] * (limit + 1))
     )
-    assert (over.code, over.reason) == (S.INVALID_ARGUMENT, "batch_too_large"), over
+    assert (over.code, over.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_too_large"), over
     still_works(live, channel)
 
 
@@ -660,7 +667,7 @@ def test_invalid_utf8_in_api_key_is_invalid_argument(
 ) -> None:
     wire = spliced("api_key", b"A\xffA\xedAA")
     outcome = call(raw_method(channel, INGEST, events_pb2.IngestResult), wire)
-    assert outcome.code == S.INVALID_ARGUMENT, outcome
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
 
 
 def test_invalid_utf8_in_a_batch_item_is_invalid_argument(
@@ -670,13 +677,13 @@ def test_invalid_utf8_in_a_batch_item_is_invalid_argument(
     request = b"\x0a" + _varint(len(wire)) + wire
     method = raw_method(channel, INGEST_BATCH, events_pb2.IngestBatchResponse)
     outcome = call(method, request, bearer(live.stack.keys["ingest"]))
-    assert outcome.code == S.INVALID_ARGUMENT, outcome
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
 
 
 def test_corrupt_wire_bytes_are_invalid_argument(live: LiveStack, channel: grpc.Channel) -> None:
     method = raw_method(channel, INGEST, events_pb2.IngestResult)
     outcome = call(method, b"\xff\xff\xff\xff", bearer(live.stack.keys["ingest"]))
-    assert outcome.code == S.INVALID_ARGUMENT, outcome
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
 
 
 def test_struct_nested_beyond_the_decoder_limit_is_refused_cleanly(
@@ -688,4 +695,6 @@ def test_struct_nested_beyond_the_decoder_limit_is_refused_cleanly(
     wire = item.SerializeToString()
     method = raw_method(channel, INGEST, events_pb2.IngestResult)
     outcome = call(method, wire, bearer(live.stack.keys["ingest"]))
-    assert outcome.code in (S.INVALID_ARGUMENT, S.RESOURCE_EXHAUSTED), outcome
+    assert outcome.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (
+        outcome
+    )

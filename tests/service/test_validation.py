@@ -23,7 +23,7 @@ from service.validation import (
 )
 
 RECEIVED_US = 1_700_000_000_123_456
-SAMPLES = Path(__file__).resolve().parents[2] / "http_bridge" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "inlet_tools" / "samples"
 SHARED_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "segment-samples"
 
 
@@ -594,7 +594,7 @@ def test_delete_sample_keeps_its_go_formatted_original_timestamp() -> None:
 
 @pytest.mark.skipif(not SHARED_SAMPLES.is_dir(), reason=f"{SHARED_SAMPLES} is not on this machine")
 def test_samples_match_the_shared_reference_folder() -> None:
-    """http_bridge/samples/ is a byte-for-byte copy of the shared samples that have a type."""
+    """inlet_tools/samples/ is a byte-for-byte copy of the shared samples that have a type."""
     expected = {p.name: p.read_bytes() for p in SHARED_SAMPLES.glob("*.json") if has_type_key(p)}
     assert {p.name: p.read_bytes() for p in SAMPLE_FILES} == expected
 

@@ -183,27 +183,27 @@ class PostgresEvents(PostgresDatabase):
         columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
         covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
         for write in writes:
-            e = write.event
+            event = write.event
             row = (
                 write.account_id,
-                pg_text(e.message_id),
-                e.type,
-                pg_text(e.user_id),
-                pg_text(e.anonymous_id),
-                pg_text(e.name),
-                pg_text(e.group_id),
-                pg_text(e.previous_id),
-                e.timestamp_us,
-                e.received_at_us,
+                pg_text(event.message_id),
+                event.type,
+                pg_text(event.user_id),
+                pg_text(event.anonymous_id),
+                pg_text(event.name),
+                pg_text(event.group_id),
+                pg_text(event.previous_id),
+                event.timestamp_us,
+                event.received_at_us,
                 write.key_id,
-                e.raw,
-                e.settings,
-                pg_text(e.user_id or e.anonymous_id),
-                event_time_us(e),
+                event.raw,
+                event.settings,
+                pg_text(event.user_id or event.anonymous_id),
+                event_time_us(event),
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-            for id in covered_ids(e):
+            for id in covered_ids(event):
                 covered[write.account_id, pg_text(id) or ""] = None
         candidates = ([a for a, _ in covered], [i for _, i in covered])
         deletes = False

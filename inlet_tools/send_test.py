@@ -21,7 +21,7 @@ from typing import Any, Final, TextIO
 
 import aiohttp
 
-from http_bridge.contract.scenarios import segment_headers
+from inlet_tools.contract.scenarios import segment_headers
 
 #: The realistic payload sent for each call type (Segment's own Spec examples).
 SAMPLE_FILES: Final = {
@@ -36,7 +36,7 @@ SAMPLE_FILES: Final = {
 
 
 def sample(kind: str) -> dict[str, Any]:
-    text = (importlib.resources.files("http_bridge") / "samples" / SAMPLE_FILES[kind]).read_text()
+    text = (importlib.resources.files("inlet_tools") / "samples" / SAMPLE_FILES[kind]).read_text()
     event: dict[str, Any] = json.loads(text)
     return event
 

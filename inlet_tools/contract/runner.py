@@ -10,9 +10,9 @@ from pathlib import Path
 
 import aiohttp
 
-from http_bridge.contract.config import ContractConfig
-from http_bridge.contract.property_run import PropertyRun, run_property_tests
-from http_bridge.contract.scenarios import Outcome, Request, Scenario, judge, scenarios
+from inlet_tools.contract.config import ContractConfig
+from inlet_tools.contract.property_run import PropertyRun, run_property_tests
+from inlet_tools.contract.scenarios import Outcome, Request, Scenario, judge, scenarios
 
 #: Segment's webhook timeout is 5 s (classic Webhooks docs); slower answers are retried.
 SEGMENT_TIMEOUT_S = 5.0

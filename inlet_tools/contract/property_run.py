@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from http_bridge.contract.config import ContractConfig
+from inlet_tools.contract.config import ContractConfig
 
 #: 501 (type not supported) and 503 (retry later) belong to Segment's contract; 500 does not.
 EXPECTED_STATUSES = ["2xx", "4xx", "501", "503"]
@@ -33,7 +33,7 @@ class PropertyRun:
 
 def shipped_spec() -> str:
     """Inlet's openapi.yaml as shipped in the package."""
-    return (importlib.resources.files("http_bridge") / "openapi.yaml").read_text("utf-8")
+    return (importlib.resources.files("inlet_tools") / "openapi.yaml").read_text("utf-8")
 
 
 #: What Segment itself requires of answers (partners/direct-destination.md): JSON, and a

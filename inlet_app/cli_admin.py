@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from service import keys
-from service.admin import ACCOUNT_NAME
+from service.admin_servicer import ACCOUNT_NAME
 from service.maintenance import MaintenanceMode
 from service.retention import Retention
 from service.store import Account, AccountStore, EventStore, StoreError, SwitchStore

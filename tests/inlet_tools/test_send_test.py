@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from http_bridge.send_test import SAMPLE_FILES, sample
+from inlet_tools.send_test import SAMPLE_FILES, sample
 from tests.stack import LiveStack
 
 

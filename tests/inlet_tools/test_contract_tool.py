@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from http_bridge.contract.config import ContractConfig
-from http_bridge.contract.property_run import run_property_tests
-from http_bridge.contract.report import render_text, write_junit
-from http_bridge.contract.runner import run_contract_test
-from http_bridge.contract.scenarios import basic, segment_consequence
+from inlet_tools.contract.config import ContractConfig
+from inlet_tools.contract.property_run import run_property_tests
+from inlet_tools.contract.report import render_text, write_junit
+from inlet_tools.contract.runner import run_contract_test
+from inlet_tools.contract.scenarios import basic, segment_consequence
 from tests.stack import LiveStack
 
 KEY = "partner-key"
@@ -229,7 +229,7 @@ def test_segment_consequences() -> None:
 
 
 def test_openapi_is_shipped_in_the_package() -> None:
-    from http_bridge.contract.property_run import shipped_spec
+    from inlet_tools.contract.property_run import shipped_spec
 
     root = Path(__file__).resolve().parents[2]
     assert shipped_spec() == (root / "openapi.yaml").read_text("utf-8")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from http_bridge.contract.runner import ContractReport
-from http_bridge.contract.scenarios import Outcome
+from inlet_tools.contract.runner import ContractReport
+from inlet_tools.contract.scenarios import Outcome
 
 _BODY_CHARS = 100
 
