@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from service.store.checkpointer import (
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.checkpointer import (
     Checkpoint,
     CheckpointSettings,
     WalCheckpointer,
     checkpoint,
 )
-from service.store.sqlite import SqliteStore
 from tests.store.test_conformance import track, write
 
 DEADLINE_S = 10.0
@@ -96,7 +96,7 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
         return sqlite3.connect(database, isolation_level=None, check_same_thread=False)
 
     checkpointer = WalCheckpointer(connect, CheckpointSettings(interval_s=0.0))
-    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
+    caplog.set_level(logging.WARNING, logger="service.store.sqlite.checkpointer")
     checkpointer.start()
     try:
         for attempt in (1, 2):  # a SQLite error, then any other: the thread lives on
@@ -181,8 +181,8 @@ async def test_a_failing_catch_up_never_fails_the_committed_group(
             raise sqlite3.OperationalError("disk I/O error")
         return checkpoint(conn)
 
-    monkeypatch.setattr("service.store.checkpointer.checkpoint", broken)
-    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
+    monkeypatch.setattr("service.store.sqlite.checkpointer.checkpoint", broken)
+    caplog.set_level(logging.WARNING, logger="service.store.sqlite.checkpointer")
     await store.open()
     try:
         acme = (await store.ensure_account("acme")).id

@@ -47,9 +47,9 @@ from service.store.base import (
     WriteResult,
     rotated_expiry,
 )
-from service.store.checkpointer import CheckpointSettings, WalCheckpointer
 from service.store.group_commit import AsyncGroupCommitter
 from service.store.rows import newest_traits
+from service.store.sqlite.checkpointer import CheckpointSettings, WalCheckpointer
 from service.suppression import covered_ids, event_time_us, is_suppressed
 from service.timestamps import now_us
 from service.validation import CanonicalEvent
