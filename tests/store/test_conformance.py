@@ -13,8 +13,8 @@ import pytest
 from service import keys
 from service.errors import StoreUnavailable
 from service.store import Store, StoreError, pg_schema
-from service.store import sqlite as sqlite_store
 from service.store.base import SUPPRESSED, EventQuery, EventWrite
+from service.store.sqlite import schema as sqlite_schema
 from service.timestamps import format_micros
 from service.validation import canonicalise
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json
@@ -393,9 +393,8 @@ async def test_deletions_stored_before_the_upgrade_keep_their_user_out(
     """A database from before deleted_ids: each deletion's user is recorded on upgrade,
     with the time Inlet stored it (its linked ids were erased with their links)."""
     if backend.kind == "sqlite":
-        monkeypatch.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:2])
         with sqlite3.connect(backend.url, isolation_level=None) as db:
-            sqlite_store.SqliteStore._migrate(db)
+            sqlite_schema.migrate(db, sqlite_schema.MIGRATIONS[:2])
         payload, counter = "CAST('{}' AS BLOB)", "SELECT 1"
     else:
         monkeypatch.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:1])
