@@ -119,6 +119,12 @@ class SqliteDatabase:
             reader.close()
         self._readers.clear()
 
+    async def use_writer(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """`func(writer connection)` on the writer thread, alone on the connection and
+        outside any transaction: for the connection's own settings and state (PRAGMAs),
+        such as tests that read them or inject a fault there."""
+        return await self._run(lambda: func(self._db()))
+
     def _open(self, migrate: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Event groups insert on the event loop and commit on the writer thread

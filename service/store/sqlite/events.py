@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Unpack
 
@@ -103,6 +103,9 @@ class SqliteEvents(SqliteDatabase):
             self._commit_events,
             transient=lambda exc: isinstance(exc, StoreUnavailable),
         )
+        #: Test seam: called with each run of events just inserted, on the thread that
+        #: inserted them, inside the group's transaction; what it raises fails the group.
+        self.on_insert: Callable[[Sequence[EventWrite]], None] | None = None
 
     async def close(self) -> None:
         await self._events.wait_idle()
@@ -263,6 +266,8 @@ class SqliteEvents(SqliteDatabase):
             projection = project(e)
             if not projection.empty:
                 self._apply(cursor, write, seq, projection, new_links)
+        if self.on_insert is not None:
+            self.on_insert(writes)
         return results
 
     @staticmethod
