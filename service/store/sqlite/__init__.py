@@ -22,12 +22,11 @@ switches).
 from __future__ import annotations
 
 from service.store.sqlite.accounts import SqliteAccounts
-from service.store.sqlite.checkpointer import CheckpointSettings
 from service.store.sqlite.database import WriterLock
 from service.store.sqlite.events import SqliteEvents
 from service.store.sqlite.profiles import SqliteProfiles
 
-__all__ = ["CheckpointSettings", "SqliteStore", "WriterLock"]
+__all__ = ["SqliteStore", "WriterLock"]
 
 
 class SqliteStore(SqliteEvents, SqliteProfiles, SqliteAccounts):
