@@ -118,7 +118,8 @@ class CoreConfig:
 
     sibling_writers: bool = False
     """Sibling workers write the same SQLite file: each write transaction first takes a
-    file lock, which wakes the next writer as soon as it is free (service/store/sqlite.py)."""
+    file lock, which wakes the next writer as soon as it is free (WriterLock,
+    service/store/sqlite/database.py)."""
 
     def __post_init__(self) -> None:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):

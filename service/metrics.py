@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from service.store.checkpointer import WalCheckpointer
+    from service.store.sqlite.checkpointer import WalCheckpointer
 
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
 # busy timeout (2 s).
@@ -237,7 +237,7 @@ class CoreMetrics:
 
 
 class CheckpointCollector(Collector):
-    """What SQLite's checkpoints have done (service/store/checkpointer.py): a log that
+    """What SQLite's checkpoints have done (service/store/sqlite/checkpointer.py): a log that
     keeps growing means they fall behind or a long read pins it."""
 
     def __init__(self, checkpointer: WalCheckpointer) -> None:

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from http_bridge.app_keys import BATCHER
 from http_bridge.config import BridgeConfig
-from service.store import Store
+from service.store import SqliteStore, Store
 from tests.stack import Stack, basic, start_stack
 
 
@@ -239,12 +239,12 @@ async def fill_the_disk(store: Store, spare_pages: int) -> None:
     """Let the SQLite file grow by `spare_pages` pages at most: then every commit fails
     as it would on a full disk ("database or disk is full")."""
 
-    def cap_the_file() -> None:
-        conn = store._db()  # type: ignore[attr-defined]
+    def cap_the_file(conn: sqlite3.Connection) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
 
-    await store._run(cap_the_file)  # type: ignore[attr-defined]
+    assert isinstance(store, SqliteStore)
+    await store.use_writer(cap_the_file)
 
 
 async def test_a_full_disk_is_503_and_nothing_is_half_written(tmp_path: Path) -> None:

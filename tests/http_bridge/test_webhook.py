@@ -20,6 +20,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.server import BridgeServer, start_bridge
 from inlet.v1 import events_pb2, events_pb2_grpc
 from service.config import CoreConfig
+from service.store import SqliteStore
 from tests.stack import Stack, basic, start_stack
 
 SAMPLES = Path(__file__).resolve().parents[2] / "inlet_tools" / "samples"
@@ -491,17 +492,18 @@ async def test_large_settings_header_is_accepted(stack: Stack) -> None:
 async def test_store_read_failure_during_key_lookup_is_503(stack: Stack) -> None:
     fresh = await stack.add_key("fresh")  # not cached yet: the core must read the store
     store = stack.store
-    real_db = store._db  # type: ignore[attr-defined]
+    assert isinstance(store, SqliteStore)
 
-    class Failing:
-        def execute(self, *args: object) -> None:
-            raise sqlite3.OperationalError("disk I/O error")
+    def fail_every_statement(conn: sqlite3.Connection) -> None:
+        # SQLite interrupts each statement on the writer connection at its first step:
+        # it fails with the sqlite3.OperationalError a failing disk gives ("interrupted").
+        conn.set_progress_handler(lambda: 1, 1)
 
-    store._db = lambda: Failing()  # type: ignore[attr-defined]
+    await store.use_writer(fail_every_statement)
     try:
         status, body, headers = await post(stack, TRACK, key="fresh")
     finally:
-        store._db = real_db  # type: ignore[attr-defined]
+        await store.use_writer(lambda conn: conn.set_progress_handler(None, 1))
     assert (status, body["code"]) == (503, "store_unavailable") and "Retry-After" in headers
     assert fresh and (await post(stack, TRACK, key="fresh"))[0] == 200
 

@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 
 from service.store import SqliteStore
-from service.store.sqlite import (
-    _DELETED_AT,
-    _ERASE_EVENTS,
-    _LINKED_IDS,
-    _OF_IDS,
-    _PROFILE_COUNTS,
-    _PRUNE_EVENTS,
-)
+from service.store.sqlite.events import _DELETED_AT, _ERASE_EVENTS, _PRUNE_EVENTS
+from service.store.sqlite.profiles import _PROFILE_COUNTS, LINKED_IDS, OF_IDS
 
 
 @pytest.fixture
@@ -43,10 +37,10 @@ TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|deleted
         (_ERASE_EVENTS, (1, IDS)),
         (_PROFILE_COUNTS, (1, IDS)),
         (
-            f"SELECT seq FROM events WHERE account_id = ? AND {_OF_IDS} ORDER BY seq",
+            f"SELECT seq FROM events WHERE account_id = ? AND {OF_IDS} ORDER BY seq",
             (1, IDS),
         ),
-        (_LINKED_IDS, (1, "u1")),
+        (LINKED_IDS, (1, "u1")),
         (_DELETED_AT, (1, IDS)),
     ],
 )

@@ -13,9 +13,9 @@ import pytest
 from service import keys
 from service.errors import StoreUnavailable
 from service.store import Store, StoreError
-from service.store import sqlite as sqlite_store
 from service.store.base import SUPPRESSED, EventQuery, EventWrite
 from service.store.postgres import schema as pg_schema
+from service.store.sqlite import schema as sqlite_schema
 from service.timestamps import format_micros
 from service.validation import canonicalise
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json
@@ -388,26 +388,21 @@ async def test_a_user_filter_finds_the_users_delete_events(store: Store) -> None
     assert await store.get_profile(acme, "u4") is None
 
 
-async def test_deletions_stored_before_the_upgrade_keep_their_user_out(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_deletions_stored_before_the_upgrade_keep_their_user_out(backend: Backend) -> None:
     """A database from before deleted_ids: each deletion's user is recorded on upgrade,
     with the time Inlet stored it (its linked ids were erased with their links)."""
     if backend.kind == "sqlite":
-        monkeypatch.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:2])
         with sqlite3.connect(backend.url, isolation_level=None) as db:
-            sqlite_store.SqliteStore._migrate(db)
+            sqlite_schema.migrate(db, sqlite_schema.MIGRATIONS[:2])
         payload, counter = "CAST('{}' AS BLOB)", "SELECT 1"
     else:
-        monkeypatch.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:1])
         conn = await asyncpg.connect(backend.url)
         try:
-            await pg_schema.migrate(conn)
+            await pg_schema.migrate(conn, pg_schema.MIGRATIONS[:1])
         finally:
             await conn.close()
         payload = "convert_to('{}', 'UTF8')"
         counter = "UPDATE event_counter SET last_seq = 1"
-    monkeypatch.undo()
     stored_at = NOW_US + 5 * MINUTE
     for sql in (
         "INSERT INTO accounts (name, created_at_us) VALUES ('acme', 0)",

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from service.store.checkpointer import (
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.checkpointer import (
     Checkpoint,
     CheckpointSettings,
     WalCheckpointer,
     checkpoint,
 )
-from service.store.sqlite import SqliteStore
 from tests.store.test_conformance import track, write
 
 DEADLINE_S = 10.0
@@ -42,6 +42,11 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def pragma(name: str) -> Callable[[sqlite3.Connection], object]:
+    """Reads a setting of the store's writer connection (with `use_writer`)."""
+    return lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0]
 
 
 def _events_in_file_alone(database: Path, copy: Path) -> int:
@@ -65,7 +70,7 @@ async def test_committed_events_reach_the_database_file_without_a_commit_copying
     try:
         # SQLite's own checkpoint would wait for 1,000 pages of log; these are a few.
         backstop = store.checkpointer.settings.backstop_pages
-        assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == backstop
+        assert await store.use_writer(pragma("wal_autocheckpoint")) == backstop
         acme = (await store.ensure_account("acme")).id
         stored = await store.write_events([write(acme, track(f"c-{i}")) for i in range(50)])
         assert all(seq is not None for seq in stored)
@@ -96,7 +101,7 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
         return sqlite3.connect(database, isolation_level=None, check_same_thread=False)
 
     checkpointer = WalCheckpointer(connect, CheckpointSettings(interval_s=0.0))
-    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
+    caplog.set_level(logging.WARNING, logger="service.store.sqlite.checkpointer")
     checkpointer.start()
     try:
         for attempt in (1, 2):  # a SQLite error, then any other: the thread lives on
@@ -175,16 +180,18 @@ async def test_a_failing_catch_up_never_fails_the_committed_group(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SqliteStore(tmp_path / "inlet.db")
+    writer: sqlite3.Connection | None = None  # the store's, once open
 
     def broken(conn: sqlite3.Connection) -> Checkpoint:
-        if conn is store._db():  # the writer's catch-up; the thread's own still work
+        if conn is writer:  # the writer's catch-up; the thread's own still work
             raise sqlite3.OperationalError("disk I/O error")
         return checkpoint(conn)
 
-    monkeypatch.setattr("service.store.checkpointer.checkpoint", broken)
-    caplog.set_level(logging.WARNING, logger="service.store.checkpointer")
+    monkeypatch.setattr("service.store.sqlite.checkpointer.checkpoint", broken)
+    caplog.set_level(logging.WARNING, logger="service.store.sqlite.checkpointer")
     await store.open()
     try:
+        writer = await store.use_writer(lambda conn: conn)
         acme = (await store.ensure_account("acme")).id
         for index in range(3):
             store.checkpointer.catch_up_due = True  # as the thread asks after a long log
@@ -212,7 +219,7 @@ async def test_the_log_file_shrinks_back_once_a_pinning_read_ends(tmp_path: Path
     wal = tmp_path / "inlet.db-wal"
     reader = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
     try:
-        assert store._db().execute("PRAGMA journal_size_limit").fetchone()[0] == limit
+        assert await store.use_writer(pragma("journal_size_limit")) == limit
         acme = (await store.ensure_account("acme")).id
         counter = iter(range(10**9))
 

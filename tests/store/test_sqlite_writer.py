@@ -11,13 +11,13 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from service.errors import StoreUnavailable
-from service.store.base import EventQuery
+from service.store.base import EventQuery, EventWrite
 from service.store.sqlite import SqliteStore, WriterLock
 from tests.store.test_conformance import identify, track, write
 
@@ -90,14 +90,12 @@ async def test_a_delete_in_a_group_runs_on_the_writer_thread_and_erases(
     await sqlite_store.write_events([write(acme, track(f"t-{i}", user="gone")) for i in range(50)])
     delete = {"type": "delete", "messageId": "del-1", "userId": "gone"}
     inserted: list[tuple[str, bool]] = []  # (event type, on the loop's thread)
-    insert = sqlite_store._insert_events
 
-    def recording_insert(conn: object, writes: list[Any], links: list[Any]) -> object:
+    def record(writes: Sequence[EventWrite]) -> None:
         on_loop = threading.current_thread() is threading.main_thread()
         inserted.extend((w.event.type, on_loop) for w in writes)
-        return insert(conn, writes, links)  # type: ignore[arg-type]
 
-    sqlite_store._insert_events = recording_insert  # type: ignore[method-assign]
+    sqlite_store.on_insert = record
     # In one group: an event of the user before the delete (erased with the user), one
     # after it (a new life: kept), and another user's (untouched).
     results = await sqlite_store.write_events(
@@ -171,19 +169,16 @@ async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
     linking = {"type": "identify", "userId": "u", "anonymousId": "a", "traits": {}}
     await sqlite_store.write_events([write(acme, {**linking, "messageId": "link-1"})])
 
-    insert = sqlite_store._insert_events
-
-    def failing_after_the_delete(conn: Any, writes: list[Any], links: list[Any]) -> Any:
-        results = insert(conn, writes, links)
-        if writes and writes[0].event.message_id == "after":
+    def fail_after_the_delete(writes: Sequence[EventWrite]) -> None:
+        # Once "after" is inserted, and has read the delete's uncommitted deletion id.
+        if writes[0].event.message_id == "after":
             raise sqlite3.OperationalError("disk I/O error")
-        return results
 
-    sqlite_store._insert_events = failing_after_the_delete  # type: ignore[method-assign]
+    sqlite_store.on_insert = fail_after_the_delete
     delete = {"type": "delete", "messageId": "del-x", "userId": "someone-else"}
     with pytest.raises(StoreUnavailable):
         await sqlite_store.write_events([write(acme, delete), write(acme, track("after"))])
-    sqlite_store._insert_events = insert  # type: ignore[method-assign]
+    sqlite_store.on_insert = None
     assert await sqlite_store.count_events(acme) == 1  # the whole group was undone
 
     # Another process erases user u: its deletion takes the id the rollback freed.

@@ -10,6 +10,7 @@ second core finds the work done when it gets the lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         key_id         text NOT NULL,
         payload        bytea NOT NULL,
         settings       bytea,
-        -- The userId, else the anonymousId; NULL for deletes (see sqlite.py).
+        -- The userId, else the anonymousId; NULL for deletes (as in SQLite).
         subject        text,
         UNIQUE (account_id, message_id)
     );
@@ -205,19 +206,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 
 async def migrate(
     conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+    migrations: Sequence[str] = MIGRATIONS,
 ) -> tuple[int, int]:
-    """Apply the missing migrations on `conn`; (version before, version after)."""
+    """Apply the missing ones of `migrations` on `conn`; (version before, version after).
+    `migrations` other than MIGRATIONS: a database as an older Inlet left it (tests)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
         found = await conn.fetchval("SELECT max(version) FROM schema_version")
         before = version = int(found or 0)
-        if version > len(MIGRATIONS):
+        if version > len(migrations):
             raise StoreError(
                 f"the database is at schema version {version}, newer than this Inlet "
-                f"knows ({len(MIGRATIONS)}): upgrade Inlet"
+                f"knows ({len(migrations)}): upgrade Inlet"
             )
-        for version, script in enumerate(MIGRATIONS[before:], start=before + 1):
+        for version, script in enumerate(migrations[before:], start=before + 1):
             await conn.execute(script)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     return before, version
