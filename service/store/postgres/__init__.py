@@ -37,6 +37,12 @@ How the SQLite store's guarantees carry over:
 * Failures: connection loss, refusal, shutdown, timeouts, full disk are
   StoreUnavailable (gRPC UNAVAILABLE, HTTP 503, Segment retries); the pool makes new
   connections as the server comes back, so no restart is needed.
+
+By concern: `database.py` (options, the pool, LISTEN, what is transient, the feed
+horizon), `schema.py` (migrations), `events.py` (the ingest transaction, the feed,
+retention), `eraser.py` (deletions erased in the background), `projected.py` (the
+profile tables' writes, the linked ids), `profiles.py`, `accounts.py` (accounts, keys,
+switches).
 """
 
 from __future__ import annotations
