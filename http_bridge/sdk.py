@@ -1,7 +1,7 @@
 """Segment's Tracking API syntax, for apps using Segment's SDKs: pure parsing and merging.
 
 The SDK routes (`POST /v1/track`, ..., `/v1/batch`, `/v1/import`) take what Segment's
-client libraries send to `api.segment.io` (shared/reference/segment-spec.md §5):
+client libraries send to `api.segment.io` (README, "Apps using Segment's SDKs"):
 
 * analytics-python ≥ 2.3 posts `{"batch": [...], "sentAt", "writeKey"}` to `/v1/batch`,
   the write key in the body (2.4 also as Basic), optionally gzipped;
@@ -18,6 +18,7 @@ are turned into one HTTP answer by `verdict`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from http_bridge import sdk_text
 from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from http_bridge.segment import api_key_from_authorization
 from http_bridge.status_map import http_status_for
@@ -55,10 +57,6 @@ BATCH_ROUTES: Final = ("/v1/batch", "/v1/import", "/v1/b")
 #: analytics.js sends JSON as `text/plain` (which, before 1.84 added `Authorization`,
 #: spared browsers the CORS preflight).
 _SDK_MEDIA_TYPE: Final = re.compile(r"^(?:application/(?:[\w.+-]+\+)?json|text/plain)$")
-
-#: How deep batch-level and event-level objects are merged; below it the event's value
-#: wins whole. Bounds the recursion whatever nesting a hostile body has.
-_MERGE_DEPTH: Final = 8
 
 #: Outcome names in the per-event results.
 STORED: Final = "stored"
@@ -181,7 +179,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any], depth: int = 0) -> di
     merged = dict(base)
     for key, value in over.items():
         inner = merged.get(key)
-        if depth < _MERGE_DEPTH and isinstance(value, dict) and isinstance(inner, dict):
+        if depth < sdk_text.MERGE_DEPTH and isinstance(value, dict) and isinstance(inner, dict):
             merged[key] = deep_merge(inner, value, depth + 1)
         else:
             merged[key] = value
@@ -242,31 +240,58 @@ def message_id_of(event: Any) -> str | None:
     return str(value) if isinstance(value, str | int) and value != "" else None
 
 
-def encode_event(event: Any, max_bytes: int) -> bytes | ItemOutcome:
-    """The event as JSON for the core, or the reason the bridge refuses it alone."""
-    if not isinstance(event, dict):
-        return ItemOutcome(
-            400,
-            REJECTED,
-            None,
-            "not_an_object",
-            f"an event must be a JSON object, not {type(event).__name__}",
-        )
-    try:
-        raw = orjson.dumps(event)
-    except orjson.JSONEncodeError:  # orjson writes at most 254 levels of nesting
-        return ItemOutcome(
-            400, REJECTED, message_id_of(event), "too_deep", "the event is nested too deeply"
-        )
-    if len(raw) > max_bytes:
-        return ItemOutcome(
-            413,
-            REJECTED,
-            message_id_of(event),
-            "event_too_large",
-            f"the event is {len(raw)} bytes; the limit is {max_bytes}",
-        )
-    return raw
+def encode_events(
+    text: str, body: dict[str, Any], route: str, events: list[Any], max_bytes: int
+) -> list[bytes | ItemOutcome]:
+    """Each event of a request (`events`, from `events_from`) as JSON for the core, with
+    the batch's defaults (`with_batch_defaults`), or the reason the bridge refuses it
+    alone. `text` is the body as received, `body` it parsed.
+
+    Writing the parsed event again is the fast way, and exact when every number of the
+    body comes back as written; otherwise (`-0`, `1.50`, an integer beyond 64 bits...),
+    or past the 254 levels of nesting orjson writes, the event is cut out of `text` and
+    merged as text (sdk_text.py), much slower, so that it is stored
+    as sent, as the webhook stores it.
+    """
+    route_type = SINGLE_ROUTES.get(route)
+    exact = sdk_text.numbers_round_trip(text)
+    texts: list[str] | None = None
+    defaults: dict[str, str] = {}
+    encoded: list[bytes | ItemOutcome] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, dict):
+            encoded.append(
+                ItemOutcome(
+                    400,
+                    REJECTED,
+                    None,
+                    "not_an_object",
+                    f"an event must be a JSON object, not {type(event).__name__}",
+                )
+            )
+            continue
+        raw = None
+        if exact:
+            with contextlib.suppress(orjson.JSONEncodeError):  # nested too deeply
+                raw = orjson.dumps(with_batch_defaults(event, body))
+        if raw is None:
+            if texts is None:
+                texts = sdk_text.event_texts(text, route_type is not None)
+                defaults = sdk_text.batch_defaults(text, body, route_type is not None)
+            raw = sdk_text.with_batch_defaults(texts[index], defaults, route_type).encode()
+        if len(raw) > max_bytes:
+            encoded.append(
+                ItemOutcome(
+                    413,
+                    REJECTED,
+                    message_id_of(event),
+                    "event_too_large",
+                    f"the event is {len(raw)} bytes; the limit is {max_bytes}",
+                )
+            )
+        else:
+            encoded.append(raw)
+    return encoded
 
 
 def outcome_of(result: Verdict, message_id: str | None = None) -> ItemOutcome:

@@ -81,13 +81,13 @@ def sdk_handler(route: str) -> Handler:
         body = sdk.parse_body(raw_body)
         api_key = sdk.write_key_from(request.headers.get("Authorization"), body)
         events = sdk.events_from(body, route, config.sdk_max_batch_events)
-        encoded = [
-            sdk.encode_event(
-                sdk.with_batch_defaults(event, body) if isinstance(event, dict) else event,
-                config.sdk_max_event_bytes,
-            )
-            for event in events
-        ]
+        encoded = sdk.encode_events(
+            raw_body.decode(),  # UTF-8: parse_body checked it
+            body,
+            route,
+            events,
+            config.sdk_max_event_bytes,
+        )
         received_at_us = now_us()
         items = [
             Submission(raw, api_key, received_at_us=received_at_us)

@@ -25,6 +25,8 @@ _BRACKET: Final = re.compile(r'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+([\
 _OPEN: Final = re.compile(r"[ \t\n\r]*+\{[ \t\n\r]*+(\})?")
 _KEY: Final = re.compile(r'("[^"\\]*+(?:\\.[^"\\]*+)*+")[ \t\n\r]*+:[ \t\n\r]*+', re.DOTALL)
 _NEXT: Final = re.compile(r"[ \t\n\r]*+([,}])[ \t\n\r]*+")
+_OPEN_ARRAY: Final = re.compile(r"[ \t\n\r]*+\[[ \t\n\r]*+(\])?")
+_NEXT_ITEM: Final = re.compile(r"[ \t\n\r]*+([,\]])[ \t\n\r]*+")
 
 
 def value_end(text: str, start: int) -> int:
@@ -61,6 +63,23 @@ def object_members(text: str, start: int = 0) -> list[tuple[str, int, int]]:
         separator = _match(_NEXT, text, end)
         if separator.group(1) == "}":
             return members
+        position = separator.end()
+
+
+def array_items(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of each item of the JSON array at `start` (or after white space
+    there), in order."""
+    opening = _match(_OPEN_ARRAY, text, start)
+    items: list[tuple[int, int]] = []
+    if opening.group(1) is not None:  # []
+        return items
+    position = opening.end()
+    while True:
+        end = value_end(text, position)
+        items.append((position, end))
+        separator = _match(_NEXT_ITEM, text, end)
+        if separator.group(1) == "]":
+            return items
         position = separator.end()
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from http_bridge import sdk
+from http_bridge import sdk, sdk_text
 from http_bridge.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from inlet.v1 import events_pb2
 from service.handoff import Verdict
+from tests.exact_values import EXACT_TRAITS
 from tests.stack import basic
 
 OK = sdk.ItemOutcome(200, sdk.STORED, "m")
@@ -113,18 +117,118 @@ def test_other_media_types_refused() -> None:
         sdk.check_sdk_media_type("text/html")
 
 
-def test_encode_event_limits() -> None:
-    assert sdk.encode_event({"a": 1}, 100) == b'{"a":1}'
-    too_large = sdk.encode_event({"messageId": "m", "a": "x" * 100}, 100)
+def encode(body: dict[str, Any], route: str = "/v1/batch", max_bytes: int = 1 << 20) -> list[Any]:
+    text = orjson.dumps(body).decode()
+    return sdk.encode_events(text, body, route, sdk.events_from(body, route, 100), max_bytes)
+
+
+def test_encode_events_limits() -> None:
+    assert encode({"batch": [{"a": 1}]}, max_bytes=100) == [b'{"a":1}']
+    [too_large] = encode({"batch": [{"messageId": "m", "a": "x" * 100}]}, max_bytes=100)
     assert isinstance(too_large, sdk.ItemOutcome)
     assert (too_large.status, too_large.code, too_large.message_id) == (413, "event_too_large", "m")
-    nested: dict[str, Any] = {}
-    inner = nested
-    for _ in range(300):  # orjson writes at most 254 levels
-        inner["k"] = {}
-        inner = inner["k"]
-    too_deep = sdk.encode_event(nested, 1 << 20)
-    assert isinstance(too_deep, sdk.ItemOutcome) and too_deep.code == "too_deep"
+    [not_an_object] = encode({"batch": [[1]]})
+    assert isinstance(not_an_object, sdk.ItemOutcome) and not_an_object.code == "not_an_object"
+
+
+def test_an_event_nested_deeper_than_orjson_writes_is_stored_as_sent() -> None:
+    """orjson writes at most 254 levels; such an event is taken from the body's text."""
+    depth = 300
+    text = '{"batch":[{"type":"track","p":' + '{"k":' * depth + "1" + "}" * depth + "}]}"
+    body = orjson.loads(text)
+    [raw] = sdk.encode_events(text, body, "/v1/batch", body["batch"], 1 << 20)
+    assert isinstance(raw, bytes)
+    assert raw == ('{"type":"track","p":' + '{"k":' * depth + "1" + "}" * depth + "}").encode()
+
+
+def body_text(event: str, route: str) -> str:
+    if route in sdk.SINGLE_ROUTES:
+        return event[:-1] + ',"writeKey":"k"}'
+    return f'{{"batch":[{event}],"context":{{"ip":"1.2.3.4"}},"sentAt":"S","writeKey":"k"}}'
+
+
+@pytest.mark.parametrize("route", ["/v1/batch", "/v1/track"])
+def test_events_keep_their_numbers_as_written(route: str) -> None:
+    """A parser would write `-0` as `0`, `1.50` as `1.5` and an integer beyond 64 bits
+    as a float: the stored event keeps the text it was sent with."""
+    properties = ",".join(f'"{key}":{text}' for key, text in EXACT_TRAITS.items())
+    text = body_text(f'{{"type":"track","userId":"u","properties":{{{properties}}}}}', route)
+    assert not sdk_text.numbers_round_trip(text)
+    body = orjson.loads(text)
+    [raw] = sdk.encode_events(text, body, route, sdk.events_from(body, route, 10), 1 << 20)
+    assert isinstance(raw, bytes)
+    assert f'"properties":{{{properties}}}'.encode() in raw
+    assert b"writeKey" not in raw
+
+
+@pytest.mark.parametrize(
+    ("number", "survives"),
+    [("12", True), ("12.5", True), ("0.1", True), ("-3", True), ("3.0", True), ("1e+20", True)]
+    + [("-0", False), ("1.50", False), ("1e20", False), ("123456789012345678901234567890", False)],
+)
+def test_numbers_round_trip(number: str, survives: bool) -> None:
+    text = f'{{"a":"-0 1.50 in a string","b":[{number}],"c":"\\"-0"}}'
+    assert orjson.loads(text)["b"]  # valid JSON
+    assert sdk_text.numbers_round_trip(text) is survives
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+members = st.sampled_from(["type", "context", "integrations", "sentAt", "writeKey", "a"])
+objects = st.dictionaries(members | st.text(max_size=3), json_values, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(objects | json_scalars, min_size=1, max_size=4),
+    batch=objects,
+    route=st.sampled_from(["/v1/batch", "/v1/track", "/v1/t"]),
+)
+def test_the_text_merge_stores_what_the_parsed_merge_stores(
+    events: list[Any], batch: dict[str, Any], route: str
+) -> None:
+    """sdk_text's merge on text gives the event sdk.with_batch_defaults gives on parsed
+    values, whatever the body: the two paths of encode_events store the same event."""
+    body = {**batch, "batch": events} if route == "/v1/batch" else batch
+    try:
+        parsed = sdk.events_from(body, route, 10)
+    except BadRequest:
+        return  # refused as a whole before any event is looked at
+    text = orjson.dumps(body).decode()
+    single = route in sdk.SINGLE_ROUTES
+    defaults = sdk_text.batch_defaults(text, body, single)
+    for event, event_text in zip(parsed, sdk_text.event_texts(text, single), strict=True):
+        if isinstance(event, dict):
+            stored = sdk_text.with_batch_defaults(
+                event_text, defaults, sdk.SINGLE_ROUTES.get(route)
+            )
+            assert orjson.loads(stored) == sdk.with_batch_defaults(event, body)
+
+
+def test_merged_objects_event_wins_and_depth_is_bounded() -> None:
+    base = '{"a":1,"device":{"id":"d","type":"android"}}'
+    over = '{"device":{"type":"ios"},"b":2}'
+    assert orjson.loads(sdk_text.merged_objects(base, over)) == {
+        "a": 1,
+        "b": 2,
+        "device": {"id": "d", "type": "ios"},
+    }
+    deep = 5000  # deeper than Python's recursion limit
+    deep_base = '{"k":' * deep + '{"x":1}' + "}" * deep
+    deep_over = '{"k":' * deep + '{"y":2}' + "}" * deep
+    sdk_text.merged_objects(deep_base, deep_over)  # no RecursionError
 
 
 def test_outcome_of_core_results() -> None:

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from http_bridge.config import BridgeConfig
+from tests.exact_values import EXACT_TRAITS
 from tests.stack import Stack, basic, start_stack
 
 TRACK = {"userId": "u1", "event": "Order Completed", "messageId": "m-1"}
@@ -166,6 +167,21 @@ async def test_batch_merges_context_and_integrations_and_sent_at(stack: Stack) -
     assert a["sentAt"] == "2026-11-26T08:19:18.596191+00:00"
     assert b["integrations"] == {"Salesforce": False, "All": False}
     assert b["sentAt"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/track"])
+async def test_events_are_stored_with_their_numbers_as_sent(stack: Stack, path: str) -> None:
+    """An integer beyond 64 bits, `-0`, `1.50`: what a parser would change is stored as
+    sent, through the SDK routes as through the webhook."""
+    properties = ",".join(f'"{key}":{text}' for key, text in EXACT_TRAITS.items())
+    event = f'{{"type":"track","event":"E","userId":"u","messageId":"exact","properties":{{{properties}}}}}'
+    data = (
+        f'{{"batch":[{event}],"sentAt":"2026-01-01T00:00:00Z"}}' if path == "/v1/batch" else event
+    )
+    status, answer, _ = await post(stack, path, data=data.encode())
+    assert (status, answer["stored"]) == (200, 1)
+    payload = await stack.store.get_event_payload(stack.account_ids["acme"], "exact")
+    assert payload is not None and f'"properties":{{{properties}}}'.encode() in payload
 
 
 async def test_a_batch_with_invalid_items_stores_the_others(stack: Stack) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.json_text import object_members, value_end
+from service.json_text import array_items, object_members, value_end
 from tests.fuzzing import FUZZ
 
 _SCALARS = (
@@ -45,6 +45,14 @@ def test_each_member_is_found_whatever_the_layout(body: dict[str, Any], layout: 
     members = object_members(text)
     assert [key for key, _, _ in members] == list(body)
     assert {key: json.loads(text[start:end]) for key, start, end in members} == body
+
+
+@FUZZ
+@given(items=st.lists(_VALUES, max_size=6), layout=_LAYOUTS)
+def test_each_item_of_an_array_is_found_whatever_the_layout(items: list[Any], layout: Any) -> None:
+    text = '{"batch": ' + json.dumps(items, **layout) + "}"
+    [(_, start, _)] = object_members(text)
+    assert [json.loads(text[a:b]) for a, b in array_items(text, start)] == items
 
 
 def test_repeated_keys_are_all_listed_in_order() -> None:
