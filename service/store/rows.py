@@ -15,6 +15,7 @@ from service.store.base import (
     StoredRecord,
     TraitRecord,
 )
+from service.validation import EVENT_TYPES
 
 
 class Row(Protocol):
@@ -34,6 +35,12 @@ KEY_COLUMNS: Final = """
     k.created_at_us, k.expires_at_us, k.revoked_at_us, a.suppress_deleted_users
 """
 ACCOUNT_COLUMNS: Final = "id, name, suspended, created_at_us, suppress_deleted_users"
+# Every type but `delete`, spelled out: with (account_id, subject, type) indexed, erasing a
+# user and counting their events search each type, where `type != 'delete'` would read
+# every delete event ever stored for the user (one per time they were deleted).
+NOT_A_DELETE: Final = "type IN ({})".format(
+    ", ".join(f"'{t}'" for t in EVENT_TYPES if t != "delete")
+)
 SELECT_KEYS: Final = f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
 
 

@@ -57,3 +57,13 @@ def test_pruning_reads_the_oldest_rows_in_table_order_and_stops(conn: sqlite3.Co
     steps = plan(conn, _PRUNE_EVENTS, (500, 0))
     assert not [s for s in steps if "TEMP B-TREE" in s], steps
     assert "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)" in steps, steps
+
+
+@pytest.mark.parametrize(("sql", "args"), [(_ERASE_EVENTS, (1, IDS)), (_PROFILE_COUNTS, (1, IDS))])
+def test_erasing_and_counting_a_user_search_by_type(
+    conn: sqlite3.Connection, sql: str, args: tuple[object, ...]
+) -> None:
+    """A user deleted N times has N delete events under their id: erasing them again, or
+    counting their events, must not read those (quadratic in the deletes of one user)."""
+    steps = plan(conn, sql, args)
+    assert any("(account_id=? AND subject=? AND type=?)" in s for s in steps), steps

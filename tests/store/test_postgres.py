@@ -22,6 +22,8 @@ from service.feed import Feed
 from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
 from service.store.postgres import PostgresOptions, PostgresStore, is_transient
 from service.store.postgres import schema as pg_schema
+from service.store.postgres.eraser import _ERASE_EVENTS
+from service.store.postgres.profiles import PROFILE_COUNTS
 from tests.store.test_conformance import at, identify, track, write
 
 LONG = 10.0
@@ -406,3 +408,52 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
     for args in written[0]:
         rows = list(zip(*args, strict=True))
         assert rows == sorted(rows)
+
+
+@pytest.mark.parametrize("statement", ["erase", "profile counts"])
+async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement: str) -> None:
+    """A user deleted N times has N delete events under their id: erasing them again, or
+    counting their events, must search by type, not read those (quadratic in the
+    deletes of one user). A database with such a user, and statistics."""
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        account = await conn.fetchval(
+            "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
+        )
+        await conn.execute(
+            """
+            INSERT INTO events (seq, account_id, message_id, type, user_id, timestamp_us,
+                                received_at_us, key_id, payload, subject, event_time_us)
+            SELECT nextval('event_seq'), $1, 'm' || n, t, u, 0, 0, 'k', '{}', u, 0
+            FROM generate_series(1, 6000) AS n,
+                 LATERAL (SELECT CASE WHEN n <= 3000 THEN 'delete' ELSE 'track' END AS t,
+                                 CASE WHEN n <= 3000 THEN 'u1' ELSE 'u' || n % 300 END AS u) x
+            """,
+            account,
+        )
+        deletion = await conn.fetchval(
+            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+            "erased_ids, erased_events, deleted_at_us, seq) "
+            "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
+            account,
+        )
+        await conn.execute(
+            "INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us) "
+            "VALUES ($1, 'u1', $2, 0)",
+            account,
+            deletion,
+        )
+        await conn.execute("ANALYZE")
+        if statement == "erase":
+            explained = await conn.fetch("EXPLAIN " + _ERASE_EVENTS, [deletion])
+        else:
+            explained = await conn.fetch("EXPLAIN " + PROFILE_COUNTS, account, ["u1"])
+    finally:
+        await conn.close()
+    plan = "\n".join(row[0] for row in explained)
+    assert "events_subject_type" in plan, plan
+    conditions = [line for line in plan.splitlines() if "Index Cond" in line and "subject" in line]
+    assert conditions and all("type" in line for line in conditions), plan

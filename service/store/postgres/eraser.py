@@ -20,10 +20,11 @@ from service.store.postgres.database import (
 from service.store.postgres.projected import Projected
 from service.store.rows import (
     EVENT_COLUMNS,
+    NOT_A_DELETE,
     stored_record,
 )
 from service.timestamps import now_us
-from service.validation import canonicalise
+from service.validation import EVENT_TYPES, canonicalise
 
 BEING_ERASED: Final = """
     SELECT EXISTS (
@@ -34,14 +35,17 @@ BEING_ERASED: Final = """
 """
 
 
+# Every type but `delete`, as rows of a VALUES list.
+ERASABLE_TYPES: Final = ", ".join(f"('{t}')" for t in EVENT_TYPES if t != "delete")
+
 # What readers leave out while deletions wait to be erased: what the eraser will erase.
-NOT_BEING_ERASED: Final = """
+NOT_BEING_ERASED: Final = f"""
     NOT EXISTS (
         SELECT 1 FROM deleted_ids di
         JOIN deletions d ON d.id = di.deletion_id AND d.erased_at_us IS NULL
         JOIN accounts a ON a.id = d.account_id
         WHERE di.account_id = events.account_id AND di.id = events.subject
-          AND events.type != 'delete'
+          AND events.{NOT_A_DELETE}
           AND (a.suppress_deleted_users OR events.seq < d.seq
                OR events.event_time_us < d.deleted_at_us)
     )
@@ -144,7 +148,7 @@ class Eraser:
             kept = await conn.fetch(
                 f"SELECT {EVENT_COLUMNS}, account_id FROM events e "
                 "WHERE (account_id, subject) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) "
-                "AND type != 'delete' ORDER BY seq",
+                f"AND {NOT_A_DELETE} ORDER BY seq",
                 [row[0] for row in subjects],
                 [row[1] for row in subjects],
             )
@@ -190,19 +194,31 @@ _CLAIM_DELETIONS: Final = """
 
 # The deleted ids' events stored before the delete or from before it (all of them where
 # the account suppresses deleted users): one row, the deletion's id, per event erased.
-_ERASE_EVENTS: Final = """
+_ERASE_EVENTS: Final = f"""
     WITH covered AS (
         SELECT d.id AS deletion, di.account_id, di.id, d.seq, d.deleted_at_us,
-               a.suppress_deleted_users AS everything
+               a.suppress_deleted_users AS everything, kind.type
         FROM deletions d
         JOIN deleted_ids di ON di.deletion_id = d.id
         JOIN accounts a ON a.id = d.account_id
+        CROSS JOIN (VALUES {ERASABLE_TYPES}) AS kind(type)
         WHERE d.id = ANY($1::bigint[])
+    ), doomed AS (
+        -- One index search per (id, type), lateral so that the type is in its
+        -- condition: a join would leave it to a filter and read every delete event
+        -- of the id (one per time it was deleted). OFFSET 0 keeps the planner from
+        -- flattening it into such a join.
+        SELECT c.deletion, x.seq FROM covered c
+        CROSS JOIN LATERAL (
+            SELECT e.seq FROM events e
+            WHERE e.account_id = c.account_id AND e.subject = c.id AND e.type = c.type
+              AND (c.everything OR e.seq < c.seq OR e.event_time_us < c.deleted_at_us)
+            OFFSET 0
+        ) x
     )
-    DELETE FROM events e USING covered c
-    WHERE e.account_id = c.account_id AND e.subject = c.id AND e.type != 'delete'
-      AND (c.everything OR e.seq < c.seq OR e.event_time_us < c.deleted_at_us)
-    RETURNING c.deletion
+    DELETE FROM events e USING doomed
+    WHERE e.seq = doomed.seq
+    RETURNING doomed.deletion
 """
 
 

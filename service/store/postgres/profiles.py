@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from service.projections import GROUP, USER
 from service.store.base import (
     GroupRecord,
@@ -14,8 +16,15 @@ from service.store.postgres.database import (
 from service.store.postgres.eraser import BEING_ERASED
 from service.store.postgres.projected import LINKED_IDS
 from service.store.rows import (
+    NOT_A_DELETE,
     newest_traits,
     profile_record,
+)
+
+# The linked ids' events per type, with their first and last timestamp.
+PROFILE_COUNTS: Final = (
+    "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
+    f"WHERE account_id = $1 AND subject = ANY($2::text[]) AND {NOT_A_DELETE} GROUP BY type"
 )
 
 
@@ -55,11 +64,5 @@ class PostgresProfiles(PostgresDatabase):
                     group_id,
                 )
                 groups.append(GroupRecord(group_id, timestamp_us, newest_traits(map(tuple, rows))))
-            counts = await conn.fetch(
-                "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-                "WHERE account_id = $1 AND subject = ANY($2::text[]) AND type != 'delete' "
-                "GROUP BY type",
-                account_id,
-                ids,
-            )
+            counts = await conn.fetch(PROFILE_COUNTS, account_id, ids)
         return profile_record(ids, traits, groups, counts)

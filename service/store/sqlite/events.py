@@ -30,7 +30,7 @@ from service.store.base import (
     WriteResult,
 )
 from service.store.group_commit import AsyncGroupCommitter
-from service.store.rows import EVENT_COLUMNS, stored_record
+from service.store.rows import EVENT_COLUMNS, NOT_A_DELETE, stored_record
 from service.store.sqlite.database import SqliteDatabase, SqliteOptions, WriterLock
 from service.store.sqlite.profiles import IN_IDS, LINKED_IDS, OF_IDS
 from service.suppression import covered_ids, event_time_us, is_suppressed
@@ -75,7 +75,7 @@ _PRUNE_EVENTS: Final = """
     WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) AND received_at_us < ?
 """
 # A user's delete events stay: each is the record that a deletion happened.
-_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {OF_IDS} AND type != 'delete'"
+_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {OF_IDS} AND {NOT_A_DELETE}"
 # When each of these ids (a JSON array) of an account was last deleted.
 _DELETED_AT: Final = (
     "SELECT id, max(deleted_at_us) FROM deleted_ids "

@@ -10,7 +10,7 @@ import orjson
 
 from service.projections import GROUP, USER
 from service.store.base import GroupRecord, ProfileRecord
-from service.store.rows import newest_traits, profile_record
+from service.store.rows import NOT_A_DELETE, newest_traits, profile_record
 from service.store.sqlite.database import SqliteDatabase
 
 #: Matches the values of a JSON array bound as one parameter (a profile's ids).
@@ -31,7 +31,7 @@ LINKED_IDS: Final = """
 """
 _PROFILE_COUNTS: Final = (
     "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-    f"WHERE account_id = ? AND {OF_IDS} AND type != 'delete' GROUP BY type"
+    f"WHERE account_id = ? AND {OF_IDS} AND {NOT_A_DELETE} GROUP BY type"
 )
 _USER_TRAITS: Final = (
     "SELECT key, value, timestamp_us, message_id FROM traits "
