@@ -43,11 +43,6 @@ class CoreConfig:
     """fsync every commit (SQLite `synchronous=FULL`, PostgreSQL `synchronous_commit=on`):
     acknowledged events survive a power cut."""
 
-    sqlite_cache_mb: int = 32
-    """SQLite: the writer connection's page cache. Each insert updates the messageId
-    index at a random place (Segment's ids are random); SQLite's own default, 2 MB,
-    soon misses on most of them and reads the page back from the file."""
-
     pg_pool_size: int = 10
     """PostgreSQL: most pooled connections per process (one more is used for LISTEN)."""
 
@@ -146,8 +141,6 @@ class CoreConfig:
             raise ValueError(
                 "pg_pool_size and pg_commits_in_flight must be >= 1, the PostgreSQL timeouts > 0"
             )
-        if self.sqlite_cache_mb < 1:
-            raise ValueError("INLET_SQLITE_CACHE_MB must be at least 1 (MB)")
         if self.rate_limit_per_key < 0 or self.max_inflight_events < 1:
             raise ValueError("rate_limit_per_key must be >= 0, max_inflight_events >= 1")
         if self.retention_s is not None and self.retention_s < MIN_RETENTION_S:
@@ -171,7 +164,6 @@ class CoreConfig:
             "INLET_PG_COMMITS_IN_FLIGHT": ("pg_commits_in_flight", int),
             "INLET_PG_IDLE_TRANSACTION_TIMEOUT_S": ("pg_idle_transaction_timeout_s", float),
             "INLET_PG_TIMEOUT_S": ("pg_timeout_s", float),
-            "INLET_SQLITE_CACHE_MB": ("sqlite_cache_mb", int),
             "INLET_GRPC_TLS_CERT": ("grpc_tls_cert", str),
             "INLET_GRPC_TLS_KEY": ("grpc_tls_key", str),
             "INLET_GRPC_CLIENT_CA": ("grpc_client_ca", str),
@@ -200,5 +192,4 @@ def open_configured_store(config: CoreConfig) -> Store:
         idle_transaction_timeout_s=config.pg_idle_transaction_timeout_s,
         timeout_s=config.pg_timeout_s,
         sibling_writers=config.sibling_writers,
-        sqlite_cache_mb=config.sqlite_cache_mb,
     )

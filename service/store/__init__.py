@@ -53,7 +53,6 @@ def open_store(
     idle_transaction_timeout_s: float = 60.0,
     timeout_s: float = 5.0,
     sibling_writers: bool = False,
-    sqlite_cache_mb: int = 32,
 ) -> Store:
     """Return an (unopened) store for `database`: a `postgresql://` DSN, a `sqlite:///path`
     URL or a file path. `pool_size`, `commits_in_flight`, `idle_transaction_timeout_s`
@@ -72,6 +71,4 @@ def open_store(
         )
         return PostgresStore(database, options)
     path = database.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteStore(
-        Path(path), durable=durable, sibling_writers=sibling_writers, cache_mb=sqlite_cache_mb
-    )
+    return SqliteStore(Path(path), durable=durable, sibling_writers=sibling_writers)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from service.config import CoreConfig, open_configured_store
 from service.errors import StoreUnavailable
 from service.store.base import EventQuery, EventWrite
 from service.store.sqlite import SqliteStore, WriterLock
@@ -228,21 +227,3 @@ async def test_a_sibling_worker_waits_for_the_writer_lock_instead_of_timing_out(
     finally:
         sibling.close()
         await store.close()
-
-
-async def test_the_writer_page_cache_is_the_configured_size(tmp_path: Path) -> None:
-    """INLET_SQLITE_CACHE_MB sizes the writer's page cache (SQLite's own is 2 MB)."""
-    for environ, kib in (({}, 32 * 1024), ({"INLET_SQLITE_CACHE_MB": "48"}, 48 * 1024)):
-        config = CoreConfig.from_env(environ, database=str(tmp_path / f"{kib}.db"))
-        store = open_configured_store(config)
-        assert isinstance(store, SqliteStore)
-        await store.open()
-        try:
-            size = await store.use_writer(
-                lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0]
-            )
-            assert size == -kib  # negative: in KiB
-        finally:
-            await store.close()
-    with pytest.raises(ValueError, match="INLET_SQLITE_CACHE_MB"):
-        CoreConfig.from_env({"INLET_SQLITE_CACHE_MB": "0"})

@@ -63,7 +63,6 @@ class SqliteOptions(TypedDict, total=False):
     busy_timeout_ms: int
     checkpoints: CheckpointSettings | None
     sibling_writers: bool
-    cache_mb: int
 
 
 class SqliteDatabase:
@@ -78,14 +77,10 @@ class SqliteDatabase:
         busy_timeout_ms: int = 2000,
         checkpoints: CheckpointSettings | None = None,
         sibling_writers: bool = False,
-        cache_mb: int = 32,
     ) -> None:
         """`sibling_writers`: other processes of `inlet serve --workers` write this file
-        too; each write transaction then first takes a file lock (`WriterLock`).
-        `cache_mb`: the writer connection's page cache (config.py says why it is larger
-        than SQLite's 2 MB)."""
+        too; each write transaction then first takes a file lock (`WriterLock`)."""
         self.path = path
-        self._cache_mb = cache_mb
         self._durable = durable
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inlet-sqlite")
@@ -139,7 +134,6 @@ class SqliteDatabase:
         self._enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {'FULL' if self._durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA cache_size = -{int(self._cache_mb) * 1024}")  # in KiB
         if migrate:
             schema.migrate(conn)
         # Checkpoints run on their own thread (checkpointer.py); this is the backstop.
