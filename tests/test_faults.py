@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.keys import BATCHER
 from service.store import Store
 from tests.stack import Stack, basic, start_stack
+from tests.waiting import eventually
 
 
 def free_port() -> int:
@@ -79,6 +80,9 @@ def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subp
         proc.wait()
 
 
+LOAD_TIMEOUT_S = 30.0  # for the load to reach a point; far more than it takes
+
+
 class Load:
     """Closed-loop senders of unique events; records what was acknowledged."""
 
@@ -110,11 +114,13 @@ class Load:
                 self.statuses["connection error"] += 1
                 await asyncio.sleep(0.01)
 
-    async def until(self, predicate: object, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():  # type: ignore[operator]
-            assert time.monotonic() < deadline, f"timed out; statuses so far {self.statuses}"
-            await asyncio.sleep(0.01)
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait for `predicate` while the load runs; a failure shows the statuses so far."""
+        await eventually(
+            predicate,
+            what=lambda: f"{what}; statuses so far {dict(self.statuses)}",
+            timeout=LOAD_TIMEOUT_S,
+        )
 
     async def __aenter__(self) -> Load:  # noqa: PYI034
         timeout = aiohttp.ClientTimeout(total=10)
@@ -149,14 +155,17 @@ async def test_kill_9_of_inlet_serve_under_load(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/segment"
     async with Load(url, key) as load:
         with process(args, tmp_path, "bridge listening") as server:
-            await load.until(lambda: len(load.acknowledged) >= 300)
+            await load.until(lambda: len(load.acknowledged) >= 300, "300 acknowledged events")
             server.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
             server.wait()
         before_restart = len(load.acknowledged)
-        await load.until(lambda: load.statuses["connection error"] > 0)
+        await load.until(lambda: load.statuses["connection error"] > 0, "a connection error")
         # Restart on the same data: ingestion resumes, no manual step.
         with process(args, tmp_path, "bridge listening"):
-            await load.until(lambda: len(load.acknowledged) >= before_restart + 300)
+            await load.until(
+                lambda: len(load.acknowledged) >= before_restart + 300,
+                "300 more acknowledged events after the restart",
+            )
     assert_nothing_acknowledged_was_lost(tmp_path / "inlet-data" / "inlet.db", load)
     assert set(load.statuses) <= {200, 503, "connection error"}
 
@@ -179,15 +188,18 @@ async def test_kill_9_of_the_core_then_the_bridge_recovers_by_itself(tmp_path: P
     async with Load(f"http://127.0.0.1:{port}/segment", key) as load:
         with process(bridge_args, tmp_path, "bridge listening", **fast):
             with process(core_args, tmp_path, "core listening") as core:
-                await load.until(lambda: len(load.acknowledged) >= 300)
+                await load.until(lambda: len(load.acknowledged) >= 300, "300 acknowledged events")
                 core.send_signal(signal.SIGKILL)
                 core.wait()
             refused_before = load.statuses[503]
-            await load.until(lambda: load.statuses[503] > refused_before)  # 503, not a hang
+            await load.until(lambda: load.statuses[503] > refused_before, "a 503")  # not a hang
             acknowledged = len(load.acknowledged)
             with process(core_args, tmp_path, "core listening"):
                 # The same bridge process, never restarted, stores events again.
-                await load.until(lambda: len(load.acknowledged) >= acknowledged + 300)
+                await load.until(
+                    lambda: len(load.acknowledged) >= acknowledged + 300,
+                    "300 more acknowledged events after the restart",
+                )
     assert_nothing_acknowledged_was_lost(tmp_path / "inlet-data" / "inlet.db", load)
     assert set(load.statuses) <= {200, 503, "connection error"}
 
@@ -416,11 +428,14 @@ async def test_overload_is_refused_at_once_with_503(tmp_path: Path) -> None:
                     return r.status, (await r.json()).get("code", ""), time.monotonic() - started
 
             first = asyncio.create_task(send(1))  # in the core, waiting for the store
-            while stack.core.ingestor.inflight == 0:
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: stack.core.ingestor.inflight != 0, what="the first event in the core"
+            )
             second = asyncio.create_task(send(2))  # queued in the bridge (its cap: 1)
-            while stack.bridge.runner.app[BATCHER].pending == 0:
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: stack.bridge.runner.app[BATCHER].pending != 0,
+                what="the second event queued in the bridge",
+            )
             # The bridge is full: refused at once, not queued behind the others.
             status, code, elapsed = await send(3)
             assert (status, code) == (503, "overloaded") and elapsed < 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import orjson
 import pytest
@@ -22,6 +20,7 @@ from inlet.v1 import (
     profiles_pb2_grpc,
 )
 from tests.stack import Stack
+from tests.waiting import eventually
 
 TRACK_JSON = b'{"type":"track","userId":"u1","event":"Signed Up","messageId":"g-1"}'
 
@@ -333,9 +332,10 @@ async def test_health_watch_streams_status_changes(stack: Stack, channel: grpc.a
     call.cancel()
     registry = stack.core.metrics.registry
     labels = {"method": "/grpc.health.v1.Health/Watch", "code": "CANCELLED"}
-    async with asyncio.timeout(10):
-        while registry.get_sample_value("inlet_grpc_requests_total", labels) != 1:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: registry.get_sample_value("inlet_grpc_requests_total", labels) == 1,
+        what="the cancelled Watch in inlet_grpc_requests_total",
+    )
 
 
 async def test_graceful_shutdown_goes_not_serving_then_stops(stack: Stack) -> None:

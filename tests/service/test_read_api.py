@@ -17,6 +17,7 @@ from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.service.test_grpc import bearer, reason_of
 from tests.stack import Stack
 from tests.store.test_conformance import erased
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -540,14 +541,16 @@ async def test_subscribe_streams_are_measured(stack: Stack, channel: grpc.aio.Ch
     assert registry.get_sample_value("inlet_subscribe_streams") == 1
     assert registry.get_sample_value("inlet_subscribe_delivery_delay_seconds_count") == 2
     call.cancel()
-    async with asyncio.timeout(10):  # the server notices the cancellation
-        while registry.get_sample_value("inlet_subscribe_streams") != 0:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: registry.get_sample_value("inlet_subscribe_streams") == 0,
+        what="the server to notice the cancellation",
+    )
     # The call itself, in the per-call gRPC metrics like every other RPC, once over.
     labels = {"method": "/inlet.v1.EventService/Subscribe", "code": "CANCELLED"}
-    async with asyncio.timeout(10):
-        while registry.get_sample_value("inlet_grpc_requests_total", labels) != 1:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: registry.get_sample_value("inlet_grpc_requests_total", labels) == 1,
+        what="the cancelled Subscribe in inlet_grpc_requests_total",
+    )
 
 
 async def test_a_subscribe_request_that_is_not_protobuf_is_invalid_argument(

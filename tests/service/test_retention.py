@@ -21,6 +21,7 @@ from service.store.base import EventWrite
 from service.validation import canonicalise
 from tests.stack import start_stack
 from tests.test_cli import inlet
+from tests.waiting import eventually
 
 DAY_S = 86_400
 NOW_S = 1_780_000_000.0
@@ -87,10 +88,9 @@ async def test_an_unavailable_store_is_tried_again_at_the_next_interval() -> Non
     flaky = Flaky()
     task = asyncio.create_task(Retention(flaky, DAY_S, interval_s=0.01).follow())  # type: ignore[arg-type]
     try:
-        deadline = time.monotonic() + 10
-        while flaky.calls < 3:
-            assert time.monotonic() < deadline, "follow() stopped after the failure"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: flaky.calls >= 3, what="follow() to go on after the failure (two more calls)"
+        )
         assert not task.done()
     finally:
         task.cancel()
@@ -118,10 +118,11 @@ async def test_a_core_with_a_retention_deletes_old_events_while_it_serves(tmp_pa
             )
             assert [r.outcome for r in reply.results] == [events_pb2.OUTCOME_STORED] * 2
         acme = stack.account_ids["acme"]
-        deadline = time.monotonic() + 10
-        while await stack.store.count_events(acme) != 1:
-            assert time.monotonic() < deadline, "the old event was never pruned"
-            await asyncio.sleep(0.02)
+
+        async def pruned() -> bool:
+            return await stack.store.count_events(acme) == 1
+
+        await eventually(pruned, what="the old event to be pruned")
         assert await stack.store.get_event_payload(acme, "today") is not None
         assert stack.core.metrics.events_pruned._value.get() == 1
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from service.store import pg_schema
 from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
 from service.store.postgres import PostgresOptions, PostgresStore, is_transient
 from tests.store.test_conformance import at, identify, track, write
+from tests.waiting import eventually
 
 LONG = 10.0
 
@@ -36,13 +36,6 @@ async def cores(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore
     yield one, two
     await one.close()
     await two.close()
-
-
-async def until(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + LONG
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def held_before_commit(
@@ -275,11 +268,12 @@ async def test_a_late_event_racing_its_users_delete_on_another_core_is_erased(
     # The eraser has looked several times since, and waits for core two's transaction.
     checked = one.erase_checks
 
-    async def looked_again() -> bool:
-        return one.erase_checks >= checked + 3
-
     try:
-        await until(looked_again, "the eraser to look at the deletion")
+        await eventually(
+            lambda: one.erase_checks >= checked + 3,
+            what="the eraser to look at the deletion",
+            timeout=LONG,
+        )
         assert await _identifies(pg_dsn) == ["old"]  # not erased yet
     finally:
         release_late.set()
@@ -354,10 +348,11 @@ async def test_the_listener_reconnects_after_the_database_drops_it(
     finally:
         await admin.close()
 
-    async def relistening() -> bool:
-        return two.listens > connections and two.listening.is_set()
-
-    await until(relistening, "the listener to reconnect")
+    await eventually(
+        lambda: two.listens > connections and two.listening.is_set(),
+        what="the listener to reconnect",
+        timeout=LONG,
+    )
     acme = (await _retry(lambda: one.ensure_account("acme"))).id
     woken = two.commits.current()
     await _retry(lambda: one.write_events([write(acme, track("after-restart"))]))
