@@ -17,6 +17,7 @@ import pytest
 
 from tests.stack import basic, start_stack
 from tests.test_cli import inlet, ready_line, start, stop
+from tests.waiting import eventually_sync
 
 
 async def send_load_event(
@@ -128,14 +129,15 @@ def response(client: socket.socket) -> http.client.HTTPResponse:
 
 def wait_until_refused(port: int) -> None:
     """Until the listening socket is closed: the server is draining."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def refused() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
-            return
-        time.sleep(0.01)
-    raise AssertionError("the server kept accepting after SIGTERM")
+            return True
+        return False
+
+    eventually_sync(refused, what="the server to stop accepting after SIGTERM")
 
 
 def stored_ids(tmp_path: Path) -> set[str]:

@@ -47,7 +47,8 @@ async def eventually(
     """Call `predicate` (plain or async) until it returns something truthy; return that.
 
     `what` names the awaited condition for the failure message; a callable is called
-    then, to describe the state at the deadline (what was seen so far).
+    then, to describe the state at the deadline (what was seen so far). An async
+    check that itself takes longer than `timeout` is cancelled and fails likewise.
     """
     __tracebackhide__ = True
     deadline = time.monotonic() + timeout
@@ -55,7 +56,15 @@ async def eventually(
     while True:
         result = predicate()
         if inspect.isawaitable(result):
-            result = await result
+            # One check that hangs (a call nobody answers) fails the same way.
+            check = asyncio.timeout(timeout)
+            try:
+                async with check:
+                    result = await result
+            except TimeoutError:
+                if check.expired():
+                    raise _failure(what, timeout) from None
+                raise
         if result:
             return result
         if time.monotonic() >= deadline:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from http_bridge.batcher import Batcher, QueueFull
+from tests.waiting import settle
 
 LONG = 5.0  # a submit timeout no test should reach
 
@@ -61,12 +62,6 @@ async def send() -> AsyncIterator[GatedSend]:
     fake = GatedSend()
     yield fake
     fake.release_all()
-
-
-async def settle() -> None:
-    """Let every task that is ready run until it blocks (no wall-clock wait)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 def submit(
