@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -87,6 +88,17 @@ def test_parse_expiry() -> None:
         parse_expiry("2000-01-01", now)
 
 
+def drain(stream: IO[str]) -> None:
+    """Read a server's log pipe to its end on a thread, then close it: request log lines
+    would fill the pipe and block the server, and an unclosed pipe is a ResourceWarning."""
+
+    def read() -> None:
+        with stream:
+            stream.read()
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
     """Start `inlet ARGS`; return the process and the match of `ready` in its log."""
     process = subprocess.Popen(
@@ -97,12 +109,13 @@ def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str]
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if match := re.search(ready, line):
-            # Keep reading: request log lines would fill the pipe and block the server.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
+            drain(process.stderr)
             return process, match
         if not line and process.poll() is not None:
             break
     process.kill()
+    process.wait()
+    process.stderr.close()
     raise AssertionError(f"`inlet {' '.join(args)}` did not start")
 
 

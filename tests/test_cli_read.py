@@ -144,37 +144,36 @@ def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path
         event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
         assert post(served.url, served.key, event)[0] == 200
 
-    first = tail(served, cursor_file)
-    try:
-        assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
-        # Live: posted after the tail started.
-        post(
-            served.url,
-            served.key,
-            {"type": "track", "userId": "u1", "event": "E", "messageId": "t-3"},
-        )
-        (last,) = read_events(first, 1)
-        assert last["messageId"] == "t-3"
-        # The cursor is saved right after the line is printed.
-        eventually_sync(
-            lambda: (
-                cursor_file.exists() and cursor_file.read_text().strip() == str(last["sequence"])
-            ),
-            what="the cursor file to hold the last sequence printed",
-        )
-    finally:
-        first.kill()
-        first.wait()
+    with tail(served, cursor_file) as first:  # its pipe closed at the end
+        try:
+            assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
+            # Live: posted after the tail started.
+            post(
+                served.url,
+                served.key,
+                {"type": "track", "userId": "u1", "event": "E", "messageId": "t-3"},
+            )
+            (last,) = read_events(first, 1)
+            assert last["messageId"] == "t-3"
+            # The cursor is saved right after the line is printed.
+            eventually_sync(
+                lambda: (
+                    cursor_file.exists()
+                    and cursor_file.read_text().strip() == str(last["sequence"])
+                ),
+                what="the cursor file to hold the last sequence printed",
+            )
+        finally:
+            first.kill()
     for n in (4, 5):
         event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
         assert post(served.url, served.key, event)[0] == 200
     # Restarted with the same cursor file: it goes on after the last event it printed.
-    second = tail(served, cursor_file)
-    try:
-        assert read_lines(second, 2) == ["t-4", "t-5"]
-    finally:
-        second.kill()
-        second.wait()
+    with tail(served, cursor_file) as second:
+        try:
+            assert read_lines(second, 2) == ["t-4", "t-5"]
+        finally:
+            second.kill()
 
 
 def test_operator_commands(served: Served) -> None:

@@ -17,7 +17,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from http_bridge.config import BridgeConfig
 from http_bridge.keys import BATCHER
 from service.store import Store
 from tests.stack import Stack, basic, start_stack
+from tests.test_cli import drain
 from tests.waiting import eventually
 
 
@@ -71,7 +71,7 @@ def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subp
             raise AssertionError(f"inlet {args} exited with {proc.returncode}")
     # Keep reading: a log line per request fills the 64 KiB pipe in a few hundred
     # requests, and a server whose stderr is full blocks in its next log call.
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    drain(proc.stderr)
     try:
         yield proc
     finally:

@@ -563,22 +563,28 @@ async def test_store_down_is_store_unavailable_and_it_recovers(backend: Backend)
                 await store.write_events([write(acme, track("down-1"))])
         finally:
             blocker.close()
+        assert (await store.write_events([write(acme, track("down-1"))]))[0] is not None
+        assert await store.count_events(acme) == 1
     else:
         proxy = Proxy.for_dsn(backend.url)
         await proxy.start()
         store = await backend.open(proxy.dsn(backend.url))
-        acme = await account(store)
-        await proxy.stop()
-        for call in (
-            store.write_events([write(acme, track("down-1"))]),
-            store.get_key("0" * 16),
-            store.list_events(EventQuery(acme)),
-        ):
-            with pytest.raises(StoreUnavailable):
-                await call
-        await proxy.start()  # the server is back: no restart of the store needed
-    assert (await store.write_events([write(acme, track("down-1"))]))[0] is not None
-    assert await store.count_events(acme) == 1
+        try:
+            acme = await account(store)
+            await proxy.stop()
+            for call in (
+                store.write_events([write(acme, track("down-1"))]),
+                store.get_key("0" * 16),
+                store.list_events(EventQuery(acme)),
+            ):
+                with pytest.raises(StoreUnavailable):
+                    await call
+            await proxy.start()  # the server is back: no restart of the store needed
+            assert (await store.write_events([write(acme, track("down-1"))]))[0] is not None
+            assert await store.count_events(acme) == 1
+        finally:
+            await store.close()  # then the fixture's close does nothing
+            await proxy.stop()  # its listening socket and relays too
 
 
 def _lock_sqlite(path: str) -> Any:
