@@ -112,9 +112,10 @@ def exchange(port: int, request: bytes, *, head: bool = False) -> Reply | None:
             raise AssertionError(f"no answer within {TIMEOUT_S} s: the bridge hangs") from None
     if not data:
         return None
-    head, separator, body = bytes(data).partition(b"\r\n\r\n")
+    # Not `head`: that is the argument (a HEAD request), read below.
+    message_head, separator, body = bytes(data).partition(b"\r\n\r\n")
     assert separator, f"truncated answer {bytes(data[:200])!r}"
-    status_line, *header_lines = head.split(b"\r\n")
+    status_line, *header_lines = message_head.split(b"\r\n")
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(b":")
