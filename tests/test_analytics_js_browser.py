@@ -140,7 +140,9 @@ async def stored_events(stack: Stack, ids: dict[str, str], timeout: float = 10) 
         missing[:] = sorted(kind for kind, payload in payloads.items() if payload is None)
         if missing:
             return None
-        return {kind: json.loads(payload) for kind, payload in payloads.items()}
+        return {
+            kind: json.loads(payload) for kind, payload in payloads.items() if payload is not None
+        }
 
     return await eventually(
         all_stored, what=lambda: f"every event to be stored (missing: {missing})", timeout=timeout

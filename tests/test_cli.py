@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -34,7 +35,7 @@ def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProc
     )
 
 
-def post(url: str, key: str, event: dict[str, object] | bytes) -> tuple[int, dict[str, object]]:
+def post(url: str, key: str, event: Mapping[str, object] | bytes) -> tuple[int, dict[str, object]]:
     """POST `event` (a dict, or JSON text sent as is) with `key`; the status and reply."""
     request = urllib.request.Request(
         url,

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,7 +134,7 @@ def read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
     return [line["messageId"] for line in read_events(process, count)]
 
 
-def read_events(process: subprocess.Popen[str], count: int) -> list[dict[str, object]]:
+def read_events(process: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
     assert process.stdout is not None
     return [json.loads(process.stdout.readline()) for _ in range(count)]
 

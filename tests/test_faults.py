@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from http_bridge.config import BridgeConfig
@@ -377,9 +378,7 @@ async def test_a_noisy_key_is_rate_limited_without_starving_others(tmp_path: Pat
         statuses: list[int] = []
         async with aiohttp.ClientSession() as session:
 
-            async def send(
-                key: str, n: int
-            ) -> tuple[int, dict[str, str], aiohttp.typedefs.LooseHeaders]:
+            async def send(key: str, n: int) -> tuple[int, dict[str, str], CIMultiDictProxy[str]]:
                 event = {
                     "type": "track",
                     "userId": "u",

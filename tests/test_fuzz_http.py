@@ -392,7 +392,7 @@ def json_value(draw: st.DrawFn, allow_bad: bool) -> Fragment:
 
 def _build(draw: st.DrawFn, node: Any) -> Fragment:
     if isinstance(node[0], bytes):
-        return node  # type: ignore[no-any-return]
+        return node
     kind, children = node
     if kind == "a":
         return _array(draw, [_build(draw, c) for c in children])
@@ -638,7 +638,7 @@ def settings_header() -> st.SearchStrategy[Headers]:
         return [(b"X-Segment-Settings", value)]
 
     objects = st.dictionaries(st.text(max_size=10), FINITE_JSON, max_size=5)
-    good = st.one_of(
+    good: st.SearchStrategy[Headers] = st.one_of(
         st.just([]),
         st.sampled_from([b"", b"  "]).map(line),
         st.builds(
@@ -667,7 +667,7 @@ def content_type() -> st.SearchStrategy[Headers]:
     def line(value: bytes) -> list[tuple[bytes, bytes]]:
         return [(b"Content-Type", value)]
 
-    good = st.one_of(
+    good: st.SearchStrategy[Headers] = st.one_of(
         st.just([]),
         st.sampled_from(
             [

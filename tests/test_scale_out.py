@@ -13,6 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -142,7 +143,7 @@ async def deliver_twice(bridges: list[int], key: str) -> tuple[set[str], dict[in
                 "messageId": f"scale-{n}",
             }
 
-            async def post(port: int, event: dict[str, object] = event) -> tuple[int, bool]:
+            async def post(port: int, event: Mapping[str, object] = event) -> tuple[int, bool]:
                 async with session.post(
                     f"http://127.0.0.1:{port}/segment", data=json.dumps(event), headers=headers
                 ) as reply:

@@ -30,13 +30,17 @@ def _failure(what: str | Callable[[], str], timeout: float) -> AssertionError:
     return AssertionError(f"timed out after {timeout:g} s waiting for {described}")
 
 
+# The value returned is the predicate's first truthy one: never None.
 @overload
 async def eventually(
-    predicate: Callable[[], Awaitable[T]], *, what: str | Callable[[], str], timeout: float = ...
+    predicate: Callable[[], Awaitable[T | None]],
+    *,
+    what: str | Callable[[], str],
+    timeout: float = ...,
 ) -> T: ...
 @overload
 async def eventually(
-    predicate: Callable[[], T], *, what: str | Callable[[], str], timeout: float = ...
+    predicate: Callable[[], T | None], *, what: str | Callable[[], str], timeout: float = ...
 ) -> T: ...
 async def eventually(
     predicate: Callable[[], object],
@@ -74,7 +78,7 @@ async def eventually(
 
 
 def eventually_sync(
-    predicate: Callable[[], T], *, what: str | Callable[[], str], timeout: float = TIMEOUT_S
+    predicate: Callable[[], T | None], *, what: str | Callable[[], str], timeout: float = TIMEOUT_S
 ) -> T:
     """`eventually` for tests without an event loop (a thread, a subprocess)."""
     __tracebackhide__ = True

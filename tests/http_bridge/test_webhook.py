@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from http_bridge.config import BridgeConfig
@@ -33,7 +34,7 @@ async def post(
     key: str | None = "ingest",
     headers: dict[str, str] | None = None,
     data: bytes | None = None,
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     url = stack if isinstance(stack, str) else stack.url + "/segment"
     sent = {"Content-Type": "application/json", "User-Agent": "Segment.io/1.0"}
     if key is not None and isinstance(stack, Stack):
@@ -356,7 +357,7 @@ class StalledCore(events_pb2_grpc.EventServiceServicer):
 
 
 async def test_a_core_that_does_not_answer_in_time_is_503_core_timeout() -> None:
-    stalled = StalledCore()
+    stalled = StalledCore()  # type: ignore[abstract]  # only IngestBatch is ever called
     server = grpc.aio.server()
     events_pb2_grpc.add_EventServiceServicer_to_server(stalled, server)
     core_port = server.add_insecure_port("127.0.0.1:0")

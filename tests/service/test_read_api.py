@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -314,7 +315,7 @@ async def test_list_events_pages_lose_and_repeat_nothing_while_events_arrive(
     await send(channel, key, *(track(f"e-{n:03}", f"user-{n % 3}") for n in range(50)))
     events = events_pb2_grpc.EventServiceStub(channel)
 
-    async def page_through(order: int) -> list[str]:
+    async def page_through(order: events_pb2.Order.ValueType) -> list[str]:
         seen: list[str] = []
         token, added = "", 0
         while True:
@@ -401,7 +402,7 @@ async def test_bad_list_requests_name_the_field(
 
 
 async def read_stream(call: Any, count: int, timeout: float = 10) -> list[events_pb2.StoredEvent]:
-    received = []
+    received: list[events_pb2.StoredEvent] = []
     async with asyncio.timeout(timeout):
         while len(received) < count:
             received.append(await call.read())
@@ -503,7 +504,7 @@ async def test_accounts_see_only_their_own_data(stack: Stack, channel: grpc.aio.
 async def test_reads_need_the_read_scope(stack: Stack, channel: grpc.aio.Channel) -> None:
     ingest_only = stack.keys["ingest"]
     events = events_pb2_grpc.EventServiceStub(channel)
-    calls = [
+    calls: list[Awaitable[object]] = [
         profile(channel, ingest_only, "u1"),
         events.ListEvents(events_pb2.ListEventsRequest(), metadata=bearer(ingest_only)),
         read_stream(

@@ -49,8 +49,8 @@ async def test_prune_deletes_what_aged_out_in_chunks_and_counts_it(tmp_path: Pat
         calls: list[int] = []
         prune_events = store.prune_events
 
-        async def counted(before_us: int, limit: int) -> int:
-            calls.append(await prune_events(before_us, limit))
+        async def counted(received_before_us: int, limit: int) -> int:
+            calls.append(await prune_events(received_before_us, limit))
             return calls[-1]
 
         store.prune_events = counted  # type: ignore[method-assign]

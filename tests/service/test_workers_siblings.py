@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -52,11 +53,11 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         worker = WorkerContext(index=index, count=2, run_dir=tmp_path)
         store = SqliteStore(database, sibling_writers=True)
         cores.append(await start_core(SLOW, store, CollectorRegistry(), worker=worker))
-    store = cores[0].store
-    account = await store.ensure_account("acme")
+    shared = cores[0].store  # the database both cores use
+    account = await shared.ensure_account("acme")
     new = keys.generate_key()
     scopes = ("ingest", "read", "admin", "operator")
-    await store.create_key(account.id, new.key_id, new.secret_hash, scopes)
+    await shared.create_key(account.id, new.key_id, new.secret_hash, scopes)
     channels = tuple(grpc.aio.insecure_channel(f"127.0.0.1:{c.port}") for c in cores)
     try:
         yield Pair(cores[0], cores[1], new.plaintext, new.key_id, channels)  # type: ignore[arg-type]
@@ -78,7 +79,8 @@ async def ingest(channel: grpc.aio.Channel, key: str, n: int) -> grpc.StatusCode
 
 async def test_a_stream_on_one_worker_wakes_for_a_commit_on_another(pair: Pair) -> None:
     events = events_pb2_grpc.EventServiceStub(pair.channels[1])
-    stream = events.Subscribe(events_pb2.SubscribeRequest(), metadata=bearer(pair.key))
+    # Any: the stubs type read() as an event or EOF.
+    stream: Any = events.Subscribe(events_pb2.SubscribeRequest(), metadata=bearer(pair.key))
     assert await ingest(pair.channels[0], pair.key, 1) == grpc.StatusCode.OK
     first = await asyncio.wait_for(stream.read(), 10)
     assert first.message_id == "1"

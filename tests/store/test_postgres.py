@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -25,6 +25,7 @@ from tests.store.test_conformance import at, identify, track, write
 from tests.waiting import eventually
 
 LONG = 10.0
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ async def test_a_transaction_held_open_on_one_core_does_not_delay_a_commit_on_an
     assert not streamed.done()
     release.set()
     (earlier,) = await asyncio.wait_for(first, LONG)
-    assert earlier is not None and now < earlier < later
+    assert isinstance(earlier, int) and isinstance(later, int) and now < earlier < later
     page = await two.list_events(EventQuery(acme, after=now))
     assert [r.message_id for r in page] == ["earlier", "later"]
     assert [r.message_id for r in await asyncio.wait_for(streamed, LONG)] == ["earlier", "later"]
@@ -359,16 +360,16 @@ async def test_the_listener_reconnects_after_the_database_drops_it(
     await asyncio.wait_for(woken.wait(), LONG)
 
 
-async def _retry(call: object) -> object:
+async def _retry(call: Callable[[], Awaitable[T]]) -> T:
     """The first call after a restart may meet a pooled connection that died: 503 once."""
     from service.errors import StoreUnavailable
 
     for _ in range(3):
         try:
-            return await call()  # type: ignore[operator]
+            return await call()
         except StoreUnavailable:
             continue
-    return await call()  # type: ignore[operator]
+    return await call()
 
 
 async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order() -> None:

@@ -86,11 +86,11 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
     try:
         for attempt in (1, 2):  # a SQLite error, then any other: the thread lives on
             checkpointer.after_commit(conn)
-            eventually_sync(
-                lambda n=attempt: checkpointer.failures >= n,
-                what=f"failure {attempt}",
-                timeout=DEADLINE_S,
-            )
+
+            def failed(n: int = attempt) -> bool:
+                return checkpointer.failures >= n
+
+            eventually_sync(failed, what=f"failure {attempt}", timeout=DEADLINE_S)
             assert checkpointer.alive
         assert "disk I/O error" in caplog.records[0].getMessage()
         # Nothing was copied, and nothing is lost: the row is in the log.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -29,19 +29,19 @@ WATCHDOG_S = 10.0
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> SqliteStore:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(tmp_path / "inlet.db", busy_timeout_ms=3000)
     await store.open()
-    yield store  # type: ignore[misc]
+    yield store
     await store.close()
 
 
 @pytest.fixture
-async def patient_store(tmp_path: Path) -> SqliteStore:
+async def patient_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """Waits for another process's write lock longer than the watchdog takes to free it."""
     store = SqliteStore(tmp_path / "inlet.db", busy_timeout_ms=int(3 * WATCHDOG_S * 1000))
     await store.open()
-    yield store  # type: ignore[misc]
+    yield store
     await store.close()
 
 
@@ -135,7 +135,7 @@ async def test_groups_and_other_writes_never_share_a_transaction(sqlite_store: S
         for n in range(10)
     ]
     results = await asyncio.gather(*groups, *accounts, *profiles)
-    assert all(seq is not None for group in results[:20] for seq in group)  # type: ignore[union-attr]
+    assert all(seq is not None for group in results[:20] for seq in group)  # type: ignore[attr-defined]
     assert await sqlite_store.count_events(acme) == 20 * 20 + 10
     assert len(await sqlite_store.list_accounts()) == 21
 
@@ -154,7 +154,7 @@ async def test_a_delete_in_a_group_runs_on_the_writer_thread_and_erases(
         inserted.extend((w.event.type, on_loop) for w in writes)
         return insert(conn, writes, links)  # type: ignore[arg-type]
 
-    sqlite_store._insert_events = recording_insert  # type: ignore[method-assign]
+    sqlite_store._insert_events = recording_insert  # type: ignore[method-assign, assignment]
     # In one group: an event of the user before the delete (erased with the user), one
     # after it (a new life: kept), and another user's (untouched).
     results = await sqlite_store.write_events(
@@ -234,7 +234,7 @@ async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
             raise sqlite3.OperationalError("disk I/O error")
         return results
 
-    sqlite_store._insert_events = failing_after_the_delete  # type: ignore[method-assign]
+    sqlite_store._insert_events = failing_after_the_delete  # type: ignore[method-assign, assignment]
     delete = {"type": "delete", "messageId": "del-x", "userId": "someone-else"}
     with pytest.raises(StoreUnavailable):
         await sqlite_store.write_events([write(acme, delete), write(acme, track("after"))])
