@@ -1,5 +1,5 @@
 """Headless Chromium for tests, driven over the DevTools protocol (a WebSocket; aiohttp's
-client), so no browser-automation package is needed. `.ci/run` installs Debian's
+client), so no browser-automation package is needed. `.ci/install` installs Debian's
 `chromium`; test modules skip with `NO_CHROMIUM` where it is absent.
 """
 
@@ -20,7 +20,7 @@ from tests.test_cli_read import free_port
 from tests.waiting import eventually
 
 CHROMIUM: Final = shutil.which("chromium") or shutil.which("chromium-browser")
-NO_CHROMIUM: Final = "no chromium on this machine (.ci/run installs Debian's)"
+NO_CHROMIUM: Final = "no chromium on this machine (.ci/install installs Debian's)"
 
 
 class Page:
