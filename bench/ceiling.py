@@ -69,6 +69,11 @@ if __name__ == "__main__":
             subprocess.Popen([sys.executable, __file__, str(port), key, "0"])
             for _ in range(processes)
         ]
-        signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])
+
+        def stop_children(*_: object) -> None:
+            for child in children:
+                child.terminate()
+
+        signal.signal(signal.SIGTERM, stop_children)
         for child in children:
             child.wait()

@@ -1,5 +1,5 @@
 """Headless Chromium for tests, driven over the DevTools protocol (a WebSocket; aiohttp's
-client), so no browser-automation package is needed. `.ci/run` installs Debian's
+client), so no browser-automation package is needed. `.ci/install` installs Debian's
 `chromium`; test modules skip with `NO_CHROMIUM` where it is absent.
 """
 
@@ -17,9 +17,10 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.test_cli import free_port
+from tests.waiting import eventually
 
 CHROMIUM: Final = shutil.which("chromium") or shutil.which("chromium-browser")
-NO_CHROMIUM: Final = "no chromium on this machine (.ci/run installs Debian's)"
+NO_CHROMIUM: Final = "no chromium on this machine (.ci/install installs Debian's)"
 
 
 class Page:
@@ -53,12 +54,12 @@ class Page:
     async def wait_for(self, expression: str, timeout: float = 20) -> Any:
         """Poll `expression` until it is truthy (an error, say while the page is still
         loading, counts as not yet)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await self._evaluate(expression)
-                if "exceptionDetails" not in result and (value := result["result"].get("value")):
-                    return value
-                await asyncio.sleep(0.1)
+
+        async def value() -> Any:
+            result = await self._evaluate(expression)
+            return "exceptionDetails" not in result and result["result"].get("value")
+
+        return await eventually(value, what=f"`{expression}` in the page", timeout=timeout)
 
 
 @contextlib.asynccontextmanager
@@ -82,13 +83,15 @@ async def chromium() -> AsyncIterator[tuple[aiohttp.ClientSession, int]]:
     )
     try:
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/json/version"):
-                            break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
+
+            async def listening() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/json/version"):
+                        return True
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(listening, what="Chromium's DevTools port", timeout=30)
             yield http, port
     finally:
         process.kill()

@@ -1,6 +1,6 @@
 """PostgreSQL for tests: a database of its own per run, a schema of its own per test.
 
-The server comes from INLET_TEST_POSTGRES_DSN (`.ci/run` sets it; on this project's
+The server comes from INLET_TEST_POSTGRES_DSN (`.ci/test` sets it; on this project's
 machines `postgresql://postgres@127.0.0.1:5432/test`). Without it, or without a
 server answering there, the PostgreSQL half of the suite is skipped, saying why.
 """

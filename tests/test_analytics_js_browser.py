@@ -11,7 +11,6 @@ where node/npm or Chromium is absent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.browser import CHROMIUM, NO_CHROMIUM, Page, chromium, open_page
 from tests.stack import Stack
 from tests.test_sdk_clients import npm_installed
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
@@ -130,18 +130,23 @@ async def call(page: Page, function: str, *args: Any) -> Any:
 async def stored_events(stack: Stack, ids: dict[str, str], timeout: float = 10) -> dict[str, Any]:
     """The stored payload of each event, waiting for all of them up to `timeout`."""
     account = stack.account_ids["acme"]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    missing: list[str] = []
+
+    async def all_stored() -> dict[str, Any] | None:
         payloads = {
             kind: await stack.store.get_event_payload(account, message_id)
             for kind, message_id in ids.items()
         }
-        missing = sorted(kind for kind, payload in payloads.items() if payload is None)
-        if not missing:
-            return {kind: json.loads(payload) for kind, payload in payloads.items()}
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"not stored within {timeout} s: {missing}")
-        await asyncio.sleep(0.05)
+        missing[:] = sorted(kind for kind, payload in payloads.items() if payload is None)
+        if missing:
+            return None
+        return {
+            kind: json.loads(payload) for kind, payload in payloads.items() if payload is not None
+        }
+
+    return await eventually(
+        all_stored, what=lambda: f"every event to be stored (missing: {missing})", timeout=timeout
+    )
 
 
 async def metric_samples(stack: Stack, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -201,11 +206,12 @@ async def test_analytics_js_delivers_every_event_from_another_origin(
     assert all(routes.get((path, "204")) for path in expected), routes
 
     # Its client metrics (one `analytics_js.invoke` per call) are counted, never stored.
-    async with asyncio.timeout(10):
-        while (await metric_samples(stack, "inlet_sdk_client_metrics_total")).get(
-            (("metric", "analytics_js.invoke"),), 0
-        ) < len(events):
-            await asyncio.sleep(0.05)
+
+    async def invokes_counted() -> bool:
+        samples = await metric_samples(stack, "inlet_sdk_client_metrics_total")
+        return samples.get((("metric", "analytics_js.invoke"),), 0) >= len(events)
+
+    await eventually(invokes_counted, what="one analytics_js.invoke client metric per call")
     assert (await requests_by_route(stack)).get(("/v1/m", "200"), 0) >= 1
     account = stack.account_ids["acme"]
     assert await stack.store.count_events(account) == len(events)

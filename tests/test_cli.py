@@ -15,8 +15,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -35,7 +37,7 @@ def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProc
     )
 
 
-def post(url: str, key: str, event: dict[str, object] | bytes) -> tuple[int, dict[str, object]]:
+def post(url: str, key: str, event: Mapping[str, object] | bytes) -> tuple[int, dict[str, object]]:
     """POST `event` (a dict, or JSON text sent as is) with `key`; the status and reply."""
     request = urllib.request.Request(
         url,
@@ -89,6 +91,17 @@ def test_parse_expiry() -> None:
         parse_expiry("2000-01-01", now)
 
 
+def drain(stream: IO[str]) -> None:
+    """Read a server's log pipe to its end on a thread, then close it: request log lines
+    would fill the pipe and block the server, and an unclosed pipe is a ResourceWarning."""
+
+    def read() -> None:
+        with stream:
+            stream.read()
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str], re.Match[str]]:
     """Start `inlet ARGS`; return the process and the match of `ready` in its log."""
     process = subprocess.Popen(
@@ -99,12 +112,13 @@ def start(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str]
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if match := re.search(ready, line):
-            # Keep reading: request log lines would fill the pipe and block the server.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
+            drain(process.stderr)
             return process, match
         if not line and process.poll() is not None:
             break
     process.kill()
+    process.wait()
+    process.stderr.close()
     raise AssertionError(f"`inlet {' '.join(args)}` did not start")
 
 

@@ -4,9 +4,9 @@ key rotation, maintenance mode; they work on the database, and the server follow
 from __future__ import annotations
 
 import itertools
-import time
 
 from tests.test_cli import Served, inlet, post
+from tests.waiting import eventually_sync
 
 
 def test_operator_commands(served: Served) -> None:
@@ -26,26 +26,29 @@ def test_operator_commands(served: Served) -> None:
 
     inlet("maintenance", "on", "--message", "upgrading", cwd=cwd)
     assert "is on" in inlet("maintenance", "status", cwd=cwd).stdout
-    deadline = time.monotonic() + 10
-    while (answer := post(served.url, new_key, dict(event, event="G")))[0] != 503:
-        assert time.monotonic() < deadline, "the server never saw maintenance mode"
-        time.sleep(0.05)
+
+    def refused() -> tuple[int, dict[str, object]] | None:
+        answer = post(served.url, new_key, dict(event, event="G"))
+        return answer if answer[0] == 503 else None
+
+    answer = eventually_sync(refused, what="the server to see maintenance mode")
     assert answer[1] == {"message": "upgrading", "code": "maintenance"}
     inlet("maintenance", "off", cwd=cwd)
-    while post(served.url, new_key, dict(event, event="G"))[0] != 200:
-        assert time.monotonic() < deadline, "the server never left maintenance mode"
-        time.sleep(0.05)
+    eventually_sync(
+        lambda: post(served.url, new_key, dict(event, event="G"))[0] == 200,
+        what="the server to leave maintenance mode",
+    )
 
     # Suppress with Delete, switched in the database: the server follows within seconds.
     assert post(served.url, new_key, {"type": "delete", "userId": "gone"})[0] == 200
     inlet("accounts", "set", "acme", "--suppress-deleted-users", "on", cwd=cwd)
-    deadline = time.monotonic() + 10
-    for attempt in itertools.count():  # a returning user's events, until suppressed
-        back = dict(event, userId="gone", messageId=f"back-{attempt}")
-        if post(served.url, new_key, back)[1].get("suppressed"):
-            break
-        assert time.monotonic() < deadline, "the setting was never seen"
-        time.sleep(0.05)
+    attempts = itertools.count()
+
+    def suppressed() -> bool:  # a returning user's events, until suppressed
+        back = dict(event, userId="gone", messageId=f"back-{next(attempts)}")
+        return bool(post(served.url, new_key, back)[1].get("suppressed"))
+
+    eventually_sync(suppressed, what="the server to see the setting")
     inlet("accounts", "create", "strict", "--suppress-deleted-users", "on", cwd=cwd)
     rows = inlet("accounts", "list", cwd=cwd).stdout.splitlines()
     assert {row.split()[0]: row.split(None, 3)[3] for row in rows[1:]} == {
@@ -56,7 +59,8 @@ def test_operator_commands(served: Served) -> None:
     inlet("accounts", "set", "acme", "--suppress-deleted-users", "off", cwd=cwd)
 
     inlet("accounts", "suspend", "acme", cwd=cwd)
-    while post(served.url, new_key, dict(event, event="H"))[0] != 403:
-        assert time.monotonic() < deadline, "the suspension was never seen"
-        time.sleep(0.05)
+    eventually_sync(
+        lambda: post(served.url, new_key, dict(event, event="H"))[0] == 403,
+        what="the server to see the suspension",
+    )
     inlet("accounts", "resume", "acme", cwd=cwd)

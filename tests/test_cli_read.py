@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.test_cli import Served, post
+from tests.waiting import eventually_sync
 
 
 def test_profile_and_events_from_the_shell(served: Served) -> None:
@@ -93,7 +94,7 @@ def read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
     return [line["messageId"] for line in read_events(process, count)]
 
 
-def read_events(process: subprocess.Popen[str], count: int) -> list[dict[str, object]]:
+def read_events(process: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
     assert process.stdout is not None
     return [json.loads(process.stdout.readline()) for _ in range(count)]
 
@@ -104,37 +105,36 @@ def test_events_tail_resumes_from_its_cursor_file(served: Served, tmp_path: Path
         event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
         assert post(served.url, served.key, event)[0] == 200
 
-    first = tail(served, cursor_file)
-    try:
-        assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
-        # Live: posted after the tail started.
-        post(
-            served.url,
-            served.key,
-            {"type": "track", "userId": "u1", "event": "E", "messageId": "t-3"},
-        )
-        (last,) = read_events(first, 1)
-        assert last["messageId"] == "t-3"
-        # The cursor is saved right after the line is printed.
-        deadline = time.monotonic() + 10
-        while not (
-            cursor_file.exists() and cursor_file.read_text().strip() == str(last["sequence"])
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    finally:
-        first.kill()
-        first.wait()
+    with tail(served, cursor_file) as first:  # its pipe closed at the end
+        try:
+            assert read_lines(first, 3) == ["t-0", "t-1", "t-2"]
+            # Live: posted after the tail started.
+            post(
+                served.url,
+                served.key,
+                {"type": "track", "userId": "u1", "event": "E", "messageId": "t-3"},
+            )
+            (last,) = read_events(first, 1)
+            assert last["messageId"] == "t-3"
+            # The cursor is saved right after the line is printed.
+            eventually_sync(
+                lambda: (
+                    cursor_file.exists()
+                    and cursor_file.read_text().strip() == str(last["sequence"])
+                ),
+                what="the cursor file to hold the last sequence printed",
+            )
+        finally:
+            first.kill()
     for n in (4, 5):
         event = {"type": "track", "userId": "u1", "event": "E", "messageId": f"t-{n}"}
         assert post(served.url, served.key, event)[0] == 200
     # Restarted with the same cursor file: it goes on after the last event it printed.
-    second = tail(served, cursor_file)
-    try:
-        assert read_lines(second, 2) == ["t-4", "t-5"]
-    finally:
-        second.kill()
-        second.wait()
+    with tail(served, cursor_file) as second:
+        try:
+            assert read_lines(second, 2) == ["t-4", "t-5"]
+        finally:
+            second.kill()
 
 
 def test_read_commands_need_a_key(tmp_path: Path) -> None:

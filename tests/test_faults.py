@@ -17,21 +17,23 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from http_bridge.app_keys import BATCHER
 from http_bridge.config import BridgeConfig
 from service.store import SqliteStore, Store
 from tests.stack import Stack, basic, start_stack
+from tests.test_cli import drain
+from tests.waiting import eventually
 
 
 def free_port() -> int:
@@ -70,13 +72,16 @@ def process(args: list[str], cwd: Path, ready: str, **env: str) -> Iterator[subp
             raise AssertionError(f"inlet {args} exited with {proc.returncode}")
     # Keep reading: a log line per request fills the 64 KiB pipe in a few hundred
     # requests, and a server whose stderr is full blocks in its next log call.
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    drain(proc.stderr)
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+LOAD_TIMEOUT_S = 30.0  # for the load to reach a point; far more than it takes
 
 
 class Load:
@@ -110,11 +115,13 @@ class Load:
                 self.statuses["connection error"] += 1
                 await asyncio.sleep(0.01)
 
-    async def until(self, predicate: object, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():  # type: ignore[operator]
-            assert time.monotonic() < deadline, f"timed out; statuses so far {self.statuses}"
-            await asyncio.sleep(0.01)
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait for `predicate` while the load runs; a failure shows the statuses so far."""
+        await eventually(
+            predicate,
+            what=lambda: f"{what}; statuses so far {dict(self.statuses)}",
+            timeout=LOAD_TIMEOUT_S,
+        )
 
     async def __aenter__(self) -> Load:  # noqa: PYI034
         timeout = aiohttp.ClientTimeout(total=10)
@@ -149,14 +156,17 @@ async def test_kill_9_of_inlet_serve_under_load(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/segment"
     async with Load(url, key) as load:
         with process(args, tmp_path, "bridge listening") as server:
-            await load.until(lambda: len(load.acknowledged) >= 300)
+            await load.until(lambda: len(load.acknowledged) >= 300, "300 acknowledged events")
             server.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
             server.wait()
         before_restart = len(load.acknowledged)
-        await load.until(lambda: load.statuses["connection error"] > 0)
+        await load.until(lambda: load.statuses["connection error"] > 0, "a connection error")
         # Restart on the same data: ingestion resumes, no manual step.
         with process(args, tmp_path, "bridge listening"):
-            await load.until(lambda: len(load.acknowledged) >= before_restart + 300)
+            await load.until(
+                lambda: len(load.acknowledged) >= before_restart + 300,
+                "300 more acknowledged events after the restart",
+            )
     assert_nothing_acknowledged_was_lost(tmp_path / "inlet-data" / "inlet.db", load)
     assert set(load.statuses) <= {200, 503, "connection error"}
 
@@ -179,15 +189,18 @@ async def test_kill_9_of_the_core_then_the_bridge_recovers_by_itself(tmp_path: P
     async with Load(f"http://127.0.0.1:{port}/segment", key) as load:
         with process(bridge_args, tmp_path, "bridge listening", **fast):
             with process(core_args, tmp_path, "core listening") as core:
-                await load.until(lambda: len(load.acknowledged) >= 300)
+                await load.until(lambda: len(load.acknowledged) >= 300, "300 acknowledged events")
                 core.send_signal(signal.SIGKILL)
                 core.wait()
             refused_before = load.statuses[503]
-            await load.until(lambda: load.statuses[503] > refused_before)  # 503, not a hang
+            await load.until(lambda: load.statuses[503] > refused_before, "a 503")  # not a hang
             acknowledged = len(load.acknowledged)
             with process(core_args, tmp_path, "core listening"):
                 # The same bridge process, never restarted, stores events again.
-                await load.until(lambda: len(load.acknowledged) >= acknowledged + 300)
+                await load.until(
+                    lambda: len(load.acknowledged) >= acknowledged + 300,
+                    "300 more acknowledged events after the restart",
+                )
     assert_nothing_acknowledged_was_lost(tmp_path / "inlet-data" / "inlet.db", load)
     assert set(load.statuses) <= {200, 503, "connection error"}
 
@@ -365,9 +378,7 @@ async def test_a_noisy_key_is_rate_limited_without_starving_others(tmp_path: Pat
         statuses: list[int] = []
         async with aiohttp.ClientSession() as session:
 
-            async def send(
-                key: str, n: int
-            ) -> tuple[int, dict[str, str], aiohttp.typedefs.LooseHeaders]:
+            async def send(key: str, n: int) -> tuple[int, dict[str, str], CIMultiDictProxy[str]]:
                 event = {
                     "type": "track",
                     "userId": "u",
@@ -409,21 +420,24 @@ async def test_overload_is_refused_at_once_with_503(tmp_path: Path) -> None:
         headers = {"Authorization": basic(stack.keys["ingest"]), "Content-Type": "application/json"}
         async with aiohttp.ClientSession() as session:
 
-            async def send(n: int) -> tuple[int, str, float]:
+            async def send(n: int) -> tuple[int, str]:
                 event = {"type": "track", "userId": "u", "event": "E", "messageId": f"o-{n}"}
-                started = time.monotonic()
                 async with session.post(stack.url + "/segment", json=event, headers=headers) as r:
-                    return r.status, (await r.json()).get("code", ""), time.monotonic() - started
+                    return r.status, (await r.json()).get("code", "")
 
             first = asyncio.create_task(send(1))  # in the core, waiting for the store
-            while stack.core.ingestor.inflight == 0:
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: stack.core.ingestor.inflight != 0, what="the first event in the core"
+            )
             second = asyncio.create_task(send(2))  # queued in the bridge (its cap: 1)
-            while stack.bridge.runner.app[BATCHER].pending == 0:
-                await asyncio.sleep(0.01)
-            # The bridge is full: refused at once, not queued behind the others.
-            status, code, elapsed = await send(3)
-            assert (status, code) == (503, "overloaded") and elapsed < 1
+            await eventually(
+                lambda: stack.bridge.runner.app[BATCHER].pending != 0,
+                what="the second event queued in the bridge",
+            )
+            # The bridge is full: refused at once, not queued behind the others (they
+            # wait for the store until the blocker ends, below).
+            assert await send(3) == (503, "overloaded")
+            assert not first.done() and not second.done()
             # The core is full too: a gRPC caller is refused at once as well.
             async with grpc.aio.insecure_channel(stack.core_target) as channel:
                 stub = events_pb2_grpc.EventServiceStub(channel)

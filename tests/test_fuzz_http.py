@@ -112,9 +112,10 @@ def exchange(port: int, request: bytes, *, head: bool = False) -> Reply | None:
             raise AssertionError(f"no answer within {TIMEOUT_S} s: the bridge hangs") from None
     if not data:
         return None
-    head, separator, body = bytes(data).partition(b"\r\n\r\n")
+    # Not `head`: that is the argument (a HEAD request), read below.
+    message_head, separator, body = bytes(data).partition(b"\r\n\r\n")
     assert separator, f"truncated answer {bytes(data[:200])!r}"
-    status_line, *header_lines = head.split(b"\r\n")
+    status_line, *header_lines = message_head.split(b"\r\n")
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(b":")
@@ -391,7 +392,7 @@ def json_value(draw: st.DrawFn, allow_bad: bool) -> Fragment:
 
 def _build(draw: st.DrawFn, node: Any) -> Fragment:
     if isinstance(node[0], bytes):
-        return node  # type: ignore[no-any-return]
+        return node
     kind, children = node
     if kind == "a":
         return _array(draw, [_build(draw, c) for c in children])
@@ -637,7 +638,7 @@ def settings_header() -> st.SearchStrategy[Headers]:
         return [(b"X-Segment-Settings", value)]
 
     objects = st.dictionaries(st.text(max_size=10), FINITE_JSON, max_size=5)
-    good = st.one_of(
+    good: st.SearchStrategy[Headers] = st.one_of(
         st.just([]),
         st.sampled_from([b"", b"  "]).map(line),
         st.builds(
@@ -666,7 +667,7 @@ def content_type() -> st.SearchStrategy[Headers]:
     def line(value: bytes) -> list[tuple[bytes, bytes]]:
         return [(b"Content-Type", value)]
 
-    good = st.one_of(
+    good: st.SearchStrategy[Headers] = st.one_of(
         st.just([]),
         st.sampled_from(
             [

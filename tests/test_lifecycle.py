@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from tests.stack import basic, start_stack
 from tests.test_cli import inlet, ready_line, start, stop
+from tests.waiting import eventually_sync
 
 
 async def send_load_event(
@@ -128,14 +130,15 @@ def response(client: socket.socket) -> http.client.HTTPResponse:
 
 def wait_until_refused(port: int) -> None:
     """Until the listening socket is closed: the server is draining."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def refused() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
-            return
-        time.sleep(0.01)
-    raise AssertionError("the server kept accepting after SIGTERM")
+            return True
+        return False
+
+    eventually_sync(refused, what="the server to stop accepting after SIGTERM")
 
 
 def stored_ids(tmp_path: Path) -> set[str]:
@@ -152,29 +155,30 @@ def test_sigterm_lets_a_body_still_arriving_finish_and_closes_idle_connections(
 ) -> None:
     server, port, key = serve(tmp_path, monkeypatch, GRACE_S, workers)
     try:
-        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
-        idle.sendall(request_head(key, len(FULL % b"before")) + FULL % b"before")
-        first = response(idle)
-        assert first.status == 200 and first.getheader("Connection") is None  # kept alive
-        first.read()
-        body = FULL % b"in-flight"
-        slow = begin_slow_request(port, key, body)
+        with contextlib.ExitStack() as closing:  # the client sockets
+            idle = closing.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            idle.sendall(request_head(key, len(FULL % b"before")) + FULL % b"before")
+            first = response(idle)
+            assert first.status == 200 and first.getheader("Connection") is None  # kept alive
+            first.read()
+            body = FULL % b"in-flight"
+            slow = closing.enter_context(begin_slow_request(port, key, body))
 
-        started = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        wait_until_refused(port)
-        # The idle keep-alive connection is closed by the server: EOF, not a hang.
-        assert idle.recv(1) == b""
-        # The request being received keeps being read and is answered normally...
-        slow.sendall(body[len(body) // 2 :])
-        answer = response(slow)
-        assert answer.status == 200, answer.read()
-        assert json.loads(answer.read()) == {"message": "stored", "messageId": "in-flight"}
-        # ...telling the client not to reuse the connection, which the server then closes.
-        assert answer.getheader("Connection") == "close"
-        assert slow.recv(1) == b""
-        assert server.wait(timeout=60) == 0
-        assert time.monotonic() - started < GRACE_S / 2  # nothing waited for a timeout
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            wait_until_refused(port)
+            # The idle keep-alive connection is closed by the server: EOF, not a hang.
+            assert idle.recv(1) == b""
+            # The request being received keeps being read and is answered normally...
+            slow.sendall(body[len(body) // 2 :])
+            answer = response(slow)
+            assert answer.status == 200, answer.read()
+            assert json.loads(answer.read()) == {"message": "stored", "messageId": "in-flight"}
+            # ...telling the client not to reuse the connection, which the server then closes.
+            assert answer.getheader("Connection") == "close"
+            assert slow.recv(1) == b""
+            assert server.wait(timeout=60) == 0
+            assert time.monotonic() - started < GRACE_S / 2  # nothing waited for a timeout
     finally:
         stop(server)
     assert {"before", "in-flight"} <= stored_ids(tmp_path)
@@ -187,18 +191,19 @@ def test_a_request_unfinished_at_the_end_of_the_grace_is_cut_off(
     grace_s = 1.0
     server, port, key = serve(tmp_path, monkeypatch, grace_s, workers)
     try:
-        body = FULL % b"too-late"
-        slow = begin_slow_request(port, key, body)
-        started = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
-        assert time.monotonic() - started < grace_s + 5  # the grace, not the body timeout
-        try:  # the rest of the body, after the grace: nobody is there to read it
-            slow.sendall(body[len(body) // 2 :])
-            answer = slow.recv(4096)
-        except ConnectionError:
-            answer = b""
-        assert answer == b"", answer  # no status line at all, let alone a 2xx
+        with contextlib.ExitStack() as closing:  # the client sockets
+            body = FULL % b"too-late"
+            slow = closing.enter_context(begin_slow_request(port, key, body))
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=60) == 0
+            assert time.monotonic() - started < grace_s + 5  # the grace, not the body timeout
+            try:  # the rest of the body, after the grace: nobody is there to read it
+                slow.sendall(body[len(body) // 2 :])
+                answer = slow.recv(4096)
+            except ConnectionError:
+                answer = b""
+            assert answer == b"", answer  # no status line at all, let alone a 2xx
     finally:
         stop(server)
     assert "too-late" not in stored_ids(tmp_path)

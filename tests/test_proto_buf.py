@@ -244,7 +244,7 @@ def test_code_generated_for_other_languages_takes_the_options(
     else:
         tool, plugin = "protoc", {"protoc_builtin": language}
     if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (.ci/run installs Debian's)")
+        pytest.skip(f"{tool} is not installed (.ci/install installs Debian's)")
     template = {"version": "v2", "plugins": [{**plugin, "out": str(tmp_path)}]}
     result = buf_tool.run("generate", "--template", json.dumps(template))
     assert result.returncode == 0, result.stderr

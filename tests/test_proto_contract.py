@@ -74,7 +74,7 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
             f"assert m.__file__.startswith({str(tmp_path / 'gen')!r}), m.__file__; "
             "assert not any(n == 'service' or n.startswith('service.') for n in sys.modules)"
         )
-        example = subprocess.Popen(
+        with subprocess.Popen(
             [
                 sys.executable,
                 "-c",
@@ -94,14 +94,19 @@ def test_a_client_generated_from_proto_alone_reads_profiles_history_and_the_stre
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        assert example.stdout is not None
-        lines = []
-        for line in example.stdout:
-            lines.append(line)
-            if line.startswith("following after"):
-                server.run(send({"type": "track", "userId": "u2", "event": "Live One"}))
-        assert example.wait(timeout=30) == 0, example.stderr.read() if example.stderr else ""
+        ) as example:  # its pipes closed at the end
+            try:
+                assert example.stdout is not None
+                lines = []
+                for line in example.stdout:
+                    lines.append(line)
+                    if line.startswith("following after"):
+                        server.run(send({"type": "track", "userId": "u2", "event": "Live One"}))
+                status = example.wait(timeout=30)
+                assert status == 0, example.stderr.read() if example.stderr else ""
+            finally:
+                if example.poll() is None:
+                    example.kill()
     finally:
         server.close()
 

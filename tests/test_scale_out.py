@@ -13,7 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import grpc
 from inlet.v1 import events_pb2, events_pb2_grpc
 from tests.stack import basic
 from tests.test_faults import free_port, process
+from tests.waiting import eventually
 
 EVENTS = 400
 
@@ -98,12 +99,14 @@ async def test_two_cores_two_bridges_one_database(tmp_path: Path, pg_dsn: str) -
             subscriber = asyncio.create_task(subscribe())
             acknowledged, statuses = await deliver_twice(bridges, key)
             try:
-                deadline = time.monotonic() + 30
-                while {m for _, m in seen} < acknowledged:
-                    assert time.monotonic() < deadline, (
-                        f"the subscriber on core 2 saw {len(seen)} of {len(acknowledged)}"
-                    )
-                    await asyncio.sleep(0.05)
+                await eventually(
+                    lambda: not {m for _, m in seen} < acknowledged,
+                    what=lambda: (
+                        f"the subscriber on core 2 to see all {len(acknowledged)} "
+                        f"acknowledged events (it saw {len(seen)})"
+                    ),
+                    timeout=30,
+                )
             finally:
                 stream.cancel()
                 await asyncio.gather(subscriber, return_exceptions=True)
@@ -140,7 +143,7 @@ async def deliver_twice(bridges: list[int], key: str) -> tuple[set[str], dict[in
                 "messageId": f"scale-{n}",
             }
 
-            async def post(port: int, event: dict[str, object] = event) -> tuple[int, bool]:
+            async def post(port: int, event: Mapping[str, object] = event) -> tuple[int, bool]:
                 async with session.post(
                     f"http://127.0.0.1:{port}/segment", data=json.dumps(event), headers=headers
                 ) as reply:

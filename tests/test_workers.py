@@ -108,9 +108,10 @@ def serve_workers(cwd: Path, *extra: str, count: int = 2) -> Served:
 
     def read() -> None:  # keeps the pipe drained, and the lines for the test
         assert process.stderr is not None
-        for line in process.stderr:
-            served.lines.put(line)
-            served.log.append(line)
+        with process.stderr:
+            for line in process.stderr:
+                served.lines.put(line)
+                served.log.append(line)
 
     served.reader = threading.Thread(target=read, daemon=True)
     served.reader.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 import time
 from dataclasses import dataclass
@@ -33,8 +34,11 @@ async def _send(
     session: aiohttp.ClientSession, url: str, request: Request
 ) -> tuple[int, str, bytes, float]:
     started = time.monotonic()
+    # A file-like body is written in chunks; raw bytes of the oversize scenario (over
+    # 1 MiB) would go out in one write that aiohttp warns may stall the loop.
+    payload = io.BytesIO(request.body)
     async with session.post(
-        url, data=request.body, headers=request.headers, allow_redirects=False
+        url, data=payload, headers=request.headers, allow_redirects=False
     ) as reply:
         body = await reply.read()
         return reply.status, reply.headers.get("Content-Type", ""), body, time.monotonic() - started

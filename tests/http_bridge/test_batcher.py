@@ -7,12 +7,13 @@ below is forced by the test, never by timing.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 
 from http_bridge.batcher import Batcher, QueueFull
+from tests.waiting import settle
 
 LONG = 5.0  # a submit timeout no test should reach
 
@@ -61,12 +62,6 @@ async def send() -> AsyncIterator[GatedSend]:
     fake = GatedSend()
     yield fake
     fake.release_all()
-
-
-async def settle() -> None:
-    """Let every task that is ready run until it blocks (no wall-clock wait)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 def submit(
@@ -538,16 +533,26 @@ async def test_the_call_after_a_returned_one_waits_for_its_senders_to_come_back(
 
 
 async def test_a_request_waiting_for_senders_that_do_not_come_back_goes_within_the_bound(
-    send: GatedSend,
+    send: GatedSend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gather = 0.5
     batcher: Batcher[str, str] = Batcher(send, max_gather_delay=gather, clock=Ticks())
-    started = time.monotonic()
+    # The batcher's own timers (not its requests' timeouts): how long it waits for senders.
+    loop = asyncio.get_running_loop()
+    call_later = loop.call_later
+    waits: list[float] = []
+
+    def recording(delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__self__", None) is batcher:
+            waits.append(delay)
+        return call_later(delay, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", recording)
     late = await senders_then_late(batcher, send)
     await settle()
     assert send.no_new_call()  # y waits for a's and b's senders, who never send again
     assert await send.next_call() == ["y"]
-    assert time.monotonic() - started < gather + 1.0
+    assert waits == [gather]  # the bound, not the a-b call's length (seconds, by Ticks)
     send.release(2)
     assert await late == "done:y"
 

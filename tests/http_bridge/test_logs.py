@@ -26,6 +26,7 @@ from service.logs import (
     whole_lines,
 )
 from tests.stack import Stack, basic, start_stack
+from tests.waiting import settle
 
 
 class Captured:
@@ -297,15 +298,24 @@ async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> Non
     assert stream.writes == 1
 
 
-async def test_lines_wait_at_most_the_interval_and_go_out_in_one_write() -> None:
+async def test_lines_wait_at_most_the_interval_and_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The loop's clock stands still until the test moves it: "not yet" does not depend
+    # on how fast the machine runs the turns in between.
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
     logger, stream, _ = _batching(interval=0.05)
     logger.info("first")
     await asyncio.sleep(0)
     logger.info("second")  # another turn, the same write
     await asyncio.sleep(0)
+    now[0] += 0.049
+    await settle()
     assert stream.getvalue() == ""
-    # The handler's timer was armed before this sleep's, to end earlier: it fires first.
-    await asyncio.sleep(0.06)
+    now[0] += 0.001  # the interval since the first line
+    await settle()
     assert stream.getvalue().splitlines() == ["first", "second"]
     assert stream.writes == 1
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from http_bridge.config import BridgeConfig
 from tests.exact_values import EXACT_TRAITS
@@ -28,7 +29,7 @@ async def post(
     key: str | None = "ingest",
     headers: dict[str, str] | None = None,
     data: Any = None,
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     sent = {"Content-Type": "application/json"}
     if key is not None:
         sent["Authorization"] = basic(stack.keys.get(key, key))

@@ -17,6 +17,7 @@ import trustme
 from http_bridge.config import BridgeConfig
 from inlet_app.cli import reload_tls_on_sighup
 from tests.stack import Stack, basic, start_stack
+from tests.waiting import eventually
 
 EVENT = {"type": "track", "userId": "u1", "event": "Over TLS", "messageId": "tls-1"}
 
@@ -166,13 +167,15 @@ async def test_sighup_reloads_the_certificate(
     reload_tls_on_sighup(tls_stack.bridge, tls_stack.core)
     try:
         os.kill(os.getpid(), signal.SIGHUP)
-        async with asyncio.timeout(5):  # the handler runs on the loop's next turns
-            while True:
-                try:
-                    connection = await Connection.open(tls_stack.bridge.port, trusting(new_ca))
-                    break
-                except ssl.SSLCertVerificationError:
-                    await asyncio.sleep(0)
+
+        async def reloaded() -> Connection | None:
+            try:
+                return await Connection.open(tls_stack.bridge.port, trusting(new_ca))
+            except ssl.SSLCertVerificationError:
+                return None
+
+        # The handler runs on the loop's next turns.
+        connection = await eventually(reloaded, what="the new certificate", timeout=5)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
     assert await connection.get("/healthz") == 200

@@ -102,7 +102,7 @@ def call(
     try:
         reply = method(request, metadata=metadata or [], timeout=TIMEOUT_S)
     except grpc.RpcError as error:
-        code = error.code()  # type: ignore[attr-defined]
+        code = error.code()
         assert code != grpc.StatusCode.DEADLINE_EXCEEDED, (
             f"no answer within {TIMEOUT_S} s: the core hangs"
         )
@@ -112,7 +112,7 @@ def call(
             info = error_details_pb2.ErrorInfo()
             if status.details[0].Unpack(info):
                 reason = info.reason
-        outcome = Outcome(code, None, error.details() or "", reason)  # type: ignore[attr-defined]
+        outcome = Outcome(code, None, error.details() or "", reason)
     else:
         outcome = Outcome(grpc.StatusCode.OK, reply, "", None)
     if tally and currently_in_test_context():

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.store.group_commit import GroupCommitter
+from tests.waiting import settle
 
 LONG = 5.0  # no test should get near this; it only turns a hang into a failure
 
@@ -70,12 +71,6 @@ async def commit(executor: ThreadPoolExecutor) -> AsyncIterator[GatedCommit]:
     fake = GatedCommit()
     yield fake
     fake.close()
-
-
-async def settle() -> None:
-    """Let every task that is ready run until it blocks (no wall-clock wait)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 def submit(committer: GroupCommitter[str, str], *items: str) -> asyncio.Task[list[str]]:

@@ -19,6 +19,7 @@ from service.config import CoreConfig
 from service.server import start_core
 from service.store import SqliteStore
 from tests.stack import Stack, basic, start_stack
+from tests.waiting import eventually
 
 EVENT = {"type": "track", "userId": "u1", "event": "Over mTLS"}
 
@@ -220,9 +221,12 @@ async def test_sighup_reloads_the_core_certificate(tmp_path: Path, pki: dict[str
     reload_tls_on_sighup(stack.bridge, stack.core)
     try:
         os.kill(os.getpid(), signal.SIGHUP)
-        async with asyncio.timeout(5):  # the handler runs on the loop's next turns
-            while await _health(stack.core_target, new_ca) != "ok":
-                await asyncio.sleep(0.01)
+
+        async def healthy() -> bool:
+            return await _health(stack.core_target, new_ca) == "ok"
+
+        # The handler runs on the loop's next turns.
+        await eventually(healthy, what="the core to serve the new certificate", timeout=5)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         await stack.stop()
@@ -256,9 +260,12 @@ async def test_a_bridge_rereads_its_core_tls_files_on_sighup(
         Path(pki["ca"]).write_bytes(Path(new_ca).read_bytes())
         reload_tls_on_sighup(stack.bridge, None)  # `inlet serve bridge`
         os.kill(os.getpid(), signal.SIGHUP)
-        async with asyncio.timeout(10):  # the handler runs on the loop's next turns
-            while await post(stack) != 200:
-                await asyncio.sleep(0.05)
+
+        async def delivered() -> bool:
+            return await post(stack) == 200
+
+        # The handler runs on the loop's next turns.
+        await eventually(delivered, what="the bridge to trust the new CA")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         await stack.stop()

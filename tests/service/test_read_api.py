@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from tests.exact_values import EXACT_TRAITS, group_json, identify_json
 from tests.service.test_grpc import bearer, reason_of
 from tests.stack import Stack
 from tests.store.test_conformance import erased
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -313,7 +315,7 @@ async def test_list_events_pages_lose_and_repeat_nothing_while_events_arrive(
     await send(channel, key, *(track(f"e-{n:03}", f"user-{n % 3}") for n in range(50)))
     events = events_pb2_grpc.EventServiceStub(channel)
 
-    async def page_through(order: int) -> list[str]:
+    async def page_through(order: events_pb2.Order.ValueType) -> list[str]:
         seen: list[str] = []
         token, added = "", 0
         while True:
@@ -400,7 +402,7 @@ async def test_bad_list_requests_name_the_field(
 
 
 async def read_stream(call: Any, count: int, timeout: float = 10) -> list[events_pb2.StoredEvent]:
-    received = []
+    received: list[events_pb2.StoredEvent] = []
     async with asyncio.timeout(timeout):
         while len(received) < count:
             received.append(await call.read())
@@ -502,7 +504,7 @@ async def test_accounts_see_only_their_own_data(stack: Stack, channel: grpc.aio.
 async def test_reads_need_the_read_scope(stack: Stack, channel: grpc.aio.Channel) -> None:
     ingest_only = stack.keys["ingest"]
     events = events_pb2_grpc.EventServiceStub(channel)
-    calls = [
+    calls: list[Awaitable[object]] = [
         profile(channel, ingest_only, "u1"),
         events.ListEvents(events_pb2.ListEventsRequest(), metadata=bearer(ingest_only)),
         read_stream(
@@ -540,14 +542,16 @@ async def test_subscribe_streams_are_measured(stack: Stack, channel: grpc.aio.Ch
     assert registry.get_sample_value("inlet_subscribe_streams") == 1
     assert registry.get_sample_value("inlet_subscribe_delivery_delay_seconds_count") == 2
     call.cancel()
-    async with asyncio.timeout(10):  # the server notices the cancellation
-        while registry.get_sample_value("inlet_subscribe_streams") != 0:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: registry.get_sample_value("inlet_subscribe_streams") == 0,
+        what="the server to notice the cancellation",
+    )
     # The call itself, in the per-call gRPC metrics like every other RPC, once over.
     labels = {"method": "/inlet.v1.EventService/Subscribe", "code": "CANCELLED"}
-    async with asyncio.timeout(10):
-        while registry.get_sample_value("inlet_grpc_requests_total", labels) != 1:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: registry.get_sample_value("inlet_grpc_requests_total", labels) == 1,
+        what="the cancelled Subscribe in inlet_grpc_requests_total",
+    )
 
 
 async def test_a_subscribe_request_that_is_not_protobuf_is_invalid_argument(

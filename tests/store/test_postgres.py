@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -25,8 +24,10 @@ from service.store.postgres import schema as pg_schema
 from service.store.postgres.eraser import _ERASE_EVENTS
 from service.store.postgres.profiles import PROFILE_COUNTS
 from tests.store.test_conformance import at, identify, track, write
+from tests.waiting import eventually
 
 LONG = 10.0
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -38,13 +39,6 @@ async def cores(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore
     yield one, two
     await one.close()
     await two.close()
-
-
-async def until(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + LONG
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def held_before_commit(
@@ -97,7 +91,7 @@ async def test_a_transaction_held_open_on_one_core_does_not_delay_a_commit_on_an
     assert not streamed.done()
     release.set()
     (earlier,) = await asyncio.wait_for(first, LONG)
-    assert earlier is not None and now < earlier < later
+    assert isinstance(earlier, int) and isinstance(later, int) and now < earlier < later
     page = await two.list_events(EventQuery(acme, after=now))
     assert [r.message_id for r in page] == ["earlier", "later"]
     assert [r.message_id for r in await asyncio.wait_for(streamed, LONG)] == ["earlier", "later"]
@@ -277,11 +271,12 @@ async def test_a_late_event_racing_its_users_delete_on_another_core_is_erased(
     # The eraser has looked several times since, and waits for core two's transaction.
     checked = one.erase_checks
 
-    async def looked_again() -> bool:
-        return one.erase_checks >= checked + 3
-
     try:
-        await until(looked_again, "the eraser to look at the deletion")
+        await eventually(
+            lambda: one.erase_checks >= checked + 3,
+            what="the eraser to look at the deletion",
+            timeout=LONG,
+        )
         assert await _identifies(pg_dsn) == ["old"]  # not erased yet
     finally:
         release_late.set()
@@ -356,26 +351,27 @@ async def test_the_listener_reconnects_after_the_database_drops_it(
     finally:
         await admin.close()
 
-    async def relistening() -> bool:
-        return two.listens > connections and two.listening.is_set()
-
-    await until(relistening, "the listener to reconnect")
+    await eventually(
+        lambda: two.listens > connections and two.listening.is_set(),
+        what="the listener to reconnect",
+        timeout=LONG,
+    )
     acme = (await _retry(lambda: one.ensure_account("acme"))).id
     woken = two.commits.current()
     await _retry(lambda: one.write_events([write(acme, track("after-restart"))]))
     await asyncio.wait_for(woken.wait(), LONG)
 
 
-async def _retry(call: object) -> object:
+async def _retry(call: Callable[[], Awaitable[T]]) -> T:
     """The first call after a restart may meet a pooled connection that died: 503 once."""
     from service.errors import StoreUnavailable
 
     for _ in range(3):
         try:
-            return await call()  # type: ignore[operator]
+            return await call()
         except StoreUnavailable:
             continue
-    return await call()  # type: ignore[operator]
+    return await call()
 
 
 async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order() -> None:

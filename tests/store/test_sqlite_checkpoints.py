@@ -25,23 +25,9 @@ from service.store.sqlite.checkpointer import (
     checkpoint,
 )
 from tests.store.test_conformance import track, write
+from tests.waiting import eventually, eventually_sync
 
 DEADLINE_S = 10.0
-
-
-async def until(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """The same, for tests without an event loop (the checkpoint thread runs alone)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def pragma(name: str) -> Callable[[sqlite3.Connection], object]:
@@ -78,7 +64,7 @@ async def test_committed_events_reach_the_database_file_without_a_commit_copying
         def copied() -> bool:
             return _events_in_file_alone(tmp_path / "inlet.db", tmp_path / "copy.db") == 50
 
-        await until(copied, "the events in the database file")
+        await eventually(copied, what="the events in the database file", timeout=DEADLINE_S)
         assert await store.count_events(acme) == 50
     finally:
         await store.close()
@@ -106,7 +92,11 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
     try:
         for attempt in (1, 2):  # a SQLite error, then any other: the thread lives on
             checkpointer.after_commit(conn)
-            wait_until(lambda n=attempt: checkpointer.failures >= n, f"failure {attempt}")
+
+            def failed(n: int = attempt) -> bool:
+                return checkpointer.failures >= n
+
+            eventually_sync(failed, what=f"failure {attempt}", timeout=DEADLINE_S)
             assert checkpointer.alive
         assert "disk I/O error" in caplog.records[0].getMessage()
         # Nothing was copied, and nothing is lost: the row is in the log.
@@ -115,7 +105,7 @@ def test_a_failing_checkpoint_is_logged_and_tried_again_after_the_next_commit(
         assert conn.execute("SELECT x FROM events").fetchall() == [(1,)]
 
         checkpointer.after_commit(conn)  # the next commit: tried again, and it works
-        wait_until(lambda: checkpointer.runs > 0, "a checkpoint")
+        eventually_sync(lambda: checkpointer.runs > 0, what="a checkpoint", timeout=DEADLINE_S)
         assert checkpointer.last is not None and not checkpointer.last.busy
         assert checkpointer.last.checkpointed_pages == checkpointer.last.log_pages > 0
         assert _events_in_file_alone(database, tmp_path / "copy.db") == 1
@@ -163,7 +153,8 @@ def test_stop_does_not_wait_out_the_pause_between_checkpoints(tmp_path: Path) ->
     )
     checkpointer.start()
     checkpointer.after_commit(writer)
-    wait_until(lambda: checkpointer.runs > 0, "a checkpoint")  # then an hour's pause
+    # Then an hour's pause.
+    eventually_sync(lambda: checkpointer.runs > 0, what="a checkpoint", timeout=DEADLINE_S)
     started = time.monotonic()
     checkpointer.stop()
     writer.close()
@@ -236,11 +227,18 @@ async def test_the_log_file_shrinks_back_once_a_pinning_read_ends(tmp_path: Path
         assert grown > 4 * limit, f"the pinned log grew to {grown} bytes only"
 
         reader.execute("COMMIT")  # the read ends; commits go on
-        deadline = time.monotonic() + DEADLINE_S
-        while wal.stat().st_size > limit:
-            assert time.monotonic() < deadline, f"the log file stayed at {wal.stat().st_size}"
+
+        async def shrunk() -> bool:
+            if wal.stat().st_size <= limit:
+                return True
             await commit_some(1)
-            await asyncio.sleep(0.01)
+            return False
+
+        await eventually(
+            shrunk,
+            what=lambda: f"the log file to shrink (it stayed at {wal.stat().st_size})",
+            timeout=DEADLINE_S,
+        )
         assert await store.count_events(acme) == next(counter)
     finally:
         reader.close()

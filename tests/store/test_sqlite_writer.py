@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -20,45 +20,102 @@ from service.errors import StoreUnavailable
 from service.store.base import EventQuery, EventWrite
 from service.store.sqlite import SqliteStore, WriterLock
 from tests.store.test_conformance import identify, track, write
+from tests.waiting import settle
+
+# Longer than any healthy wait for the event loop below; shorter than `patient_store`'s
+# busy timeout, so that a loop blocked behind a lock is freed by the watchdog (and the
+# test fails saying so) rather than by the store giving up.
+WATCHDOG_S = 10.0
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> SqliteStore:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(tmp_path / "inlet.db", busy_timeout_ms=3000)
     await store.open()
-    yield store  # type: ignore[misc]
+    yield store
     await store.close()
 
 
-async def _loop_ticks(stop: asyncio.Event) -> int:
-    ticks = 0
-    while not stop.is_set():
-        await asyncio.sleep(0.005)
-        ticks += 1
-    return ticks
+@pytest.fixture
+async def patient_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """Waits for another process's write lock longer than the watchdog takes to free it."""
+    store = SqliteStore(tmp_path / "inlet.db", busy_timeout_ms=int(3 * WATCHDOG_S * 1000))
+    await store.open()
+    yield store
+    await store.close()
+
+
+class HeldByAnother:
+    """Locks another process holds (SQLite's write lock, the siblings' file lock) until
+    the test lets go of them from the event loop: code that blocks the loop while it waits
+    for them never finishes. Proof the loop was free is thus that `release()` ran at all
+    while a write waited; a watchdog thread lets go after WATCHDOG_S instead, so a blocked
+    loop fails the test instead of hanging it."""
+
+    def __init__(self, let_go: Callable[[], object]) -> None:
+        self._let_go = let_go
+        self._mutex = threading.Lock()
+        self._held = True
+        self.watchdog_fired = False
+        self._watchdog = threading.Timer(WATCHDOG_S, self._release, kwargs={"watchdog": True})
+
+    def __enter__(self) -> Self:
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.cancel()
+        self._release()
+
+    def _release(self, watchdog: bool = False) -> None:
+        with self._mutex:
+            if self._held:
+                self._held = False
+                self.watchdog_fired = watchdog
+                self._let_go()
+
+    def release(self) -> None:
+        """Let go, from the event loop."""
+        self._release()
+        assert not self.watchdog_fired, "the event loop was blocked behind the lock"
+
+
+async def waits_for_the_lock(store: SqliteStore) -> asyncio.Event:
+    """An event set (through the event loop) once the store's writer thread starts a
+    BEGIN IMMEDIATE: then it waits there for the lock another process holds. Call it
+    while the writer thread is idle; the callback stays for the store's life (unset
+    while the thread runs a statement, it would deadlock: unsetting holds the GIL while
+    it waits for the connection, and the callback waits for the GIL)."""
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    began = asyncio.Event()
+
+    def traced(statement: str) -> None:
+        if statement == "BEGIN IMMEDIATE" and threading.get_ident() != loop_thread:
+            loop.call_soon_threadsafe(began.set)
+
+    await store.use_writer(lambda conn: conn.set_trace_callback(traced))
+    return began
 
 
 async def test_the_loop_runs_while_another_process_holds_the_write_lock(
-    sqlite_store: SqliteStore, tmp_path: Path
+    patient_store: SqliteStore, tmp_path: Path
 ) -> None:
-    acme = (await sqlite_store.ensure_account("acme")).id
+    acme = (await patient_store.ensure_account("acme")).id
     other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another core on the same file, mid-commit
-    stop = asyncio.Event()
-    ticker = asyncio.create_task(_loop_ticks(stop))
-    writing = asyncio.create_task(sqlite_store.write_events([write(acme, track("w-1"))]))
-    started = time.monotonic()
-    await asyncio.sleep(0.3)
-    assert not writing.done()  # waiting for the lock, on the writer thread
-    other.execute("COMMIT")
+    waiting = await waits_for_the_lock(patient_store)
+    with HeldByAnother(lambda: other.execute("COMMIT")) as lock:
+        writing = asyncio.create_task(patient_store.write_events([write(acme, track("w-1"))]))
+        # The loop hears that the writer thread waits for the lock, and then lets go of
+        # the lock itself: it was free the whole time the write waited.
+        await asyncio.wait_for(waiting.wait(), WATCHDOG_S)
+        assert not writing.done()  # waiting for the lock, on the writer thread
+        lock.release()
     other.close()
     sequences = await writing
-    stop.set()
-    ticks = await ticker
-    # The loop was free the whole time: ~60 ticks of 5 ms in 0.3 s if nothing blocked it.
-    assert ticks >= 30, f"the loop ran only {ticks} times in {time.monotonic() - started:.2f} s"
     assert sequences[0] is not None
-    assert await sqlite_store.count_events(acme) == 1
+    assert await patient_store.count_events(acme) == 1
 
 
 async def test_groups_and_other_writes_never_share_a_transaction(sqlite_store: SqliteStore) -> None:
@@ -78,7 +135,7 @@ async def test_groups_and_other_writes_never_share_a_transaction(sqlite_store: S
         for n in range(10)
     ]
     results = await asyncio.gather(*groups, *accounts, *profiles)
-    assert all(seq is not None for group in results[:20] for seq in group)  # type: ignore[union-attr]
+    assert all(seq is not None for group in results[:20] for seq in group)  # type: ignore[attr-defined]
     assert await sqlite_store.count_events(acme) == 20 * 20 + 10
     assert len(await sqlite_store.list_accounts()) == 21
 
@@ -134,29 +191,27 @@ async def test_a_lock_held_past_the_busy_timeout_is_store_unavailable_then_it_re
 
 
 async def test_a_cancelled_job_keeps_the_connection_until_the_writer_thread_is_done(
-    sqlite_store: SqliteStore, tmp_path: Path
+    patient_store: SqliteStore, tmp_path: Path
 ) -> None:
     """A gRPC deadline cancels an admin call waiting for another process's lock: the next
     event group must neither share the connection with it nor stall the event loop."""
-    acme = (await sqlite_store.ensure_account("acme")).id
+    acme = (await patient_store.ensure_account("acme")).id
     other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
-    creating = asyncio.create_task(sqlite_store.ensure_account("beta"))
-    await asyncio.sleep(0.1)  # it waits on the writer thread for the lock
-    creating.cancel()
-    stop = asyncio.Event()
-    ticker = asyncio.create_task(_loop_ticks(stop))
-    writing = asyncio.create_task(sqlite_store.write_events([write(acme, track("after"))]))
-    await asyncio.sleep(0.3)
-    assert not writing.done()
-    other.execute("COMMIT")
+    waiting = await waits_for_the_lock(patient_store)
+    with HeldByAnother(lambda: other.execute("COMMIT")) as lock:
+        creating = asyncio.create_task(patient_store.ensure_account("beta"))
+        await asyncio.wait_for(waiting.wait(), WATCHDOG_S)  # on the writer thread
+        creating.cancel()
+        writing = asyncio.create_task(patient_store.write_events([write(acme, track("after"))]))
+        await settle()  # the group goes as far as it can before the job is done
+        assert not writing.done()
+        lock.release()  # the loop never blocked behind the cancelled job
     other.close()
     assert (await writing)[0] is not None
-    stop.set()
-    assert await ticker >= 30  # the loop never blocked behind the cancelled job
     with pytest.raises(asyncio.CancelledError):
         await creating
-    assert await sqlite_store.count_events(acme) == 1
+    assert await patient_store.count_events(acme) == 1
 
 
 async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
@@ -209,20 +264,23 @@ async def test_a_sibling_worker_waits_for_the_writer_lock_instead_of_timing_out(
     try:
         acme = (await store.ensure_account("acme")).id
         sibling.acquire()
-        other = sqlite3.connect(tmp_path / "inlet.db", isolation_level=None)
+        other = sqlite3.connect(
+            tmp_path / "inlet.db", isolation_level=None, check_same_thread=False
+        )
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO switches VALUES ('s', 'v', 0)")
-        stop = asyncio.Event()
-        ticker = asyncio.create_task(_loop_ticks(stop))
-        writing = asyncio.create_task(store.write_events([write(acme, track("after"))]))
-        await asyncio.sleep(0.5)  # the sibling's long transaction: past the busy timeout
-        assert not writing.done()
-        other.execute("COMMIT")
+
+        def sibling_commits() -> None:
+            other.execute("COMMIT")
+            sibling.release()
+
+        with HeldByAnother(sibling_commits) as locks:
+            writing = asyncio.create_task(store.write_events([write(acme, track("after"))]))
+            await asyncio.sleep(0.5)  # the sibling's long transaction: past the busy timeout
+            assert not writing.done()
+            locks.release()  # by the loop, free while the write waited
         other.close()
-        sibling.release()
         assert (await writing)[0] is not None
-        stop.set()
-        assert await ticker >= 30  # ~100 ticks of 5 ms in 0.5 s if nothing blocked the loop
         assert await store.count_events(acme) == 1
     finally:
         sibling.close()
