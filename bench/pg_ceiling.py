@@ -60,7 +60,7 @@ _SCHEMA = """
         UNIQUE (account_id, message_id)
     );
     CREATE INDEX ceiling_events_account_seq ON ceiling_events(account_id, seq);
-    CREATE INDEX ceiling_events_subject ON ceiling_events(account_id, subject);
+    CREATE INDEX ceiling_events_subject_type ON ceiling_events(account_id, subject, type);
 """
 _DROP = "DROP TABLE IF EXISTS ceiling_events, ceiling_accounts"
 _INSERT = """
