@@ -38,9 +38,8 @@ ACCOUNT_COLUMNS: Final = "id, name, suspended, created_at_us, suppress_deleted_u
 # Every type but `delete`, spelled out: with (account_id, subject, type) indexed, erasing a
 # user and counting their events search each type, where `type != 'delete'` would read
 # every delete event ever stored for the user (one per time they were deleted).
-NOT_A_DELETE: Final = "type IN ({})".format(
-    ", ".join(f"'{t}'" for t in EVENT_TYPES if t != "delete")
-)
+NOT_DELETE_TYPES: Final = tuple(t for t in EVENT_TYPES if t != "delete")
+NOT_A_DELETE: Final = "type IN ({})".format(", ".join(f"'{t}'" for t in NOT_DELETE_TYPES))
 SELECT_KEYS: Final = f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
 
 

@@ -21,10 +21,11 @@ from service.store.postgres.projected import Projected
 from service.store.rows import (
     EVENT_COLUMNS,
     NOT_A_DELETE,
+    NOT_DELETE_TYPES,
     stored_record,
 )
 from service.timestamps import now_us
-from service.validation import EVENT_TYPES, canonicalise
+from service.validation import canonicalise
 
 BEING_ERASED: Final = """
     SELECT EXISTS (
@@ -36,7 +37,7 @@ BEING_ERASED: Final = """
 
 
 # Every type but `delete`, as rows of a VALUES list.
-ERASABLE_TYPES: Final = ", ".join(f"('{t}')" for t in EVENT_TYPES if t != "delete")
+ERASABLE_TYPES: Final = ", ".join(f"('{t}')" for t in NOT_DELETE_TYPES)
 
 # What readers leave out while deletions wait to be erased: what the eraser will erase.
 NOT_BEING_ERASED: Final = f"""
