@@ -150,12 +150,17 @@ def profile_templates(deletes: bool = True) -> list[bytes]:
         15: of("identify", 15, traits={"lastName": "Gibbons", "age": 41}),
     }
     if deletes:
+        # As Segment sends one (reference sample delete_partner_spec.json): with its own
+        # timestamps, the same as the other events', so the user's later events in the
+        # load are a returning user's, stored, not events from before the deletion.
+        common = _common("delete", 18)
         slots[18] = {
             "type": "delete",
             "messageId": PLACEHOLDER,
             "userId": f"user-{user}",
             "context": None,
             "integrations": None,
+            **{k: common[k] for k in ("channel", "timestamp", "sentAt", "receivedAt")},
         }
     ids = {"userId": f"user-{user}", "anonymousId": f"anon-{user}"}
     return [orjson.dumps(slots.get(n) or {**_track(n), **ids}) for n in range(20)]
