@@ -22,7 +22,9 @@ from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord,
 from service.store.postgres import PostgresOptions, PostgresStore, is_transient
 from service.store.postgres import schema as pg_schema
 from service.store.postgres.eraser import _ERASE_EVENTS
+from service.store.postgres.events import _WRITE_EVENTS
 from service.store.postgres.profiles import PROFILE_COUNTS
+from service.store.postgres.projected import LINKED_IDS
 from tests.store.test_conformance import at, identify, track, write
 from tests.waiting import eventually
 
@@ -453,3 +455,50 @@ async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement
     assert "events_subject_type" in plan, plan
     conditions = [line for line in plan.splitlines() if "Index Cond" in line and "subject" in line]
     assert conditions and all("type" in line for line in conditions), plan
+
+
+async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn: str) -> None:
+    """Every ingest group reads when its users were last deleted, and every delete walks
+    its user's links: each must search the key per id, not hash the whole table, which
+    grows with every deletion and every user (a join's plan did: the planner expects
+    100 rows from unnest). On a new database, without statistics, as every one starts."""
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        account = await conn.fetchval(
+            "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
+        )
+        deletion = await conn.fetchval(
+            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+            "erased_ids, erased_events, deleted_at_us, seq) "
+            "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
+            account,
+        )
+        await conn.execute(
+            "INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us) "
+            "SELECT $1, 'u' || n, $2, 0 FROM generate_series(1, 5000) AS n",
+            account,
+            deletion,
+        )
+        await conn.execute(
+            "INSERT INTO identity_links (account_id, id, other, kind) "
+            "SELECT $1, 'u' || n, 'a' || n, 'device' FROM generate_series(1, 5000) AS n",
+            account,
+        )
+        columns = [[account], ["m1"], ["track"], ["u1"], [None], ["e"], [None], [None]]
+        columns += [[0], [0], ["k"], [b"{}"], [None], ["u1"], [0]]
+        write_plan = await conn.fetch(
+            "EXPLAIN " + _WRITE_EVENTS, *columns, [account, account], ["u1", "u2"]
+        )
+        walk_plan = await conn.fetch("EXPLAIN " + LINKED_IDS, account, "u1")
+    finally:
+        await conn.close()
+    for explained, table in ((write_plan, "deleted_ids"), (walk_plan, "identity_links")):
+        plan = "\n".join(row[0] for row in explained)
+        assert f"Seq Scan on {table}" not in plan, plan
+        assert (
+            f"Index Scan using {table}_pkey" in plan
+            or f"Index Only Scan using {table}_pkey" in plan
+        ), plan

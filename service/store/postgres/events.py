@@ -73,14 +73,17 @@ _WRITE_EVENTS: Final = """
         ON CONFLICT (account_id, message_id) DO NOTHING
         RETURNING seq, account_id, message_id
     ), deleted AS (
-        SELECT d.account_id, d.id, max(d.deleted_at_us) AS at
-        FROM unnest($16::bigint[], $17::text[]) AS c(a, i)
-        JOIN deleted_ids d ON d.account_id = c.a AND d.id = c.i
-        GROUP BY d.account_id, d.id
+        -- One search of the key per id, lateral: a join would hash the whole table
+        -- (the planner expects 100 ids from unnest), and deleted ids are never removed.
+        SELECT c.a, c.i, x.at
+        FROM unnest($16::bigint[], $17::text[]) AS c(a, i),
+             LATERAL (SELECT max(d.deleted_at_us) AS at FROM deleted_ids d
+                      WHERE d.account_id = c.a AND d.id = c.i) AS x
+        WHERE x.at IS NOT NULL
     )
     SELECT ARRAY(SELECT seq FROM inserted), ARRAY(SELECT account_id FROM inserted),
            ARRAY(SELECT message_id FROM inserted),
-           (SELECT json_agg(json_build_array(account_id, id, at)) FROM deleted)
+           (SELECT json_agg(json_build_array(a, i, at)) FROM deleted)
 """
 
 

@@ -93,14 +93,18 @@ _LINKS: Final = """
 
 
 # A device's link to its users is followed only from the start (projections.py). UNION
-# (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts.
+# (not UNION ALL) stops at cycles. COLLATE "C": byte order, as SQLite sorts. Each step
+# searches the key per id found, lateral (OFFSET 0 keeps the planner from flattening
+# it into a join): as a join, it hashes every link of the account.
 LINKED_CTE: Final = """
     linked(id, start) AS (
         SELECT $2::text, true
         UNION
-        SELECT l.other, false FROM identity_links l
-        JOIN linked ON l.account_id = $1 AND l.id = linked.id
-        WHERE l.kind != 'user' OR linked.start
+        SELECT l.other, false FROM linked,
+        LATERAL (SELECT l.other FROM identity_links l
+                 WHERE l.account_id = $1 AND l.id = linked.id
+                   AND (l.kind != 'user' OR linked.start)
+                 OFFSET 0) AS l
     )
 """
 
