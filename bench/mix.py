@@ -21,9 +21,10 @@ figures are ratios taken within a round, then the median over rounds. The phases
 * `grpc`: IngestBatch on PostgreSQL (bench/grpc_load.py: `--batch` events a call,
   `--inflight` calls at once), and a PostgreSQL ceiling (bench/pg_ceiling.py: bare
   asyncpg inserts of the same rows, `--batch` a transaction, `--inflight` connections);
-* `--cores N`: the profiles mix on PostgreSQL with N `serve core` + N `serve bridge`
+* `--cores N …`: the profiles mix on PostgreSQL with N `serve core` + N `serve bridge`
   processes (the connections split evenly across the bridges) instead of one
-  `inlet serve`; 1 is always measured.
+  `inlet serve`, for each N; N pairs are compared with 1 pair (what more cores add)
+  and with one `inlet serve` (what the gRPC hop between the halves costs).
 
 Per HTTP phase: stored requests/s, p50/p99 (the worst bridge's with N > 1), statuses
 (503s shed, and any 503 without Retry-After), CPU per stored event in the Inlet processes
@@ -88,7 +89,7 @@ class Setup:
     kind: str = "http"  # http | grpc | ceiling
     mix: str = MIX
     connections: int = 32
-    cores: int = 1
+    cores: int = 0  # 0: one `inlet serve`; N: N `serve core` + N `serve bridge`
 
     @property
     def label(self) -> str:
@@ -104,10 +105,10 @@ def plan(
     setups: list[Setup] = []
     if "profiles" in phases or "deletes" in phases:
         setups += [Setup(store, connections=connections) for store in stores]
-    if pg and ("connections" in phases or any(n != 1 for n in cores)):
+    if pg and ("connections" in phases or cores):
         setups.append(Setup("postgresql", connections=connections))
     if pg:
-        setups += [Setup("postgresql", connections=connections, cores=n) for n in cores if n != 1]
+        setups += [Setup("postgresql", connections=connections, cores=n) for n in cores]
     if pg and "connections" in phases and many:
         setups.append(Setup("postgresql", connections=many))
     if "deletes" in phases:
@@ -144,16 +145,16 @@ def phase_store(
 def start_servers(
     database: str, cores: int, data: Path, serve_args: list[str]
 ) -> tuple[list[subprocess.Popen[bytes]], list[str], list[str]]:
-    """`inlet serve` (one core) or N `serve core` + N `serve bridge`: processes, bridge
+    """`inlet serve` (cores 0) or N `serve core` + N `serve bridge`: processes, bridge
     URLs, the cores' gRPC addresses."""
     python = [*run.pinned(run.SERVER_CPUS), sys.executable, "-m", "inlet_app.cli", "serve"]
     processes: list[subprocess.Popen[bytes]] = []
     urls, targets = [], []
-    for _ in range(cores):
+    for _ in range(max(cores, 1)):
         port, grpc_port = run.free_port(), run.free_port()
         targets.append(f"127.0.0.1:{grpc_port}")
         urls.append(f"http://127.0.0.1:{port}")
-        if cores == 1:
+        if cores == 0:
             processes.append(
                 subprocess.Popen(
                     [
@@ -314,7 +315,7 @@ def grpc_phase(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, 
     one, with the CPU of Inlet and of the database's backends in between."""
     with phase_store(setup.store, args, work) as (data, database, pg_name):
         key = run.inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
-        processes, _, (target,) = start_servers(database, 1, data, args.serve_args)
+        processes, _, (target,) = start_servers(database, 0, data, args.serve_args)
         try:
             warm = grpc_load(target, key, args.warmup, args)
             inlet = CpuMeter(lambda: [p for pr in processes for p in run.process_tree(pr.pid)])
@@ -416,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cores",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[1, 2],
-        help="PostgreSQL: core counts for the profiles mix (1 is always measured)",
+        help="PostgreSQL: the profiles mix on N `serve core` + N `serve bridge`, for each N "
+        "(none: skip)",
     )
     parser.add_argument("--quick", action="store_true", help="2 s phases, 1 s warm-up, 1 round")
     parser.add_argument("--duration", type=float, help="measured seconds per phase (10)")

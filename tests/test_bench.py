@@ -98,6 +98,7 @@ def test_plan_measures_each_setup_once_and_adds_the_bases_figures_need() -> None
     assert both == [
         "sqlite profiles c32",
         "postgresql profiles c32",
+        "postgresql profiles c32 x1",
         "postgresql profiles c32 x2",
         "postgresql profiles c256",
         "sqlite profiles-no-deletes c32",
@@ -156,6 +157,7 @@ def test_figures_are_medians_of_ratios_taken_within_a_round() -> None:
             no_retry_after=3,
             statuses={200: 90, 503: 30},
         ),
+        _phase("postgresql profiles c32 x1", 1, 1800),
         _phase(
             "postgresql profiles c32 x2",
             1,
@@ -187,8 +189,13 @@ def test_figures_are_medians_of_ratios_taken_within_a_round() -> None:
     grpc = figs["grpc_to_pg_ceiling"]
     assert grpc["ratio"] == 0.4 and grpc["met"] is False
     assert grpc["ceiling_statement_ms_p50"] == 9.0
+    # two pairs of `serve core` + `serve bridge` against one pair, and against one
+    # `inlet serve` (no gRPC hop), both in round 1 (1800/s each)
     two = figs["cores_pg"]["2"]
     assert two["to_1_core"]["rounds"] == [1.5] and two["to_1_core"]["met"] is True
+    assert two["to_one_process"] == {"ratio": 1.5, "rounds": [1.5]}
+    assert figs["cores_pg"]["1"]["to_one_process"]["ratio"] == 1.0
+    assert "to_1_core" not in figs["cores_pg"]["1"]
     assert two["backends"]["lock_wait_share"] == 0.4
     assert two["cpu_us_per_event"] == {"inlet": 100.0, "postgres_backends": 50.0}
     assert checks(phases)["unexpected_statuses"] == {}
