@@ -30,8 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from service.timestamps import parse_timestamp
-from service.validation import CanonicalEvent, spec_fields
+from service.validation import CanonicalEvent
 
 #: IngestResult.reason of a suppressed event.
 REASON = "user_deleted"
@@ -39,9 +38,8 @@ REASON = "user_deleted"
 
 def event_time_us(event: CanonicalEvent) -> int:
     """The time compared with a deletion's: `receivedAt`, else `timestamp` (which is the
-    receive time when the event has none)."""
-    received = parse_timestamp(spec_fields(event.body).get("receivedAt"))
-    return event.timestamp_us if received is None else received
+    receive time when the event has none); read once, when the event is validated."""
+    return event.event_time_us
 
 
 def covered_ids(event: CanonicalEvent) -> tuple[str, ...]:

@@ -114,6 +114,9 @@ class CanonicalEvent(NamedTuple):
     #: When it happened (the Spec's `timestamp`, else the receive time), µs since epoch.
     timestamp_us: int
     received_at_us: int
+    #: The time a deletion's is compared with (service/suppression.py): the Spec's
+    #: `receivedAt` (Segment's clock), else `timestamp_us`.
+    event_time_us: int
     #: The event exactly as received (UTF-8 JSON object).
     raw: bytes
     #: Partner settings (`X-Segment-Settings`) as a JSON object, or None.
@@ -199,8 +202,12 @@ def canonicalise(
         expected = _FIELD_TYPES.get(field)  # `action` (legacy) is checked as the type above
         if expected is not None and value is not None and value.__class__ not in expected[0]:
             raise _wrong_type(field, expected[1], value)
-    # Only `timestamp` is interpreted; the other dates are kept as sent in the JSON.
+    # Only `timestamp` and `receivedAt` are interpreted; the other dates are kept as
+    # sent in the JSON, and these two too.
     timestamp_us = parse_timestamp(fields.get("timestamp"))
+    if timestamp_us is None:
+        timestamp_us = received_at_us
+    received = parse_timestamp(fields.get("receivedAt"))
 
     user_id = _identifier(fields, "userId")
     anonymous_id = _identifier(fields, "anonymousId")
@@ -244,8 +251,9 @@ def canonicalise(
         name=name,
         group_id=group_id,
         previous_id=previous_id,
-        timestamp_us=received_at_us if timestamp_us is None else timestamp_us,
+        timestamp_us=timestamp_us,
         received_at_us=received_at_us,
+        event_time_us=timestamp_us if received is None else received,
         raw=raw,
         settings=settings or None,
         body=body,

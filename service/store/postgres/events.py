@@ -183,31 +183,32 @@ class PostgresEvents(PostgresDatabase):
         self.commits.publish()
 
     async def _write_events(self, writes: list[EventWrite]) -> list[WriteResult]:
-        columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
+        rows: list[tuple[Any, ...]] = []
         covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
         for write in writes:
             event = write.event
-            row = (
-                write.account_id,
-                pg_text(event.message_id),
-                event.type,
-                pg_text(event.user_id),
-                pg_text(event.anonymous_id),
-                pg_text(event.name),
-                pg_text(event.group_id),
-                pg_text(event.previous_id),
-                event.timestamp_us,
-                event.received_at_us,
-                write.key_id,
-                event.raw,
-                event.settings,
-                pg_text(event.user_id or event.anonymous_id),
-                event_time_us(event),
+            rows.append(
+                (
+                    write.account_id,
+                    pg_text(event.message_id),
+                    event.type,
+                    pg_text(event.user_id),
+                    pg_text(event.anonymous_id),
+                    pg_text(event.name),
+                    pg_text(event.group_id),
+                    pg_text(event.previous_id),
+                    event.timestamp_us,
+                    event.received_at_us,
+                    write.key_id,
+                    event.raw,
+                    event.settings,
+                    pg_text(event.user_id or event.anonymous_id),
+                    event.event_time_us,
+                )
             )
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
             for id in covered_ids(event):
                 covered[write.account_id, pg_text(id) or ""] = None
+        columns = [list(column) for column in zip(*rows, strict=True)]  # an array each
         candidates = ([a for a, _ in covered], [i for _, i in covered])
         deletes = False
         async with self._connection() as conn:
