@@ -349,6 +349,40 @@ async def test_a_delete_and_its_users_late_events_in_one_group(store: Store) -> 
     assert await store.get_event_payload(acme, "o-1") is None
 
 
+@pytest.mark.parametrize("one_group", [False, True], ids=["groups", "one group"])
+async def test_a_returning_users_links_are_stored_again(
+    backend: Backend, store: Store, one_group: bool
+) -> None:
+    """A deletion erases its ids' links; when the user comes back with the same device,
+    the link is made again, so the next deletion covers the device too. Another user's
+    links outlive the deletion."""
+    acme = await account(store)
+
+    def seen(message_id: str, user: str, device: str, minute: int) -> dict[str, Any]:
+        return at(track(message_id, user, anonymousId=device), minute)
+
+    stages = [
+        [seen("t-1", "u1", "a1", 0), seen("t-2", "u2", "a2", 0)],
+        [at({"type": "delete", "userId": "u1", "messageId": "del-1"}, 5)],
+        [seen("t-3", "u1", "a1", 6), seen("t-4", "u2", "a2", 6)],
+    ]
+    groups = [[b for stage in stages for b in stage]] if one_group else stages
+    for group in groups:
+        results = await store.write_events([write(acme, b) for b in group])
+        assert all(isinstance(r, int) for r in results)
+    await erased(store)
+    await store.write_events(
+        [write(acme, at({"type": "delete", "userId": "u1", "messageId": "del-2"}, 7))]
+    )
+    await erased(store)
+    second = await backend.rows(
+        "SELECT id FROM deleted_ids WHERE deletion_id = (SELECT max(id) FROM deletions)"
+    )
+    assert sorted(second) == [("a1",), ("u1",)]
+    found = await store.get_profile(acme, "a2")
+    assert found is not None and sorted(found.linked_ids) == ["a2", "u2"]
+
+
 async def test_an_account_may_suppress_every_later_event_of_a_deleted_user(
     store: Store,
 ) -> None:

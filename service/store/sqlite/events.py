@@ -39,7 +39,7 @@ from service.validation import CanonicalEvent
 
 log = logging.getLogger(__name__)
 
-_MAX_KNOWN_LINKS: Final = 100_000
+_MAX_KNOWN_IDS: Final = 100_000
 #: No deletions.id is ever this: the link cache is checked against the table again.
 _UNKNOWN_DELETION: Final = -1
 
@@ -93,10 +93,12 @@ class SqliteEvents(SqliteDatabase):
 
     def __init__(self, path: Path, **options: Unpack[SqliteOptions]) -> None:
         super().__init__(path, **options)
-        # (account, id, other) links known to be stored: most events of a known user
-        # carry the same two ids again, and skipping their insert keeps ingest cheap.
-        # Touched only by whoever holds the write lock.
-        self._known_links: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        # Links known to be stored, (account, id) -> its others: most events of a known
+        # user carry the same two ids again, and skipping their insert keeps ingest
+        # cheap. Keyed by the link's id because an erasure removes the links of its
+        # ids (and only those, from the cache too). Touched only by whoever holds the
+        # write lock.
+        self._known_links: OrderedDict[tuple[int, str], set[str]] = OrderedDict()
         self._newest_deletion: int | None = None
         self.commits = CommitSignal()
         self._events = AsyncGroupCommitter[EventWrite, WriteResult](
@@ -203,9 +205,9 @@ class SqliteEvents(SqliteDatabase):
     def _roll_back(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        # Events after a delete read the group's own deletion id, now undone and free
-        # for another process's next deletion. Reading it emptied the link cache
-        # already; still, never keep an uncommitted id.
+        # A deletion of the group's is undone, its id free for another process's next
+        # one, whose erasure the cache would then miss: never keep an uncommitted id
+        # (the next group clears the cache). What the cache forgot stays forgotten.
         self._newest_deletion = _UNKNOWN_DELETION
 
     def _insert_events(
@@ -222,7 +224,7 @@ class SqliteEvents(SqliteDatabase):
         # Another process sharing the file may have erased links since: the cache
         # is good only while the newest deletion is the one it has seen.
         newest = cursor.execute("SELECT max(id) FROM deletions").fetchone()[0]
-        if newest != self._newest_deletion:
+        if newest != self._newest_deletion:  # not this process's own (_erase)
             self._known_links.clear()
             self._newest_deletion = newest
         # Read here, in the transaction that stores the events: a deletion committed
@@ -296,7 +298,7 @@ class SqliteEvents(SqliteDatabase):
         """Apply one stored event's projection, inside its transaction."""
         account, event = write.account_id, write.event
         for a, b, kind in projection.links:
-            if (account, a, b) not in self._known_links:
+            if b not in self._known_links.get((account, a), ()):
                 cursor.execute(_LINK, (account, a, b, kind))
                 new_links.append((account, a, b))
         if projection.traits:
@@ -318,16 +320,17 @@ class SqliteEvents(SqliteDatabase):
         if projection.membership is not None:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
-        if projection.erase is not None and self._erase(cursor, account, event, seq):
-            # Links made earlier in this transaction may be erased now: none may be
-            # remembered as stored (the cache is cleared too, in _erase).
-            new_links.clear()
+        if projection.erase is not None:
+            erased = set(self._erase(cursor, account, event, seq))
+            # Links made earlier in this transaction from the erased ids are gone now:
+            # not to be remembered as stored (nor are they in the cache: _erase).
+            new_links[:] = [l for l in new_links if l[0] != account or l[1] not in erased]
 
     def _erase(
         self, cursor: sqlite3.Cursor, account: int, delete: CanonicalEvent, seq: int
-    ) -> bool:
+    ) -> list[str]:
         """Erase the profile and events of the delete's user and every id linked to it,
-        and record the deletion of each of those ids; True if any links were erased."""
+        and record the deletion of each of those ids, which it returns."""
         user_id = delete.user_id
         ids = [row[0] for row in cursor.execute(LINKED_IDS, (account, user_id)).fetchall()]
         any_id = orjson.dumps(ids).decode()
@@ -341,9 +344,9 @@ class SqliteEvents(SqliteDatabase):
             f"DELETE FROM memberships WHERE account_id = ? AND member_id {IN_IDS}",
             (account, any_id),
         )
-        unlinked = cursor.execute(
+        cursor.execute(
             f"DELETE FROM identity_links WHERE account_id = ? AND id {IN_IDS}", (account, any_id)
-        ).rowcount
+        )
         deleted_at = event_time_us(delete)
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
@@ -356,16 +359,23 @@ class SqliteEvents(SqliteDatabase):
             "VALUES (?, ?, ?, ?)",
             [(account, id, deletion, deleted_at) for id in ids],
         )
-        if unlinked:
-            # Links of the erased ids are gone: forget them all (refills as events come).
-            self._known_links.clear()
+        # The erased ids' links are gone: forget those (the others stay stored). And
+        # this deletion is this process's own: the next group need not clear the cache
+        # for it (if this transaction rolls back, _roll_back makes it clear it).
+        for id in ids:
+            self._known_links.pop((account, id), None)
+        self._newest_deletion = deletion
         log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
-        return unlinked > 0
+        return ids
 
     def _remember_link(self, link: tuple[int, str, str]) -> None:
-        self._known_links[link] = None
-        if len(self._known_links) > _MAX_KNOWN_LINKS:
-            self._known_links.popitem(last=False)
+        account, id, other = link
+        others = self._known_links.get((account, id))
+        if others is None:
+            others = self._known_links[account, id] = set()
+            if len(self._known_links) > _MAX_KNOWN_IDS:
+                self._known_links.popitem(last=False)
+        others.add(other)
 
     # -- reading, retention ------------------------------------------------------------
 
