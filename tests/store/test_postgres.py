@@ -502,3 +502,33 @@ async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn:
             f"Index Scan using {table}_pkey" in plan
             or f"Index Only Scan using {table}_pkey" in plan
         ), plan
+
+
+async def test_the_eraser_gives_way_to_a_transaction_holding_the_users_rows(
+    pg_dsn: str, cores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """While another transaction holds a row of the deleted user's profile (an ingest
+    transaction of a returning user, say), the eraser gives up after its lock timeout
+    and tries again, instead of waiting on it: an ingest transaction that then waited
+    on the eraser's rows would deadlock with it, stalling every core's commits until
+    the server noticed. Once the row is free, the erasure completes."""
+    one, _ = cores
+    acme = (await one.ensure_account("acme")).id
+    await one.write_events([write(acme, identify("i-1", "2026-01-01T00:00:00Z", "x", plan="pro"))])
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM traits WHERE subject_id = 'x' FOR UPDATE")
+        before = one.erasures_given_way
+        delete = write(acme, at({"type": "delete", "userId": "x", "messageId": "del-x"}, 5))
+        assert isinstance((await one.write_events([delete]))[0], int)
+        await eventually(
+            lambda: one.erasures_given_way >= before + 2, what="the eraser giving way twice"
+        )
+        await transaction.rollback()
+        await one.wait_erased()
+    finally:
+        await holder.close()
+    assert await one.get_profile(acme, "x") is None
+    assert await one.get_event_payload(acme, "i-1") is None

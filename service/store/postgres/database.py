@@ -70,12 +70,24 @@ class PostgresOptions:
     """How often the eraser looks for deletions no core has erased yet (one that crashed
     before erasing); this core's own deletes are erased as soon as they commit."""
 
+    erase_lock_timeout_s: float = 0.05
+    """How long the eraser waits for a row an ingest transaction holds before it gives
+    up and tries again shortly: it gives way to ingest, and never holds one waiting on
+    it (were both waiting on each other, the server would notice only after its
+    deadlock_timeout, 1 s, with every commit of the cores meanwhile queued behind)."""
+
     def __post_init__(self) -> None:
         if self.pool_size < 1 or min(self.timeout_s, self.feed_poll_s, self.listener_check_s) <= 0:
             raise ValueError("pool_size must be >= 1 and the timeouts > 0")
         if (
             self.commits_in_flight < 1
-            or min(self.horizon_recheck_s, self.erase_poll_s, self.idle_transaction_timeout_s) <= 0
+            or min(
+                self.horizon_recheck_s,
+                self.erase_poll_s,
+                self.idle_transaction_timeout_s,
+                self.erase_lock_timeout_s,
+            )
+            <= 0
         ):
             raise ValueError("commits_in_flight must be >= 1 and the intervals > 0")
 

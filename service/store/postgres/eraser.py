@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from typing import Final
 
-from service.errors import InletError
+import asyncpg
+
+from service.errors import InletError, StoreUnavailable
 from service.logs import RateLimitedLog
 from service.projections import USER, project
 from service.store.base import (
@@ -77,6 +79,8 @@ class Eraser:
         self._warnings = RateLimitedLog(log)
         #: How many times it has looked for deletions to erase (tests wait on it).
         self.checks = 0
+        #: How many times it gave up an erasure to an ingest transaction holding rows.
+        self.gave_way = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -101,8 +105,8 @@ class Eraser:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                # While deletions wait for their fence, look again shortly: the
-                # transactions in flight end within milliseconds.
+                # While deletions wait for their fence, or for rows ingest holds, look
+                # again shortly: the transactions in flight end within milliseconds.
                 while await self.erase_ready():
                     await asyncio.sleep(options.horizon_recheck_s)
             except Exception as exc:  # noqa: BLE001 - retried at the next wake or poll
@@ -127,7 +131,13 @@ class Eraser:
         self._fences = {id: self._fences.get(id, next_seq) for id in pending}
         ready = [id for id in pending if floor is None or floor > self._fences[id]]
         if ready:
-            await self._erase(ready)
+            try:
+                await self._erase(ready)
+            except StoreUnavailable as exc:
+                if not isinstance(exc.__cause__, asyncpg.LockNotAvailableError):
+                    raise
+                self.gave_way += 1  # to an ingest transaction (erase_lock_timeout_s)
+                return True
             for id in ready:
                 del self._fences[id]
         return len(ready) < len(pending)
@@ -138,14 +148,17 @@ class Eraser:
         async with self._store._connection() as conn, conn.transaction():
             # Generic plans of these statements scan the whole account on a database
             # without statistics (every new one): plan each with its values.
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute(
+                "SET LOCAL plan_cache_mode = force_custom_plan; "
+                f"SET LOCAL lock_timeout = {round(self._store.options.erase_lock_timeout_s * 1000)}"
+            )
             claimed = await conn.fetch(_CLAIM_DELETIONS, deletion_ids)
             if not claimed:
                 return  # erased by another core, or being erased right now
             erased: dict[int, int] = {row[0]: 0 for row in claimed}
             for (deletion,) in await conn.fetch(_ERASE_EVENTS, list(erased)):
                 erased[deletion] += 1
-            subjects = await conn.fetch(_ERASE_PROFILES, list(erased))
+            subjects = await conn.fetch(_ERASED_IDS, list(erased))
             kept = await conn.fetch(
                 f"SELECT {EVENT_COLUMNS}, account_id FROM events e "
                 "WHERE (account_id, subject) IN (SELECT * FROM unnest($1::bigint[], $2::text[])) "
@@ -166,7 +179,17 @@ class Eraser:
                     log.warning("event %s not projected again: %s", record.message_id, exc)
                     continue
                 rebuilt.add(EventWrite(row[-1], record.key_id, event), project(event))
-            await rebuilt.write(conn)
+            # Table by table in the ingest transaction's order (links, traits,
+            # memberships), each emptied for the ids and refilled, so that this and an
+            # ingest transaction lock rows of two tables in one order.
+            ids = ([row[0] for row in subjects], [row[1] for row in subjects])
+            for delete, write in (
+                (_UNLINK, rebuilt.write_links),
+                (_DELETE_TRAITS, rebuilt.write_traits),
+                (_DELETE_MEMBERSHIPS, rebuilt.write_memberships),
+            ):
+                await conn.execute(delete, *ids)
+                await write(conn)
             await conn.execute(
                 "UPDATE deletions d SET erased_at_us = $3, erased_events = x.n "
                 "FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE d.id = x.id",
@@ -223,22 +246,33 @@ _ERASE_EVENTS: Final = f"""
 """
 
 
-# Their profiles (traits, memberships, links), rebuilt afterwards from the events that
-# stay; returns the (account, id) pairs.
-_ERASE_PROFILES: Final = f"""
-    WITH ids AS (
-        SELECT DISTINCT di.account_id, di.id FROM deleted_ids di
-        WHERE di.deletion_id = ANY($1::bigint[])
-    ), traits_gone AS (
-        DELETE FROM traits t USING ids
-        WHERE t.account_id = ids.account_id AND t.subject_kind = '{USER}'
-          AND t.subject_id = ids.id
-    ), memberships_gone AS (
-        DELETE FROM memberships m USING ids
-        WHERE m.account_id = ids.account_id AND m.member_id = ids.id
-    ), links_gone AS (
-        DELETE FROM identity_links l USING ids
-        WHERE l.account_id = ids.account_id AND l.id = ids.id
+# The deleted ids, (account, id) pairs, whose profiles (traits, memberships, links) are
+# rebuilt from the events that stay.
+_ERASED_IDS: Final = """
+    SELECT DISTINCT account_id, id FROM deleted_ids WHERE deletion_id = ANY($1::bigint[])
+"""
+
+# Each emptied for those ids, its rows locked in key order (as ingest writes them).
+_UNLINK: Final = """
+    DELETE FROM identity_links WHERE (account_id, id, other) IN (
+        SELECT l.account_id, l.id, l.other FROM unnest($1::bigint[], $2::text[]) AS x(a, i)
+        JOIN identity_links l ON l.account_id = x.a AND l.id = x.i
+        ORDER BY 1, 2, 3 FOR UPDATE OF l
     )
-    SELECT account_id, id FROM ids
+"""
+_DELETE_TRAITS: Final = f"""
+    DELETE FROM traits WHERE (account_id, subject_kind, subject_id, key) IN (
+        SELECT t.account_id, t.subject_kind, t.subject_id, t.key
+        FROM unnest($1::bigint[], $2::text[]) AS x(a, i)
+        JOIN traits t ON t.account_id = x.a AND t.subject_kind = '{USER}' AND t.subject_id = x.i
+        ORDER BY 1, 2, 3, 4 FOR UPDATE OF t
+    )
+"""
+_DELETE_MEMBERSHIPS: Final = """
+    DELETE FROM memberships WHERE (account_id, member_id, group_id) IN (
+        SELECT m.account_id, m.member_id, m.group_id
+        FROM unnest($1::bigint[], $2::text[]) AS x(a, i)
+        JOIN memberships m ON m.account_id = x.a AND m.member_id = x.i
+        ORDER BY 1, 2, 3 FOR UPDATE OF m
+    )
 """

@@ -127,6 +127,11 @@ class PostgresEvents(PostgresDatabase):
         """How many times the eraser has looked for deletions to erase."""
         return self._eraser.checks
 
+    @property
+    def erasures_given_way(self) -> int:
+        """How many erasures gave way to a transaction holding their rows (retried)."""
+        return self._eraser.gave_way
+
     async def open(self, *, migrate: bool = True) -> None:
         await super().open(migrate=migrate)
         self._eraser.start()

@@ -52,16 +52,23 @@ class Projected:
             await conn.execute(_LINKS, *map(list, zip(*rows, strict=True)))
             self.links.clear()
 
-    async def write(self, conn: Conn) -> None:
-        await self.write_links(conn)
+    async def write_traits(self, conn: Conn) -> None:
         if self.traits:
-            rows2 = [(*key, *held) for key, held in sorted(self.traits.items())]
-            await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows2, strict=True)))
+            rows = [(*key, *held) for key, held in sorted(self.traits.items())]
+            await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows, strict=True)))
+            self.traits.clear()
+
+    async def write_memberships(self, conn: Conn) -> None:
         if self.members:
-            rows3 = [(*key, ts) for key, ts in sorted(self.members.items())]
-            await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows3, strict=True)))
-        self.traits.clear()
-        self.members.clear()
+            rows = [(*key, ts) for key, ts in sorted(self.members.items())]
+            await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows, strict=True)))
+            self.members.clear()
+
+    async def write(self, conn: Conn) -> None:
+        """Every table, in the one order all writers follow: links, traits, memberships."""
+        await self.write_links(conn)
+        await self.write_traits(conn)
+        await self.write_memberships(conn)
 
 
 # The projections of a group, one statement per table (rows deduplicated beforehand,
