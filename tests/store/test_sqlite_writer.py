@@ -19,7 +19,7 @@ import pytest
 from service.errors import StoreUnavailable
 from service.store.base import EventQuery, EventWrite
 from service.store.sqlite import SqliteStore, WriterLock
-from tests.store.test_conformance import identify, track, write
+from tests.store.test_conformance import at, identify, track, write
 from tests.waiting import settle
 
 # Longer than any healthy wait for the event loop below; shorter than `patient_store`'s
@@ -285,3 +285,45 @@ async def test_a_sibling_worker_waits_for_the_writer_lock_instead_of_timing_out(
     finally:
         sibling.close()
         await store.close()
+
+
+async def test_a_siblings_deletion_makes_a_worker_store_the_returning_users_links_again(
+    tmp_path: Path,
+) -> None:
+    """`inlet serve --workers`: two processes share the file, each caching the links it
+    knows are stored. A sibling's deletion erases the user's links; this worker must
+    store them again when the user comes back, so that the next deletion covers the
+    user's device too. Another user's links stay known (not re-inserted)."""
+    one = SqliteStore(tmp_path / "inlet.db", sibling_writers=True)
+    two = SqliteStore(tmp_path / "inlet.db", sibling_writers=True)
+    await one.open()
+    await two.open()
+    try:
+        acme = (await one.ensure_account("acme")).id
+
+        def seen(message_id: str, user: str, device: str, minute: int) -> EventWrite:
+            return write(acme, at(track(message_id, user, anonymousId=device), minute))
+
+        def delete(message_id: str, minute: int, user: str = "u1") -> EventWrite:
+            return write(
+                acme, at({"type": "delete", "userId": user, "messageId": message_id}, minute)
+            )
+
+        # An earlier deletion, which this worker has seen: from then on it forgets
+        # only what each later deletion erased.
+        await two.write_events([delete("del-0", 0, "u9")])
+        await one.write_events([seen("t-1", "u1", "a1", 0), seen("t-2", "u2", "a2", 0)])
+        await two.write_events([delete("del-1", 5)])
+        conn = sqlite3.connect(tmp_path / "inlet.db")
+        try:
+            await one.write_events([seen("t-3", "u1", "a1", 6)])
+            await two.write_events([delete("del-2", 7)])
+            ids = conn.execute(
+                "SELECT id FROM deleted_ids WHERE deletion_id = (SELECT max(id) FROM deletions)"
+            ).fetchall()
+        finally:
+            conn.close()
+        assert sorted(ids) == [("a1",), ("u1",)]
+    finally:
+        await one.close()
+        await two.close()

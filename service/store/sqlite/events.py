@@ -82,6 +82,9 @@ _DELETED_AT: Final = (
     f"WHERE account_id = ? AND id {IN_IDS} GROUP BY id"
 )
 _IS_STORED: Final = "SELECT 1 FROM events WHERE account_id = ? AND message_id = ?"
+_DELETED_SINCE: Final = (
+    "SELECT account_id, id FROM deleted_ids WHERE deletion_id > ? AND deletion_id <= ?"
+)
 
 
 class SqliteEvents(SqliteDatabase):
@@ -224,9 +227,8 @@ class SqliteEvents(SqliteDatabase):
         # Another process sharing the file may have erased links since: the cache
         # is good only while the newest deletion is the one it has seen.
         newest = cursor.execute("SELECT max(id) FROM deletions").fetchone()[0]
-        if newest != self._newest_deletion:  # not this process's own (_erase)
-            self._known_links.clear()
-            self._newest_deletion = newest
+        if newest != self._newest_deletion:  # another process's (this one's: _erase)
+            self._forget_erased_links(cursor, newest)
         # Read here, in the transaction that stores the events: a deletion committed
         # before it is seen, and none can commit in between (one writer at a time).
         deleted = {} if newest is None else self._deleted_at(cursor, writes)
@@ -367,6 +369,17 @@ class SqliteEvents(SqliteDatabase):
         self._newest_deletion = deletion
         log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
         return ids
+
+    def _forget_erased_links(self, cursor: sqlite3.Cursor, newest: int | None) -> None:
+        """Forget the links of the ids deleted since the newest deletion this process
+        knows of, up to `newest`; all of them when it knows of none."""
+        known = self._newest_deletion
+        if known is None or known == _UNKNOWN_DELETION or newest is None or newest < known:
+            self._known_links.clear()
+        else:
+            for account, id in cursor.execute(_DELETED_SINCE, (known, newest)):
+                self._known_links.pop((account, id), None)
+        self._newest_deletion = newest
 
     def _remember_link(self, link: tuple[int, str, str]) -> None:
         account, id, other = link

@@ -138,6 +138,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX events_subject_type ON events(account_id, subject, type);
     DROP INDEX events_subject;
     """,
+    # 5: the ids of the deletions made since a point: a process sharing the file
+    # (`--workers`) forgets the links those erased from its cache, not all it knows.
+    """
+    CREATE INDEX deleted_ids_deletion ON deleted_ids(deletion_id);
+    """,
 )
 
 
