@@ -532,3 +532,31 @@ async def test_the_eraser_gives_way_to_a_transaction_holding_the_users_rows(
         await holder.close()
     assert await one.get_profile(acme, "x") is None
     assert await one.get_event_payload(acme, "i-1") is None
+
+
+async def test_a_session_the_server_ended_mid_transaction_is_a_transient_failure(
+    pg_dsn: str,
+) -> None:
+    """When the server ends a session between two statements (a restart, the idle-in-
+    transaction timeout), asyncpg may report a protocol state clash rather than a closed
+    connection. That is the database's trouble, 503 and retried, never a 500; nothing of
+    the group is stored, and the store goes on with another connection."""
+    store = PostgresStore(pg_dsn, PostgresOptions(pool_size=1))
+    await store.open()
+    try:
+        acme = (await store.ensure_account("acme")).id
+
+        async def ended() -> None:
+            store.before_commit = None
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            )
+
+        store.before_commit = ended
+        with pytest.raises(StoreUnavailable):
+            await store.write_events([write(acme, track("lost"))])
+        assert await store.get_event_payload(acme, "lost") is None
+        (stored,) = await store.write_events([write(acme, track("next"))])
+        assert isinstance(stored, int)
+    finally:
+        await store.close()

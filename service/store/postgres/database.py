@@ -99,6 +99,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "pool is closing"; others are misuse (bugs).
         return "clos" in str(exc)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The server ended the session (a restart, pg_terminate_backend, the idle-in-
+        # transaction timeout) between two statements: asyncpg may read its error
+        # before the connection closes and report a protocol state clash instead
+        # (MagicStack/asyncpg#1069). The connection is dropped (_connection).
+        return True
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         # 08 connection, 40 serialization/deadlock, 53 resources (disk full, too many
@@ -221,7 +227,11 @@ class PostgresDatabase:
             raise StoreError("the store is not open")
         try:
             async with self._pool.acquire(timeout=self.options.timeout_s) as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # its protocol state is broken: never reused
+                    raise
         except Exception as exc:
             if is_transient(exc):
                 raise StoreUnavailable() from exc
