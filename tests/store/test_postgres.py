@@ -493,9 +493,24 @@ async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn:
             "EXPLAIN " + _WRITE_EVENTS, *columns, [account, account], ["u1", "u2"]
         )
         walk_plan = await conn.fetch("EXPLAIN " + LINKED_IDS, account, "u1")
+        # And the generic plans the ingest transaction uses (plan_cache_mode), made
+        # without the values: PREPARE, then EXPLAIN EXECUTE.
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        types = "bigint[], " + "text[], " * 7 + "bigint[], bigint[], text[], bytea[], bytea[], "
+        await conn.execute(
+            f"PREPARE w({types}text[], bigint[], bigint[], text[]) AS {_WRITE_EVENTS}"
+        )
+        await conn.execute(f"PREPARE k(bigint, text) AS {LINKED_IDS}")
+        generic_write = await conn.fetch(f"EXPLAIN EXECUTE w({', '.join(['NULL'] * 17)})")
+        generic_walk = await conn.fetch("EXPLAIN EXECUTE k(NULL, NULL)")
     finally:
         await conn.close()
-    for explained, table in ((write_plan, "deleted_ids"), (walk_plan, "identity_links")):
+    for explained, table in (
+        (write_plan, "deleted_ids"),
+        (walk_plan, "identity_links"),
+        (generic_write, "deleted_ids"),
+        (generic_walk, "identity_links"),
+    ):
         plan = "\n".join(row[0] for row in explained)
         assert f"Seq Scan on {table}" not in plan, plan
         assert (

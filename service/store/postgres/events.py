@@ -43,9 +43,13 @@ from service.validation import CanonicalEvent
 # Opens an ingest transaction and announces its floor (the lowest number it can draw),
 # in one round trip, before the statement that draws numbers takes its snapshot: so a
 # transaction whose snapshot missed a deletion holds its lock from before the deletion
-# committed, and the eraser waits for it (Eraser).
+# committed, and the eraser waits for it (Eraser). Its statements run on their generic
+# plans: left to choose, the server planned them anew at every execution (custom plans
+# of the same shape, a sixth of the backends' CPU on tracks); each is a search of a key
+# per row whatever the values, which tests/store/test_postgres.py checks.
 _BEGIN_INGEST: Final = """
     BEGIN;
+    SET LOCAL plan_cache_mode = force_generic_plan;
     SELECT pg_advisory_xact_lock_shared((inlet_floor_tag() << 48) | (last_value + is_called::int))
     FROM event_seq
 """
