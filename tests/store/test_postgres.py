@@ -408,6 +408,20 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
         assert rows == sorted(rows)
 
 
+async def _plans_account_and_deletion(conn: asyncpg.Connection[asyncpg.Record]) -> tuple[int, int]:
+    """An account for the plan tests, and a recorded deletion of its user `u1`."""
+    account = await conn.fetchval(
+        "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
+    )
+    deletion = await conn.fetchval(
+        "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+        "erased_ids, erased_events, deleted_at_us, seq) "
+        "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
+        account,
+    )
+    return int(account), int(deletion)
+
+
 @pytest.mark.parametrize("statement", ["erase", "profile counts"])
 async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement: str) -> None:
     """A user deleted N times has N delete events under their id: erasing them again, or
@@ -418,9 +432,7 @@ async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement
     await store.close()
     conn = await asyncpg.connect(pg_dsn)
     try:
-        account = await conn.fetchval(
-            "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
-        )
+        account, deletion = await _plans_account_and_deletion(conn)
         await conn.execute(
             """
             INSERT INTO events (seq, account_id, message_id, type, user_id, timestamp_us,
@@ -430,12 +442,6 @@ async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement
                  LATERAL (SELECT CASE WHEN n <= 3000 THEN 'delete' ELSE 'track' END AS t,
                                  CASE WHEN n <= 3000 THEN 'u1' ELSE 'u' || n % 300 END AS u) x
             """,
-            account,
-        )
-        deletion = await conn.fetchval(
-            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-            "erased_ids, erased_events, deleted_at_us, seq) "
-            "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
             account,
         )
         await conn.execute(
@@ -467,15 +473,7 @@ async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn:
     await store.close()
     conn = await asyncpg.connect(pg_dsn)
     try:
-        account = await conn.fetchval(
-            "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
-        )
-        deletion = await conn.fetchval(
-            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-            "erased_ids, erased_events, deleted_at_us, seq) "
-            "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
-            account,
-        )
+        account, deletion = await _plans_account_and_deletion(conn)
         await conn.execute(
             "INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us) "
             "SELECT $1, 'u' || n, $2, 0 FROM generate_series(1, 5000) AS n",
