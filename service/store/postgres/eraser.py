@@ -148,9 +148,10 @@ class Eraser:
         async with self._store._connection() as conn, conn.transaction():
             # Generic plans of these statements scan the whole account on a database
             # without statistics (every new one): plan each with its values.
+            give_way_ms = max(1, round(self._store.options.erase_lock_timeout_s * 1000))  # 0: never
             await conn.execute(
                 "SET LOCAL plan_cache_mode = force_custom_plan; "
-                f"SET LOCAL lock_timeout = {round(self._store.options.erase_lock_timeout_s * 1000)}"
+                f"SET LOCAL lock_timeout = {give_way_ms}"
             )
             claimed = await conn.fetch(_CLAIM_DELETIONS, deletion_ids)
             if not claimed:
