@@ -49,10 +49,19 @@ from events import MIXES, SETTINGS_HEADER
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now and not handed out before in this run: two calls in
+    a row may otherwise get the same port back from the kernel."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_until_up(

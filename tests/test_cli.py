@@ -141,10 +141,20 @@ def ready_line(workers: int) -> str:
     return BRIDGE_READY if workers == 1 else WORKERS_READY
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now and not handed out before in this run: two calls in
+    a row may otherwise get the same port back from the kernel (a core and a bridge then
+    fight over it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 @dataclass

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,14 +31,8 @@ from http_bridge.app_keys import BATCHER
 from http_bridge.config import BridgeConfig
 from service.store import SqliteStore, Store
 from tests.stack import Stack, basic, start_stack
-from tests.test_cli import drain
+from tests.test_cli import drain, free_port
 from tests.waiting import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def create_key(data: Path) -> str:

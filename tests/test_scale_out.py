@@ -23,7 +23,8 @@ import grpc
 
 from inlet.v1 import events_pb2, events_pb2_grpc
 from tests.stack import basic
-from tests.test_faults import free_port, process
+from tests.test_cli import free_port
+from tests.test_faults import process
 from tests.waiting import eventually
 
 EVENTS = 400
