@@ -36,12 +36,6 @@ from service.validation import CanonicalEvent
 REASON = "user_deleted"
 
 
-def event_time_us(event: CanonicalEvent) -> int:
-    """The time compared with a deletion's: `receivedAt`, else `timestamp` (which is the
-    receive time when the event has none); read once, when the event is validated."""
-    return event.event_time_us
-
-
 def covered_ids(event: CanonicalEvent) -> tuple[str, ...]:
     """The ids whose deletion covers `event`: its subject (the profile it belongs to) and
     an alias's previousId (the same person); none for a delete, which is never suppressed.
@@ -64,4 +58,4 @@ def is_suppressed(
     times = [deleted_at_us[id] for id in covered_ids(event) if id in deleted_at_us]
     if not times:
         return False
-    return suppress_all or event_time_us(event) < max(times)
+    return suppress_all or event.event_time_us < max(times)

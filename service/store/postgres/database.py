@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import asyncpg
 
@@ -122,6 +122,11 @@ async def _rollback_if_open(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     left open by a cancelled call needs undoing."""
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+def as_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays a statement's `unnest(...)` takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def pg_text(value: str | None) -> str | None:

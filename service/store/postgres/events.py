@@ -26,6 +26,7 @@ from service.store.postgres.database import (
     FeedState,
     PostgresDatabase,
     PostgresOptions,
+    as_columns,
     feed_state,
     log,
     pg_text,
@@ -36,7 +37,7 @@ from service.store.rows import (
     EVENT_COLUMNS,
     stored_record,
 )
-from service.suppression import covered_ids, event_time_us, is_suppressed
+from service.suppression import covered_ids, is_suppressed
 from service.timestamps import now_us
 from service.validation import CanonicalEvent
 
@@ -217,7 +218,7 @@ class PostgresEvents(PostgresDatabase):
             )
             for id in covered_ids(event):
                 covered[write.account_id, pg_text(id) or ""] = None
-        columns = [list(column) for column in zip(*rows, strict=True)]  # an array each
+        columns = as_columns(rows)
         candidates = ([a for a, _ in covered], [i for _, i in covered])
         deletes = False
         async with self._connection() as conn:
@@ -287,7 +288,7 @@ class PostgresEvents(PostgresDatabase):
                 await pending.write_links(conn)
                 ids = await self._record_deletion(conn, account, event, seq)
                 recorded = True
-                at = event_time_us(event)
+                at = event.event_time_us
                 times = deleted.setdefault(account, {})
                 for id in ids:
                     times[id] = max(times.get(id, at), at)
@@ -318,7 +319,7 @@ class PostgresEvents(PostgresDatabase):
             pg_text(delete.user_id) or "",
             pg_text(delete.message_id) or "",
             now_us(),
-            event_time_us(delete),
+            delete.event_time_us,
             seq,
         )
         return [row[0] for row in rows]

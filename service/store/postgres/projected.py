@@ -11,6 +11,7 @@ from service.store.base import (
 )
 from service.store.postgres.database import (
     Conn,
+    as_columns,
     pg_text,
 )
 
@@ -49,19 +50,19 @@ class Projected:
     async def write_links(self, conn: Conn) -> None:
         if self.links:
             rows = [(*key, kind) for key, kind in sorted(self.links.items())]
-            await conn.execute(_LINKS, *map(list, zip(*rows, strict=True)))
+            await conn.execute(_LINKS, *as_columns(rows))
             self.links.clear()
 
     async def write_traits(self, conn: Conn) -> None:
         if self.traits:
             rows = [(*key, *held) for key, held in sorted(self.traits.items())]
-            await conn.execute(_UPSERT_TRAITS, *map(list, zip(*rows, strict=True)))
+            await conn.execute(_UPSERT_TRAITS, *as_columns(rows))
             self.traits.clear()
 
     async def write_memberships(self, conn: Conn) -> None:
         if self.members:
             rows = [(*key, ts) for key, ts in sorted(self.members.items())]
-            await conn.execute(_UPSERT_MEMBERSHIPS, *map(list, zip(*rows, strict=True)))
+            await conn.execute(_UPSERT_MEMBERSHIPS, *as_columns(rows))
             self.members.clear()
 
     async def write(self, conn: Conn) -> None:

@@ -33,7 +33,7 @@ from service.store.group_commit import AsyncGroupCommitter
 from service.store.rows import EVENT_COLUMNS, NOT_A_DELETE, stored_record
 from service.store.sqlite.database import SqliteDatabase, SqliteOptions, WriterLock
 from service.store.sqlite.profiles import IN_IDS, LINKED_IDS, OF_IDS
-from service.suppression import covered_ids, event_time_us, is_suppressed
+from service.suppression import covered_ids, is_suppressed
 from service.timestamps import now_us
 from service.validation import CanonicalEvent
 
@@ -349,7 +349,7 @@ class SqliteEvents(SqliteDatabase):
         cursor.execute(
             f"DELETE FROM identity_links WHERE account_id = ? AND id {IN_IDS}", (account, any_id)
         )
-        deleted_at = event_time_us(delete)
+        deleted_at = delete.event_time_us
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
             "erased_ids, erased_events, deleted_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
