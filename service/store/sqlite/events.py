@@ -40,8 +40,6 @@ from service.validation import CanonicalEvent
 log = logging.getLogger(__name__)
 
 _MAX_KNOWN_IDS: Final = 100_000
-#: No deletions.id is ever this: the link cache is checked against the table again.
-_UNKNOWN_DELETION: Final = -1
 
 _INSERT_EVENT: Final = """
     INSERT INTO events (account_id, message_id, type, user_id, anonymous_id, name, group_id,
@@ -102,6 +100,7 @@ class SqliteEvents(SqliteDatabase):
         # ids (and only those, from the cache too). Touched only by whoever holds the
         # write lock.
         self._known_links: OrderedDict[tuple[int, str], set[str]] = OrderedDict()
+        #: The newest deletion the cache has accounted for; None: unknown (none yet).
         self._newest_deletion: int | None = None
         self.commits = CommitSignal()
         self._events = AsyncGroupCommitter[EventWrite, WriteResult](
@@ -210,8 +209,9 @@ class SqliteEvents(SqliteDatabase):
             conn.execute("ROLLBACK")
         # A deletion of the group's is undone, its id free for another process's next
         # one, whose erasure the cache would then miss: never keep an uncommitted id
-        # (the next group clears the cache). What the cache forgot stays forgotten.
-        self._newest_deletion = _UNKNOWN_DELETION
+        # (unknown: the next group that finds a deletion clears the cache). What the
+        # cache forgot stays forgotten.
+        self._newest_deletion = None
 
     def _insert_events(
         self,
@@ -374,7 +374,7 @@ class SqliteEvents(SqliteDatabase):
         """Forget the links of the ids deleted since the newest deletion this process
         knows of, up to `newest`; all of them when it knows of none."""
         known = self._newest_deletion
-        if known is None or known == _UNKNOWN_DELETION or newest is None or newest < known:
+        if known is None or newest is None or newest < known:
             self._known_links.clear()
         else:
             for account, id in cursor.execute(_DELETED_SINCE, (known, newest)):
