@@ -9,6 +9,7 @@ must wake the streams of another (NOTIFY), also after the database restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -408,18 +409,29 @@ async def test_a_groups_rows_are_written_in_key_order_whatever_the_events_order(
         assert rows == sorted(rows)
 
 
-async def _plans_account_and_deletion(conn: asyncpg.Connection[asyncpg.Record]) -> tuple[int, int]:
-    """An account for the plan tests, and a recorded deletion of its user `u1`."""
-    account = await conn.fetchval(
-        "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
-    )
-    deletion = await conn.fetchval(
-        "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-        "erased_ids, erased_events, deleted_at_us, seq) "
-        "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
-        account,
-    )
-    return int(account), int(deletion)
+@contextlib.asynccontextmanager
+async def _plans_database(
+    pg_dsn: str,
+) -> AsyncIterator[tuple[asyncpg.Connection[asyncpg.Record], int, int]]:
+    """The plan tests' database, at the newest schema: a connection to it, an account, and
+    a recorded deletion of that account's user `u1`."""
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        account = await conn.fetchval(
+            "INSERT INTO accounts (name, created_at_us) VALUES ('plans', 0) RETURNING id"
+        )
+        deletion = await conn.fetchval(
+            "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
+            "erased_ids, erased_events, deleted_at_us, seq) "
+            "VALUES ($1, 'u1', 'd', 0, 1, 0, 0, 1) RETURNING id",
+            account,
+        )
+        yield conn, int(account), int(deletion)
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("statement", ["erase", "profile counts"])
@@ -427,12 +439,7 @@ async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement
     """A user deleted N times has N delete events under their id: erasing them again, or
     counting their events, must search by type, not read those (quadratic in the
     deletes of one user). A database with such a user, and statistics."""
-    store = PostgresStore(pg_dsn)
-    await store.open()
-    await store.close()
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        account, deletion = await _plans_account_and_deletion(conn)
+    async with _plans_database(pg_dsn) as (conn, account, deletion):
         await conn.execute(
             """
             INSERT INTO events (seq, account_id, message_id, type, user_id, timestamp_us,
@@ -455,8 +462,6 @@ async def test_erasing_and_counting_a_user_search_by_type(pg_dsn: str, statement
             explained = await conn.fetch("EXPLAIN " + _ERASE_EVENTS, [deletion])
         else:
             explained = await conn.fetch("EXPLAIN " + PROFILE_COUNTS, account, ["u1"])
-    finally:
-        await conn.close()
     plan = "\n".join(row[0] for row in explained)
     assert "events_subject_type" in plan, plan
     conditions = [line for line in plan.splitlines() if "Index Cond" in line and "subject" in line]
@@ -468,12 +473,7 @@ async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn:
     its user's links: each must search the key per id, not hash the whole table, which
     grows with every deletion and every user (a join's plan did: the planner expects
     100 rows from unnest). On a new database, without statistics, as every one starts."""
-    store = PostgresStore(pg_dsn)
-    await store.open()
-    await store.close()
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        account, deletion = await _plans_account_and_deletion(conn)
+    async with _plans_database(pg_dsn) as (conn, account, deletion):
         await conn.execute(
             "INSERT INTO deleted_ids (account_id, id, deletion_id, deleted_at_us) "
             "SELECT $1, 'u' || n, $2, 0 FROM generate_series(1, 5000) AS n",
@@ -501,8 +501,6 @@ async def test_the_ingest_statements_search_deleted_ids_and_links_by_key(pg_dsn:
         await conn.execute(f"PREPARE k(bigint, text) AS {LINKED_IDS}")
         generic_write = await conn.fetch(f"EXPLAIN EXECUTE w({', '.join(['NULL'] * 17)})")
         generic_walk = await conn.fetch("EXPLAIN EXECUTE k(NULL, NULL)")
-    finally:
-        await conn.close()
     for explained, table in (
         (write_plan, "deleted_ids"),
         (walk_plan, "identity_links"),
