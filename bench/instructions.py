@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from events import SETTINGS_HEADER, templates
-from run import free_port, wait_until_up
+from run import free_port, serve_command, wait_until_up
 
 
 def send(port: int, key: str, count: int, connections: int, prefix: str) -> int:
@@ -115,21 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         command = (
             [sys.executable, str(HERE / "ceiling.py"), str(port), key]
             if args.ceiling
-            else [
-                sys.executable,
-                "-m",
-                "inlet_app.cli",
-                "serve",
-                "--database",
-                database,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--grpc",
-                f"127.0.0.1:{grpc_port}",
-                *args.serve_args,
-            ]
+            else serve_command(database, port, grpc_port, *args.serve_args)
         )
         server = subprocess.Popen(
             [

@@ -158,16 +158,8 @@ def start_servers(
             processes.append(
                 subprocess.Popen(
                     [
-                        *python,
-                        "--database",
-                        database,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--grpc",
-                        targets[-1],
-                        *serve_args,
+                        *run.pinned(run.SERVER_CPUS),
+                        *run.serve_command(database, port, grpc_port, *serve_args),
                     ],
                     cwd=data,
                     stderr=subprocess.DEVNULL,

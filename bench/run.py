@@ -52,6 +52,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PORTS_GIVEN: set[int] = set()
 
 
+def serve_command(database: str, port: int, grpc_port: int, *extra: str) -> list[str]:
+    """`inlet serve` on `database`, HTTP on 127.0.0.1:`port`, gRPC on `grpc_port`."""
+    return [
+        *(sys.executable, "-m", "inlet_app.cli", "serve", "--database", database),
+        *("--host", "127.0.0.1", "--port", str(port), "--grpc", f"127.0.0.1:{grpc_port}"),
+        *extra,
+    ]
+
+
 def free_port() -> int:
     """A port nothing listens on now and not handed out before in this run: two calls in
     a row may otherwise get the same port back from the kernel."""
@@ -374,22 +383,7 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
         port, grpc_port = free_port(), free_port()
         server = subprocess.Popen(
-            [
-                *pinned(SERVER_CPUS),
-                sys.executable,
-                "-m",
-                "inlet_app.cli",
-                "serve",
-                "--database",
-                database,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--grpc",
-                f"127.0.0.1:{grpc_port}",
-                *args.serve_args,
-            ],
+            [*pinned(SERVER_CPUS), *serve_command(database, port, grpc_port, *args.serve_args)],
             cwd=data,
             stderr=subprocess.DEVNULL,
         )
@@ -488,23 +482,7 @@ def serve_inlet(
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inlet_app.cli",
-            "serve",
-            "--database",
-            database,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--grpc",
-            f"127.0.0.1:{grpc_port}",
-            "--workers",
-            str(workers),
-            *args.serve_args,
-        ],
+        serve_command(database, port, grpc_port, "--workers", str(workers), *args.serve_args),
         cwd=data,
         stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,
     )
