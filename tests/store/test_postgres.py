@@ -571,3 +571,36 @@ async def test_a_session_the_server_ended_mid_transaction_is_a_transient_failure
         assert isinstance(stored, int)
     finally:
         await store.close()
+
+
+async def test_deletes_committed_close_together_are_erased_in_one_transaction(
+    pg_dsn: str,
+) -> None:
+    """The eraser lets the deletes of a short while (`erase_gather_s`) gather after the
+    first one commits and erases them together: a burst of deletes costs one erasure
+    transaction, not one each. Meanwhile reads already leave the deleted users out.
+    (The pause between the deletes gives an eraser that does not gather time to erase
+    each alone; the gather outlasts them by far.)"""
+    store = PostgresStore(pg_dsn, PostgresOptions(pool_size=2, erase_gather_s=2.0))
+    await store.open()
+    try:
+        acme = (await store.ensure_account("acme")).id
+        users = ["u1", "u2", "u3"]
+        for user in users:
+            event = identify(f"i-{user}", "2026-01-01T00:00:00Z", user, plan="pro")
+            await store.write_events([write(acme, event)])
+        for number, user in enumerate(users):
+            delete = at({"type": "delete", "userId": user, "messageId": f"del-{user}"}, 5 + number)
+            assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+            await asyncio.sleep(0.1)
+        assert [await store.get_profile(acme, user) for user in users] == [None] * 3
+        await store.wait_erased(LONG)
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        erased = await conn.fetch("SELECT erased_at_us, erased_events FROM deletions")
+    finally:
+        await conn.close()
+    assert [row["erased_events"] for row in erased] == [1, 1, 1]
+    assert len({row["erased_at_us"] for row in erased}) == 1  # one transaction's time

@@ -70,6 +70,12 @@ class PostgresOptions:
     """How often the eraser looks for deletions no core has erased yet (one that crashed
     before erasing); this core's own deletes are erased as soon as they commit."""
 
+    erase_gather_s: float = 0.2
+    """How long the eraser lets deletions gather once one has committed, to erase them
+    together: one transaction, its dozen statements and their plans, for all the
+    deletes of that time instead of for each. Nothing waits on it: readers leave out
+    what waits to be erased (0: erase each delete as soon as it commits)."""
+
     erase_lock_timeout_s: float = 0.05
     """How long the eraser waits for a row an ingest transaction holds before it gives
     up and tries again shortly: it gives way to ingest, and never holds one waiting on
@@ -90,6 +96,8 @@ class PostgresOptions:
             <= 0
         ):
             raise ValueError("commits_in_flight must be >= 1 and the intervals > 0")
+        if self.erase_gather_s < 0:
+            raise ValueError("erase_gather_s must be >= 0")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -100,9 +100,13 @@ class Eraser:
     async def _run(self) -> None:
         options = self._store.options
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(options.erase_poll_s):
                     await self._wake.wait()
+            except TimeoutError:
+                pass  # the poll: deletions a core that crashed left unerased
+            else:  # a delete committed: let the ones right behind it join its erasure
+                await asyncio.sleep(options.erase_gather_s)
             self._wake.clear()
             try:
                 # While deletions wait for their fence, or for rows ingest holds, look
