@@ -99,20 +99,24 @@ class Setup:
 def plan(
     phases: list[str], stores: list[str], cores: list[int], connections: int, many: int
 ) -> list[Setup]:
-    """The setups of one round, in order (pairs compared next to each other where they
-    can be); a figure's base setup is added when a phase needs it."""
+    """The setups of one round, in order: the two setups of a figure next to each other
+    where they can be (with both stores: no deletes and deletes on SQLite, SQLite and
+    PostgreSQL, deletes and no deletes on PostgreSQL); a figure's base setup is added
+    when a phase needs it."""
     pg = "postgresql" in stores
     setups: list[Setup] = []
+    if "deletes" in phases:
+        setups.append(Setup(stores[0], mix=NO_DELETES, connections=connections))
     if "profiles" in phases or "deletes" in phases:
         setups += [Setup(store, connections=connections) for store in stores]
+    if "deletes" in phases:
+        setups += [Setup(store, mix=NO_DELETES, connections=connections) for store in stores[1:]]
     if pg and ("connections" in phases or cores):
         setups.append(Setup("postgresql", connections=connections))
-    if pg:
-        setups += [Setup("postgresql", connections=connections, cores=n) for n in cores]
     if pg and "connections" in phases and many:
         setups.append(Setup("postgresql", connections=many))
-    if "deletes" in phases:
-        setups += [Setup(store, mix=NO_DELETES, connections=connections) for store in stores]
+    if pg:
+        setups += [Setup("postgresql", connections=connections, cores=n) for n in cores]
     if "track" in phases:
         setups += [Setup(store, mix=TRACK, connections=connections) for store in stores]
     if pg and "grpc" in phases:
