@@ -68,7 +68,8 @@ class PostgresOptions:
 
     erase_poll_s: float = 5.0
     """How often the eraser looks for deletions no core has erased yet (one that crashed
-    before erasing); this core's own deletes are erased as soon as they commit."""
+    before erasing); this core's own deletes are erased once they commit (after
+    `erase_gather_s`)."""
 
     erase_gather_s: float = 0.2
     """How long the eraser lets deletions gather once one has committed, to erase them
