@@ -604,3 +604,28 @@ async def test_deletes_committed_close_together_are_erased_in_one_transaction(
         await conn.close()
     assert [row["erased_events"] for row in erased] == [1, 1, 1]
     assert len({row["erased_at_us"] for row in erased}) == 1  # one transaction's time
+
+
+async def test_a_delete_still_gathering_at_shutdown_is_erased_before_the_store_closes(
+    pg_dsn: str,
+) -> None:
+    """A core that stops while its deletes wait for the gather to end erases them
+    before it closes, instead of leaving the users' data on disk until a core starts."""
+    store = PostgresStore(pg_dsn, PostgresOptions(pool_size=2, erase_gather_s=LONG * 6))
+    await store.open()
+    try:
+        acme = (await store.ensure_account("acme")).id
+        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
+        await store.write_events([write(acme, event)])
+        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
+        assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+    finally:
+        await asyncio.wait_for(store.close(), LONG)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        erased = await conn.fetch("SELECT erased_at_us, erased_events FROM deletions")
+        kept = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'identify'")
+    finally:
+        await conn.close()
+    assert [row["erased_events"] for row in erased] == [1] and erased[0]["erased_at_us"]
+    assert kept == 0

@@ -87,11 +87,22 @@ class Eraser:
             self._task = asyncio.create_task(self._run(), name="inlet-pg-eraser")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop erasing; first erase what this core's deletes left gathering (not what
+        waits for another core's transaction: another core, or this one's next start,
+        erases that), within the store's statement timeout."""
+        if self._task is None:
+            return
+        gathering = self._wake.is_set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if gathering:
+            try:
+                async with asyncio.timeout(self._store.options.timeout_s):
+                    await self.erase_ready()
+            except Exception as exc:  # noqa: BLE001 - the next start's poll erases it
+                self._warnings.warning("erase", f"erasing deletions at shutdown failed: {exc}")
 
     def kick(self) -> None:
         """A deletion committed: erase it as soon as it may be."""
