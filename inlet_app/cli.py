@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -28,12 +27,12 @@ from inlet_tools.contract.config import ContractConfig
 from inlet_tools.contract.report import render_text, write_junit
 from inlet_tools.contract.runner import run_contract_test
 from inlet_tools.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
-from service import keys, logs
+from service import logs
 from service.config import CoreConfig, open_configured_store, split_list
 from service.metrics import SAMPLER, count_worker
 from service.server import CoreServer, start_core, stop_on_signal
 from service.store import Store, StoreError
-from service.timestamps import format_micros, parse_duration_s, parse_timestamp
+from service.timestamps import parse_duration_s
 from service.worker import WorkerContext, die_with_parent
 
 log = logging.getLogger("inlet")
@@ -126,26 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         help="log trait values with each event (env INLET_LOG_TRAITS=1)",
     )
 
-    key_cmd = commands.add_parser("keys", help="manage API keys (directly in the database)")
-    key_actions = key_cmd.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser(
-        "create", parents=[database], help="create a key; prints it once"
-    )
-    create.add_argument("--account", required=True, help="account name (created if new)")
-    create.add_argument("--scope", default="ingest", help="comma-separated: ingest,read,admin")
-    create.add_argument("--label", default="", help="a note to recognise the key by")
-    create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h")
-    listing = key_actions.add_parser("list", parents=[database], help="list keys (never secrets)")
-    listing.add_argument("--account", help="only this account's keys")
-    listing.add_argument("--all", action="store_true", help="include revoked keys")
-    revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key by its id")
-    revoke.add_argument("key_id")
-    commands.add_parser(
-        "migrate",
-        parents=[database],
-        help="bring the database schema up to date (cores also do it when they start)",
-    )
-    cli_admin.register(commands, key_actions, database)
+    cli_admin.register(commands, database)
     cli_read.register(commands)
 
     contract = commands.add_parser(
@@ -209,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return send_test(args)
         if args.command in ("profile", "events"):
             return _run(cli_read.run(args))
-        if args.command == "migrate":
-            return _run(_migrate(args))
-        return _run(_keys(args))
+        return _run(_admin(args))
     except (ValueError, StoreError, OSError) as exc:
         print(f"inlet: {exc}", file=sys.stderr)
         return 2
@@ -406,94 +384,12 @@ def _database(args: argparse.Namespace) -> Store:
     return open_configured_store(CoreConfig.from_env(os.environ, database=args.database))
 
 
-async def _migrate(args: argparse.Namespace) -> int:
-    """`inlet migrate`: apply what the schema lacks (safe beside running cores)."""
+async def _admin(args: argparse.Namespace) -> int:
+    """`keys`, `accounts`, `maintenance`, `prune`, `migrate`: on the database directly."""
     store = _database(args)
-    await store.open(migrate=False)
+    await store.open(migrate=args.command != "migrate")
     try:
-        before, after = await store.migrate()
-    finally:
-        await store.close()
-    if before == after:
-        print(f"schema is up to date (version {after})")
-    else:
-        print(f"schema migrated from version {before} to {after}")
-    return 0
-
-
-def parse_expiry(text: str, now_us: int | None = None) -> int:
-    """`30d`, `12h`, `15m` from now, or an ISO date/time → µs since the epoch."""
-    now_us = time.time_ns() // 1000 if now_us is None else now_us
-    try:
-        return now_us + parse_duration_s(text) * 1_000_000
-    except ValueError:
-        pass  # a date, then
-    micros = parse_timestamp(text)
-    if micros is None:
-        raise ValueError(f"--expires: not a date or duration: {text!r}")
-    if micros <= now_us:
-        raise ValueError("--expires: the date is in the past")
-    return micros
-
-
-def _when(micros: int | None) -> str:
-    return "-" if micros is None else format_micros(micros)
-
-
-async def _keys(args: argparse.Namespace) -> int:
-    """`keys`, `accounts`, `maintenance`: work on the database directly."""
-    store = _database(args)
-    await store.open()
-    try:
-        if args.command == "accounts":
-            return await cli_admin.accounts(store, args)
-        if args.command == "maintenance":
-            return await cli_admin.maintenance(store, args)
-        if args.command == "prune":
-            return await cli_admin.prune(store, args)
-        if args.action == "rotate":
-            return await cli_admin.rotate(store, args)
-        if args.action == "create":
-            scopes = keys.parse_scopes(args.scope)
-            expires = parse_expiry(args.expires) if args.expires else None
-            account = await store.ensure_account(args.account)
-            new = keys.generate_key()
-            record = await store.create_key(
-                account.id, new.key_id, new.secret_hash, scopes, args.label, expires
-            )
-            print(
-                f"created key {record.key_id} for account {account.name!r} "
-                f"(scopes {','.join(record.scopes)}, expires {_when(expires)}); "
-                "it is shown only once:",
-                file=sys.stderr,
-            )
-            print(new.plaintext)
-        elif args.action == "list":
-            account_id = None
-            if args.account:
-                found = await store.get_account(args.account)
-                if found is None:
-                    raise StoreError(f"no account named {args.account!r}")
-                account_id = found.id
-            print(
-                f"{'KEY ID':<18} {'ACCOUNT':<20} {'SCOPES':<18} {'CREATED':<25} "
-                f"{'EXPIRES':<25} {'REVOKED':<25} LABEL"
-            )
-            for r in await store.list_keys(account_id, include_revoked=args.all):
-                print(
-                    f"{r.key_id:<18} {r.account_name:<20} {','.join(r.scopes):<18} "
-                    f"{_when(r.created_at_us):<25} {_when(r.expires_at_us):<25} "
-                    f"{_when(r.revoked_at_us):<25} {r.label}"
-                )
-        elif args.action == "revoke":
-            revoked = await store.revoke_key(args.key_id)
-            if revoked is None:
-                raise StoreError(f"no key with id {args.key_id!r}")
-            print(
-                f"revoked key {revoked.key_id} of account {revoked.account_name!r} "
-                "(running servers notice within seconds)"
-            )
-        return 0
+        return await cli_admin.run(store, args)
     finally:
         await store.close()
 

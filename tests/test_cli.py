@@ -22,7 +22,7 @@ from typing import IO
 
 import pytest
 
-from inlet_app.cli import parse_expiry
+from inlet_app.cli_admin import parse_expiry
 
 
 def inlet(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
