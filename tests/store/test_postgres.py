@@ -629,3 +629,34 @@ async def test_a_delete_still_gathering_at_shutdown_is_erased_before_the_store_c
         await conn.close()
     assert [row["erased_events"] for row in erased] == [1] and erased[0]["erased_at_us"]
     assert kept == 0
+
+
+async def test_a_deletion_another_core_left_unerased_is_erased_by_the_next_cores_poll(
+    pg_dsn: str,
+) -> None:
+    """A core that recorded a deletion and never erased it (killed during the gather,
+    here: a gather far longer than the test) does not leave the user's data for good:
+    another core's periodic look (`erase_poll_s`) finds the deletion and erases it,
+    once."""
+    stalled = PostgresStore(pg_dsn, PostgresOptions(pool_size=2, erase_gather_s=LONG * 6))
+    other = PostgresStore(pg_dsn, PostgresOptions(pool_size=2, erase_poll_s=0.2))
+    await stalled.open()
+    await other.open()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        acme = (await stalled.ensure_account("acme")).id
+        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
+        await stalled.write_events([write(acme, event)])
+        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
+        assert isinstance((await stalled.write_events([write(acme, delete)]))[0], int)
+        await eventually(
+            lambda: conn.fetchval("SELECT erased_at_us IS NOT NULL FROM deletions"),
+            what="the other core's poll erasing the deletion",
+            timeout=LONG,
+        )
+        assert await conn.fetchval("SELECT erased_events FROM deletions") == 1
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'identify'") == 0
+    finally:
+        await conn.close()
+        await asyncio.wait_for(stalled.close(), LONG)
+        await other.close()
