@@ -21,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from service.store.postgres.eraser import Eraser
     from service.store.sqlite.checkpointer import WalCheckpointer
 
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
@@ -224,7 +225,13 @@ class CoreMetrics:
 
     def watch_checkpoints(self, checkpointer: WalCheckpointer) -> None:
         """Export a SQLite store's checkpoint thread (read when scraped, or sampled)."""
-        collector = CheckpointCollector(checkpointer)
+        self._watch(CheckpointCollector(checkpointer))
+
+    def watch_eraser(self, eraser: Eraser) -> None:
+        """Export a PostgreSQL store's background eraser (read when scraped, or sampled)."""
+        self._watch(EraserCollector(eraser))
+
+    def _watch(self, collector: Collector) -> None:
         if MULTIPROCESS:
             sample_collector(collector, self.registry)
         else:
@@ -275,10 +282,45 @@ class CheckpointCollector(Collector):
         )
 
 
+class EraserCollector(Collector):
+    """What PostgreSQL's background eraser has done (service/store/postgres/eraser.py):
+    the data of a deleted user stays in the database until it is erased, so a count of
+    waiting deletions that keeps growing, or failures, want an operator's look."""
+
+    def __init__(self, eraser: Eraser) -> None:
+        self._eraser = eraser
+
+    def collect(self) -> Iterator[Metric]:
+        eraser = self._eraser
+        yield CounterMetricFamily(
+            "inlet_pg_deletions_erased",
+            "Deletions this process erased (each is erased once, by one core).",
+            value=eraser.erased,
+        )
+        yield CounterMetricFamily(
+            "inlet_pg_erasures_given_way",
+            "Times the eraser gave way to an ingest transaction holding a deleted user's "
+            "rows (it tries again shortly).",
+            value=eraser.gave_way,
+        )
+        yield CounterMetricFamily(
+            "inlet_pg_erasure_failures",
+            "Erasures that failed (tried again at the next delete or look; meanwhile "
+            "reads leave the deleted users' data out).",
+            value=eraser.failures,
+        )
+        yield GaugeMetricFamily(
+            "inlet_pg_deletions_waiting",
+            "Deletions recorded and not yet erased, at this process's latest look.",
+            value=eraser.waiting,
+        )
+
+
 #: How the values of a process's collector add up over the workers (multiprocess mode).
 _GAUGE_MODES: Final = {
     "inlet_sqlite_checkpoint_thread_up": "livemin",  # 1 while every worker's thread runs
     "inlet_sqlite_wal_pages": "livemax",  # one log for all: the latest length any saw
+    "inlet_pg_deletions_waiting": "livemax",  # one table for all: the latest count any saw
 }
 
 

@@ -16,9 +16,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
+from service.config import CoreConfig
 from service.errors import StoreUnavailable
 from service.feed import Feed
+from service.server import start_core
 from service.store.base import SUPPRESSED, EventQuery, EventWrite, StoredRecord, WriteResult
 from service.store.postgres import PostgresOptions, PostgresStore, is_transient
 from service.store.postgres import schema as pg_schema
@@ -660,3 +663,31 @@ async def test_a_deletion_another_core_left_unerased_is_erased_by_the_next_cores
         await conn.close()
         await asyncio.wait_for(stalled.close(), LONG)
         await other.close()
+
+
+async def test_the_erasers_work_is_exported_as_metrics(pg_dsn: str) -> None:
+    """A deleted user's data stays in the database until the eraser has run: operators
+    see what it erased, what waits, how often it gave way and whether it failed, in the
+    core's metrics."""
+    registry = CollectorRegistry()
+    store = PostgresStore(pg_dsn, PostgresOptions(pool_size=2))
+    core = await start_core(CoreConfig(listen="127.0.0.1:0"), store, registry)
+    try:
+        acme = (await store.ensure_account("acme")).id
+        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
+        await store.write_events([write(acme, event)])
+        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
+        assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+        await store.wait_erased(LONG)
+        await eventually(
+            lambda: registry.get_sample_value("inlet_pg_deletions_erased_total") == 1,
+            what="the erased deletion counted",
+        )
+        await eventually(
+            lambda: registry.get_sample_value("inlet_pg_deletions_waiting") == 0,
+            what="no deletion left waiting at the eraser's latest look",
+        )
+        assert registry.get_sample_value("inlet_pg_erasure_failures_total") == 0
+        assert registry.get_sample_value("inlet_pg_erasures_given_way_total") == 0
+    finally:
+        await core.stop(grace=0)

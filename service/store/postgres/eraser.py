@@ -81,6 +81,11 @@ class Eraser:
         self.checks = 0
         #: How many times it gave up an erasure to an ingest transaction holding rows.
         self.gave_way = 0
+        #: Deletions this core erased; erasure passes that failed (tried again later).
+        self.erased = 0
+        self.failures = 0
+        #: Deletions recorded and not yet erased, as of its latest look.
+        self.waiting = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -102,6 +107,7 @@ class Eraser:
                 async with asyncio.timeout(self._store.options.timeout_s):
                     await self.erase_ready()
             except Exception as exc:  # noqa: BLE001 - the next start's poll erases it
+                self.failures += 1
                 self._warnings.warning("erase", f"erasing deletions at shutdown failed: {exc}")
 
     def kick(self) -> None:
@@ -125,6 +131,7 @@ class Eraser:
                 while await self.erase_ready():
                     await asyncio.sleep(options.horizon_recheck_s)
             except Exception as exc:  # noqa: BLE001 - retried at the next wake or poll
+                self.failures += 1
                 self._warnings.warning("erase", f"erasing deletions failed (will retry): {exc}")
 
     async def erase_ready(self) -> bool:
@@ -138,6 +145,7 @@ class Eraser:
                     "SELECT id FROM deletions WHERE erased_at_us IS NULL ORDER BY id LIMIT 100"
                 )
             ]
+            self.waiting = len(pending)
             if not pending:
                 self._fences.clear()
                 return False
@@ -155,6 +163,7 @@ class Eraser:
                 return True
             for id in ready:
                 del self._fences[id]
+            self.waiting -= len(ready)  # erased, here or by another core
         return len(ready) < len(pending)
 
     async def _erase(self, deletion_ids: list[int]) -> None:
@@ -213,6 +222,7 @@ class Eraser:
                 list(erased.values()),
                 now_us(),
             )
+        self.erased += len(claimed)
         for deletion_id, account, seq in claimed:
             log.info(
                 "deletion %s in account %d erased: %d events",

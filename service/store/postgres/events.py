@@ -133,6 +133,11 @@ class PostgresEvents(PostgresDatabase):
         return self._eraser.checks
 
     @property
+    def eraser(self) -> Eraser:
+        """The background eraser (its counts are exported as metrics)."""
+        return self._eraser
+
+    @property
     def erasures_given_way(self) -> int:
         """How many erasures gave way to a transaction holding their rows (retried)."""
         return self._eraser.gave_way
