@@ -576,6 +576,15 @@ async def test_a_session_the_server_ended_mid_transaction_is_a_transient_failure
         await store.close()
 
 
+async def _store_then_delete(store: PostgresStore, account: int, user: str, at_s: int = 5) -> None:
+    """An identify of `user` (a profile and an event to erase), then their delete,
+    committed (recorded: erased later, by the eraser)."""
+    event = identify(f"i-{user}", "2026-01-01T00:00:00Z", user, plan="pro")
+    await store.write_events([write(account, event)])
+    delete = at({"type": "delete", "userId": user, "messageId": f"del-{user}"}, at_s)
+    assert isinstance((await store.write_events([write(account, delete)]))[0], int)
+
+
 async def test_deletes_committed_close_together_are_erased_in_one_transaction(
     pg_dsn: str,
 ) -> None:
@@ -589,12 +598,8 @@ async def test_deletes_committed_close_together_are_erased_in_one_transaction(
     try:
         acme = (await store.ensure_account("acme")).id
         users = ["u1", "u2", "u3"]
-        for user in users:
-            event = identify(f"i-{user}", "2026-01-01T00:00:00Z", user, plan="pro")
-            await store.write_events([write(acme, event)])
         for number, user in enumerate(users):
-            delete = at({"type": "delete", "userId": user, "messageId": f"del-{user}"}, 5 + number)
-            assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+            await _store_then_delete(store, acme, user, 5 + number)
             await asyncio.sleep(0.1)
         assert [await store.get_profile(acme, user) for user in users] == [None] * 3
         await store.wait_erased(LONG)
@@ -618,10 +623,7 @@ async def test_a_delete_still_gathering_at_shutdown_is_erased_before_the_store_c
     await store.open()
     try:
         acme = (await store.ensure_account("acme")).id
-        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
-        await store.write_events([write(acme, event)])
-        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
-        assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+        await _store_then_delete(store, acme, "u1")
     finally:
         await asyncio.wait_for(store.close(), LONG)
     conn = await asyncpg.connect(pg_dsn)
@@ -648,10 +650,7 @@ async def test_a_deletion_another_core_left_unerased_is_erased_by_the_next_cores
     conn = await asyncpg.connect(pg_dsn)
     try:
         acme = (await stalled.ensure_account("acme")).id
-        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
-        await stalled.write_events([write(acme, event)])
-        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
-        assert isinstance((await stalled.write_events([write(acme, delete)]))[0], int)
+        await _store_then_delete(stalled, acme, "u1")
         await eventually(
             lambda: conn.fetchval("SELECT erased_at_us IS NOT NULL FROM deletions"),
             what="the other core's poll erasing the deletion",
@@ -674,10 +673,7 @@ async def test_the_erasers_work_is_exported_as_metrics(pg_dsn: str) -> None:
     core = await start_core(CoreConfig(listen="127.0.0.1:0"), store, registry)
     try:
         acme = (await store.ensure_account("acme")).id
-        event = identify("i-u1", "2026-01-01T00:00:00Z", "u1", plan="pro")
-        await store.write_events([write(acme, event)])
-        delete = at({"type": "delete", "userId": "u1", "messageId": "del-u1"}, 5)
-        assert isinstance((await store.write_events([write(acme, delete)]))[0], int)
+        await _store_then_delete(store, acme, "u1")
         await store.wait_erased(LONG)
         await eventually(
             lambda: registry.get_sample_value("inlet_pg_deletions_erased_total") == 1,
