@@ -275,11 +275,11 @@ async def test_a_late_event_racing_its_users_delete_on_another_core_is_erased(
     release_delete.set()
     assert isinstance((await asyncio.wait_for(deleting, LONG))[0], int)
     # The eraser has looked several times since, and waits for core two's transaction.
-    checked = one.erase_checks
+    checked = one.eraser.checks
 
     try:
         await eventually(
-            lambda: one.erase_checks >= checked + 3,
+            lambda: one.eraser.checks >= checked + 3,
             what="the eraser to look at the deletion",
             timeout=LONG,
         )
@@ -534,11 +534,11 @@ async def test_the_eraser_gives_way_to_a_transaction_holding_the_users_rows(
         transaction = holder.transaction()
         await transaction.start()
         await holder.execute("SELECT 1 FROM traits WHERE subject_id = 'x' FOR UPDATE")
-        before = one.erasures_given_way
+        before = one.eraser.gave_way
         delete = write(acme, at({"type": "delete", "userId": "x", "messageId": "del-x"}, 5))
         assert isinstance((await one.write_events([delete]))[0], int)
         await eventually(
-            lambda: one.erasures_given_way >= before + 2, what="the eraser giving way twice"
+            lambda: one.eraser.gave_way >= before + 2, what="the eraser giving way twice"
         )
         await transaction.rollback()
         await one.wait_erased()

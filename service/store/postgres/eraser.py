@@ -172,7 +172,8 @@ class Eraser:
         async with self._store._connection() as conn, conn.transaction():
             # Generic plans of these statements scan the whole account on a database
             # without statistics (every new one): plan each with its values.
-            give_way_ms = max(1, round(self._store.options.erase_lock_timeout_s * 1000))  # 0: never
+            # At least 1 ms: PostgreSQL's lock_timeout 0 means no limit at all.
+            give_way_ms = max(1, round(self._store.options.erase_lock_timeout_s * 1000))
             await conn.execute(
                 "SET LOCAL plan_cache_mode = force_custom_plan; "
                 f"SET LOCAL lock_timeout = {give_way_ms}"

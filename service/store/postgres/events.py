@@ -128,19 +128,10 @@ class PostgresEvents(PostgresDatabase):
         self._eraser = Eraser(self)
 
     @property
-    def erase_checks(self) -> int:
-        """How many times the eraser has looked for deletions to erase."""
-        return self._eraser.checks
-
-    @property
     def eraser(self) -> Eraser:
-        """The background eraser (its counts are exported as metrics)."""
+        """The background eraser: its counts (looks, erased, gave way, failures, waiting)
+        are exported as metrics, and tests wait on them."""
         return self._eraser
-
-    @property
-    def erasures_given_way(self) -> int:
-        """How many erasures gave way to a transaction holding their rows (retried)."""
-        return self._eraser.gave_way
 
     async def open(self, *, migrate: bool = True) -> None:
         await super().open(migrate=migrate)
