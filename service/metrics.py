@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from service.store.postgres.eraser import Eraser
     from service.store.sqlite.checkpointer import WalCheckpointer
+    from service.store.sqlite.eraser import Eraser as SqliteEraser
 
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
 # busy timeout (2 s).
@@ -227,6 +228,10 @@ class CoreMetrics:
         """Export a SQLite store's checkpoint thread (read when scraped, or sampled)."""
         self._watch(CheckpointCollector(checkpointer))
 
+    def watch_sqlite_eraser(self, eraser: SqliteEraser) -> None:
+        """Export a SQLite store's background eraser (read when scraped, or sampled)."""
+        self._watch(SqliteEraserCollector(eraser))
+
     def watch_eraser(self, eraser: Eraser) -> None:
         """Export a PostgreSQL store's background eraser (read when scraped, or sampled)."""
         self._watch(EraserCollector(eraser))
@@ -279,6 +284,27 @@ class CheckpointCollector(Collector):
             "Pages in the write-ahead log at the latest checkpoint (it restarts from "
             "zero once all are copied and no reader needs them).",
             value=max(last.log_pages, 0) if last is not None else 0,
+        )
+
+
+class SqliteEraserCollector(Collector):
+    """What SQLite's background eraser has done (service/store/sqlite/eraser.py): a deleted
+    user's events stay in the file until it has run, so failures want an operator's look."""
+
+    def __init__(self, eraser: SqliteEraser) -> None:
+        self._eraser = eraser
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "inlet_sqlite_deletions_erased",
+            "Deletions whose events this process erased (each is erased once).",
+            value=self._eraser.erased,
+        )
+        yield CounterMetricFamily(
+            "inlet_sqlite_erasure_failures",
+            "Erasures that failed (tried again at the next delete or poll; meanwhile "
+            "reads leave the deleted users' events out).",
+            value=self._eraser.failures,
         )
 
 

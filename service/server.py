@@ -138,6 +138,8 @@ async def start_core(
     await store.open()
     if isinstance(store, SqliteStore):
         metrics.watch_checkpoints(store.checkpointer)
+        if store.eraser is not None:
+            metrics.watch_sqlite_eraser(store.eraser)
     elif (eraser := getattr(store, "eraser", None)) is not None:  # PostgreSQL's
         metrics.watch_eraser(eraser)
     auth = Authenticator(store, ttl_s=config.key_cache_ttl_s)

@@ -134,6 +134,26 @@ async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
     assert value(samples, "inlet_sqlite_checkpoint_thread_up") == 1
 
 
+async def test_sqlite_erasures_are_exported(shared: Stack) -> None:
+    """A deleted user's events stay in the file until the eraser has run: operators see
+    it run, and alert on its failures."""
+    auth = {"Authorization": basic(shared.keys["ingest"])}
+    delete = {"type": "delete", "userId": "u-erased", "messageId": "m-erase"}
+    erased = "inlet_sqlite_deletions_erased_total"
+    async with aiohttp.ClientSession() as session:
+        _, samples = await scrape(session, shared.url + "/metrics")
+        before = value(samples, erased)
+        async with session.post(shared.url + "/segment", json=delete, headers=auth) as reply:
+            assert reply.status == 200
+
+        async def counted() -> Samples | None:
+            _, samples = await scrape(session, shared.url + "/metrics")
+            return samples if value(samples, erased) > before else None
+
+        samples = await eventually(counted, what="the deletion counted as erased")
+    assert value(samples, "inlet_sqlite_erasure_failures_total") == 0
+
+
 async def test_route_labels_stay_bounded_under_a_scan_of_random_paths(shared: Stack) -> None:
     async with aiohttp.ClientSession() as session:
 

@@ -17,7 +17,7 @@ from typing import Self
 import pytest
 
 from service.errors import StoreUnavailable
-from service.store.base import EventQuery, EventWrite
+from service.store.base import EventWrite
 from service.store.sqlite import SqliteStore, WriterLock
 from tests.store.test_conformance import at, identify, track, write
 from tests.waiting import settle
@@ -140,37 +140,6 @@ async def test_groups_and_other_writes_never_share_a_transaction(sqlite_store: S
     assert len(await sqlite_store.list_accounts()) == 21
 
 
-async def test_a_delete_in_a_group_runs_on_the_writer_thread_and_erases(
-    sqlite_store: SqliteStore,
-) -> None:
-    acme = (await sqlite_store.ensure_account("acme")).id
-    await sqlite_store.write_events([write(acme, track(f"t-{i}", user="gone")) for i in range(50)])
-    delete = {"type": "delete", "messageId": "del-1", "userId": "gone"}
-    inserted: list[tuple[str, bool]] = []  # (event type, on the loop's thread)
-
-    def record(writes: Sequence[EventWrite]) -> None:
-        on_loop = threading.current_thread() is threading.main_thread()
-        inserted.extend((w.event.type, on_loop) for w in writes)
-
-    sqlite_store.on_insert = record
-    # In one group: an event of the user before the delete (erased with the user), one
-    # after it (a new life: kept), and another user's (untouched).
-    results = await sqlite_store.write_events(
-        [
-            write(acme, track("before", user="gone")),
-            write(acme, track("kept", user="stays")),
-            write(acme, delete),
-            write(acme, track("after", user="gone")),
-        ]
-    )
-    assert all(seq is not None for seq in results)
-    assert results == sorted(results)  # type: ignore[type-var]  # stored in group order
-    # Only the delete (erasing a user may take long) left the loop.
-    assert inserted == [("track", True), ("track", True), ("delete", False), ("track", True)]
-    kept = await sqlite_store.list_events(EventQuery(account_id=acme))
-    assert [e.message_id for e in kept] == ["kept", "del-1", "after"]
-
-
 async def test_a_lock_held_past_the_busy_timeout_is_store_unavailable_then_it_recovers(
     tmp_path: Path,
 ) -> None:
@@ -226,7 +195,7 @@ async def test_a_group_rolled_back_after_its_delete_leaves_no_stale_link_cache(
 
     def fail_after_the_delete(writes: Sequence[EventWrite]) -> None:
         # Once "after" is inserted, and has read the delete's uncommitted deletion id.
-        if writes[0].event.message_id == "after":
+        if writes[-1].event.message_id == "after":
             raise sqlite3.OperationalError("disk I/O error")
 
     sqlite_store.on_insert = fail_after_the_delete

@@ -2,14 +2,15 @@
 suppression), history, retention.
 
 Event groups insert on the event loop (short statements; sqlite3 drops the GIL around
-each, and a hop to a thread per statement cost more than it saved); COMMIT, a BEGIN
-that must wait and each `delete` event (an erasure may take long) run on the writer
-thread (database.py).
+each, and a hop to a thread per statement cost more than it saved); COMMIT and a BEGIN
+that must wait run on the writer thread (database.py). A `delete` erases the profile and
+records what the eraser (eraser.py) erases after the commit: its ids' events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from collections import OrderedDict
@@ -30,8 +31,9 @@ from service.store.base import (
     WriteResult,
 )
 from service.store.group_commit import AsyncGroupCommitter
-from service.store.rows import EVENT_COLUMNS, NOT_A_DELETE, stored_record
+from service.store.rows import EVENT_COLUMNS, stored_record
 from service.store.sqlite.database import SqliteDatabase, SqliteOptions, WriterLock
+from service.store.sqlite.eraser import NOT_BEING_ERASED, Eraser, erase_recorded
 from service.store.sqlite.profiles import IN_IDS, LINKED_IDS, OF_IDS
 from service.suppression import covered_ids, is_suppressed
 from service.timestamps import now_us
@@ -72,14 +74,21 @@ _PRUNE_EVENTS: Final = """
     DELETE FROM events
     WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) AND received_at_us < ?
 """
-# A user's delete events stay: each is the record that a deletion happened.
-_ERASE_EVENTS: Final = f"DELETE FROM events WHERE account_id = ? AND {OF_IDS} AND {NOT_A_DELETE}"
+# The events a delete leaves to the eraser: its ids' stored so far (`before_seq`, the
+# delete's own number). A user's delete events stay: each is the record of a deletion.
+_LEAVE_TO_ERASER: Final = (
+    "INSERT INTO erasing (account_id, id, before_seq, deletion_id) "
+    "SELECT ?, value, ?, ? FROM json_each(?)"
+)
 # When each of these ids (a JSON array) of an account was last deleted.
 _DELETED_AT: Final = (
     "SELECT id, max(deleted_at_us) FROM deleted_ids "
     f"WHERE account_id = ? AND id {IN_IDS} GROUP BY id"
 )
-_IS_STORED: Final = "SELECT 1 FROM events WHERE account_id = ? AND message_id = ?"
+# Stored, and not left to the eraser (erased, as far as anyone can tell).
+_IS_STORED: Final = (
+    f"SELECT 1 FROM events WHERE account_id = ? AND message_id = ? AND {NOT_BEING_ERASED}"
+)
 _DELETED_SINCE: Final = (
     "SELECT account_id, id FROM deleted_ids WHERE deletion_id > ? AND deletion_id <= ?"
 )
@@ -91,6 +100,12 @@ class SqliteEvents(SqliteDatabase):
     #: Other processes writing to the file (a second core) cannot wake this one's
     #: streams: a caught-up stream re-reads this often.
     feed_poll_s = 1.0
+    #: The eraser (eraser.py) lets the deletes of this long after one commits join its
+    #: erasure, and looks this often for records another process left.
+    erase_gather_s = 0.2
+    erase_poll_s = 5.0
+    #: At most this many events erased per transaction (ingest waits for each).
+    erase_max_events = 500
 
     def __init__(self, path: Path, **options: Unpack[SqliteOptions]) -> None:
         super().__init__(path, **options)
@@ -110,10 +125,41 @@ class SqliteEvents(SqliteDatabase):
         #: Test seam: called with each run of events just inserted, on the thread that
         #: inserted them, inside the group's transaction; what it raises fails the group.
         self.on_insert: Callable[[Sequence[EventWrite]], None] | None = None
+        self._eraser: Eraser | None = None
+
+    async def open(self, *, migrate: bool = True) -> None:
+        await super().open(migrate=migrate)
+        self._eraser = Eraser(
+            lambda: self._run(
+                self._transaction,
+                functools.partial(erase_recorded, max_events=self.erase_max_events),
+            ),
+            lambda: self._read(
+                lambda conn: bool(
+                    conn.execute("SELECT EXISTS (SELECT 1 FROM erasing)").fetchone()[0]
+                )
+            ),
+            gather_s=self.erase_gather_s,
+            poll_s=self.erase_poll_s,
+        )
+        self._eraser.start()
 
     async def close(self) -> None:
         await self._events.wait_idle()
+        if self._eraser is not None:
+            await self._eraser.stop()
         await super().close()
+
+    @property
+    def eraser(self) -> Eraser | None:
+        """The background eraser (its counts), once open."""
+        return self._eraser
+
+    async def wait_erased(self, timeout_s: float = 10.0) -> None:
+        """Erase what deletions left to erase, now (the eraser does within its gather)."""
+        if self._eraser is not None:
+            async with asyncio.timeout(timeout_s):
+                await self._eraser.erase_now()
 
     # -- the write path ----------------------------------------------------------------
 
@@ -121,18 +167,20 @@ class SqliteEvents(SqliteDatabase):
         results = await self._events.submit(writes)
         if any(isinstance(seq, int) for seq in results):
             self.commits.publish()
+            if self._eraser is not None and any(w.event.type == "delete" for w in writes):
+                self._eraser.kick()
         return results
 
     async def _commit_events(self, writes: list[EventWrite]) -> list[WriteResult]:
         """One group's transaction.
 
-        The inserts run here, on the event loop; only what may wait runs on the writer
-        thread: COMMIT (the fsync), BEGIN when another process holds the write lock, and
-        each `delete` event (erasing a user may take long, and must not stall the loop;
-        the group's other events still insert here, in order around it). Python's
-        sqlite3 gives up the GIL around every statement, so inserting on the writer
-        thread made it queue for the GIL several times per event behind the HTTP side,
-        and each hand-off cost both threads CPU (bench/: +20-25 % events/s, p99 -30 %).
+        The inserts run here, on the event loop, deletes too (the erasure of their
+        events, which may take long, is the eraser's); only what may wait runs on the
+        writer thread: COMMIT (the fsync), BEGIN when another process holds the write
+        lock. Python's sqlite3 gives up the GIL around every statement, so inserting on
+        the writer thread made it queue for the GIL several times per event behind the
+        HTTP side, and each hand-off cost both threads CPU (bench/: +20-25 % events/s,
+        p99 -30 %).
         """
         # Shielded: a cancelled caller must not release the connection while the writer
         # thread is still committing on it.
@@ -164,16 +212,7 @@ class SqliteEvents(SqliteDatabase):
         try:
             if not self._begin_at_once(conn):
                 await self._on_writer_thread(conn.execute, "BEGIN IMMEDIATE")
-            results: list[WriteResult] = []
-            start = 0
-            for index, write in enumerate(writes):
-                if write.event.type == "delete":
-                    results += self._insert_events(conn, writes[start:index], new_links)
-                    results += await self._on_writer_thread(
-                        self._insert_events, conn, [write], new_links
-                    )
-                    start = index + 1
-            results += self._insert_events(conn, writes[start:], new_links)
+            results = self._insert_events(conn, writes, new_links)
             await self._on_writer_thread(self._commit, conn)
         except BaseException:  # cancellation included: never leave it open
             self._roll_back(conn)
@@ -268,8 +307,15 @@ class SqliteEvents(SqliteDatabase):
             assert seq is not None
             results.append(seq)
             projection = project(event)
-            if not projection.empty:
-                self._apply(cursor, write, seq, projection, new_links)
+            if projection.empty:
+                continue
+            if deleted_ids := self._apply(cursor, write, seq, projection, new_links):
+                # The group's later events of those ids are suppressed as they would be
+                # in a later group, which reads the deletion.
+                at = event.event_time_us
+                times = deleted.setdefault(write.account_id, {})
+                for id in deleted_ids:
+                    times[id] = max(times.get(id, at), at)
         if self.on_insert is not None:
             self.on_insert(writes)
         return results
@@ -296,8 +342,9 @@ class SqliteEvents(SqliteDatabase):
         seq: int,
         projection: Projection,
         new_links: list[tuple[int, str, str]],
-    ) -> None:
-        """Apply one stored event's projection, inside its transaction."""
+    ) -> list[str]:
+        """Apply one stored event's projection, inside its transaction. Returns the ids
+        a delete's erasure recorded as deleted (none for other events)."""
         account, event = write.account_id, write.event
         for a, b, kind in projection.links:
             if b not in self._known_links.get((account, a), ()):
@@ -322,21 +369,24 @@ class SqliteEvents(SqliteDatabase):
         if projection.membership is not None:
             member, group = projection.membership
             cursor.execute(_UPSERT_MEMBERSHIP, (account, member, group, event.timestamp_us))
-        if projection.erase is not None:
-            erased = set(self._erase(cursor, account, event, seq))
-            # Links made earlier in this transaction from the erased ids are gone now:
-            # not to be remembered as stored (nor are they in the cache: _erase).
-            new_links[:] = [l for l in new_links if l[0] != account or l[1] not in erased]
+        if projection.erase is None:
+            return []
+        deleted_ids = self._erase(cursor, account, event, seq)
+        erased = set(deleted_ids)
+        # Links made earlier in this transaction from the erased ids are gone now:
+        # not to be remembered as stored (nor are they in the cache: _erase).
+        new_links[:] = [l for l in new_links if l[0] != account or l[1] not in erased]
+        return deleted_ids
 
     def _erase(
         self, cursor: sqlite3.Cursor, account: int, delete: CanonicalEvent, seq: int
     ) -> list[str]:
-        """Erase the profile and events of the delete's user and every id linked to it,
-        and record the deletion of each of those ids, which it returns."""
+        """Erase the profile of the delete's user and of every id linked to it, record
+        the deletion of each of those ids, which it returns, and leave their events
+        stored so far to the eraser (eraser.py: readers leave them out meanwhile)."""
         user_id = delete.user_id
         ids = [row[0] for row in cursor.execute(LINKED_IDS, (account, user_id)).fetchall()]
         any_id = orjson.dumps(ids).decode()
-        erased = cursor.execute(_ERASE_EVENTS, (account, any_id)).rowcount
         cursor.execute(
             f"DELETE FROM traits WHERE account_id = ? AND subject_kind = '{USER}' "
             f"AND subject_id {IN_IDS}",
@@ -350,10 +400,11 @@ class SqliteEvents(SqliteDatabase):
             f"DELETE FROM identity_links WHERE account_id = ? AND id {IN_IDS}", (account, any_id)
         )
         deleted_at = delete.event_time_us
+        # erased_events: counted by the eraser, as it erases them.
         cursor.execute(
             "INSERT INTO deletions (account_id, user_id, message_id, requested_at_us, "
-            "erased_ids, erased_events, deleted_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (account, user_id, delete.message_id, now_us(), len(ids), erased, deleted_at),
+            "erased_ids, erased_events, deleted_at_us) VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (account, user_id, delete.message_id, now_us(), len(ids), deleted_at),
         )
         deletion = cursor.lastrowid
         cursor.executemany(
@@ -361,13 +412,14 @@ class SqliteEvents(SqliteDatabase):
             "VALUES (?, ?, ?, ?)",
             [(account, id, deletion, deleted_at) for id in ids],
         )
+        cursor.execute(_LEAVE_TO_ERASER, (account, seq, deletion, any_id))
         # The erased ids' links are gone: forget those (the others stay stored). And
         # this deletion is this process's own: the next group need not clear the cache
         # for it (if this transaction rolls back, _roll_back makes it clear it).
         for id in ids:
             self._known_links.pop((account, id), None)
         self._newest_deletion = deletion
-        log.info("deletion %s in account %d: %d ids, %d events", seq, account, len(ids), erased)
+        log.info("deletion %s in account %d: %d ids, its events to erase", seq, account, len(ids))
         return ids
 
     def _forget_erased_links(self, cursor: sqlite3.Cursor, newest: int | None) -> None:
@@ -394,7 +446,7 @@ class SqliteEvents(SqliteDatabase):
 
     async def list_events(self, query: EventQuery) -> list[StoredRecord]:
         def read(conn: sqlite3.Connection) -> list[StoredRecord]:
-            where: list[str] = ["account_id = ?"]
+            where: list[str] = ["account_id = ?", NOT_BEING_ERASED]
             args: list[object] = [query.account_id]
             if query.ids is not None:
                 any_id = orjson.dumps(query.ids).decode()
@@ -434,7 +486,7 @@ class SqliteEvents(SqliteDatabase):
 
     async def count_events(self, account_id: int) -> int:
         def read() -> int:
-            sql = "SELECT count(*) FROM events WHERE account_id = ?"
+            sql = f"SELECT count(*) FROM events WHERE account_id = ? AND {NOT_BEING_ERASED}"
             return int(self._db().execute(sql, (account_id,)).fetchone()[0])
 
         return await self._run(read)
@@ -444,7 +496,8 @@ class SqliteEvents(SqliteDatabase):
             row = (
                 self._db()
                 .execute(
-                    "SELECT payload FROM events WHERE account_id = ? AND message_id = ?",
+                    "SELECT payload FROM events WHERE account_id = ? AND message_id = ? "
+                    f"AND {NOT_BEING_ERASED}",
                     (account_id, message_id),
                 )
                 .fetchone()

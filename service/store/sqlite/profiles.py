@@ -12,6 +12,7 @@ from service.projections import GROUP, USER
 from service.store.base import GroupRecord, ProfileRecord
 from service.store.rows import NOT_A_DELETE, newest_traits, profile_record
 from service.store.sqlite.database import SqliteDatabase
+from service.store.sqlite.eraser import NOT_BEING_ERASED
 
 #: Matches the values of a JSON array bound as one parameter (a profile's ids).
 IN_IDS: Final = "IN (SELECT value FROM json_each(?))"
@@ -31,7 +32,7 @@ LINKED_IDS: Final = """
 """
 _PROFILE_COUNTS: Final = (
     "SELECT type, count(*), min(timestamp_us), max(timestamp_us) FROM events "
-    f"WHERE account_id = ? AND {OF_IDS} AND {NOT_A_DELETE} GROUP BY type"
+    f"WHERE account_id = ? AND {OF_IDS} AND {NOT_A_DELETE} AND {NOT_BEING_ERASED} GROUP BY type"
 )
 _USER_TRAITS: Final = (
     "SELECT key, value, timestamp_us, message_id FROM traits "

@@ -143,6 +143,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX deleted_ids_deletion ON deleted_ids(deletion_id);
     """,
+    # 6: a delete records which events it leaves to erase (its ids' events stored before
+    # it); the eraser (eraser.py) erases them after the commit, a burst of deletes in one
+    # transaction, and readers leave them out meanwhile. Deletions stored before this
+    # version were erased as they were stored.
+    """
+    CREATE TABLE erasing (
+        account_id  INTEGER NOT NULL,
+        id          TEXT NOT NULL,
+        before_seq  INTEGER NOT NULL,
+        deletion_id INTEGER NOT NULL REFERENCES deletions(id),
+        PRIMARY KEY (account_id, id, before_seq)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
