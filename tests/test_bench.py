@@ -385,3 +385,16 @@ def test_a_server_that_exits_before_it_is_up_is_reported_at_once() -> None:
     dead.wait()
     with pytest.raises(RuntimeError, match=r"exited with \[3\]"):
         wait_until_up(f"http://127.0.0.1:{free_port()}/readyz", timeout=600, servers=[dead])
+
+
+def test_the_erase_stall_script_runs_and_the_deleted_history_leaves_the_file() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "erase_stall.py"), "2000"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["history"] == 2000 and report["other_writes"] > 0
+    assert report["erased_after_s"] >= 0 and report["other_max_ms"] >= report["other_p99_ms"]
