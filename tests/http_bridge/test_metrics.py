@@ -138,13 +138,15 @@ async def test_sqlite_erasures_are_exported(shared: Stack) -> None:
     """A deleted user's events stay in the file until the eraser has run: operators see
     it run, and alert on its failures."""
     auth = {"Authorization": basic(shared.keys["ingest"])}
+    track = {"type": "track", "userId": "u-erased", "event": "Paid", "messageId": "m-kept"}
     delete = {"type": "delete", "userId": "u-erased", "messageId": "m-erase"}
     erased = "inlet_sqlite_deletions_erased_total"
     async with aiohttp.ClientSession() as session:
         _, samples = await scrape(session, shared.url + "/metrics")
         before = value(samples, erased)
-        async with session.post(shared.url + "/segment", json=delete, headers=auth) as reply:
-            assert reply.status == 200
+        for body in (track, delete):
+            async with session.post(shared.url + "/segment", json=body, headers=auth) as reply:
+                assert reply.status == 200
 
         async def counted() -> Samples | None:
             _, samples = await scrape(session, shared.url + "/metrics")

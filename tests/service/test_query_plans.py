@@ -12,7 +12,7 @@ import pytest
 
 from service.store import SqliteStore
 from service.store.sqlite.eraser import _ERASE, _RECORDS, NOT_BEING_ERASED
-from service.store.sqlite.events import _DELETED_AT, _PRUNE_EVENTS
+from service.store.sqlite.events import _DELETED_AT, _LEAVE_TO_ERASER, _PRUNE_EVENTS
 from service.store.sqlite.profiles import _PROFILE_COUNTS, LINKED_IDS, OF_IDS
 
 
@@ -38,6 +38,7 @@ TABLE_SCAN = re.compile(r"SCAN (events|identity_links|traits|memberships|deleted
     [
         (_ERASE, (RECORDS, 500)),
         (_RECORDS, ()),
+        (_LEAVE_TO_ERASER, (1, 100, 1, IDS)),
         (_PROFILE_COUNTS, (1, IDS)),
         (
             f"SELECT seq FROM events WHERE account_id = ? AND {NOT_BEING_ERASED} ORDER BY seq",

@@ -173,3 +173,23 @@ async def test_a_long_history_is_erased_over_several_transactions(tmp_path: Path
         ("long", 10),
         ("short", 2),
     ]
+
+
+async def test_a_deletion_of_a_user_never_seen_leaves_the_eraser_nothing(tmp_path: Path) -> None:
+    """Segment passes on deletions of every user of a workspace, most of them never seen
+    by a given destination: those are recorded, and cost no erasure transaction."""
+    path = tmp_path / "inlet.db"
+    store = await opened(path)
+    try:
+        acme = (await store.ensure_account("acme")).id
+        await store.write_events(
+            [write(acme, {"type": "delete", "messageId": "del-1", "userId": "stranger"})]
+        )
+        assert store.eraser is not None
+        before = store.eraser.passes
+        assert on_disk(path, "SELECT count(*) FROM erasing") == [(0,)]
+        await store.wait_erased()
+        assert store.eraser.passes == before  # not even an empty write transaction
+    finally:
+        await store.close()
+    assert on_disk(path, "SELECT user_id, erased_events FROM deletions") == [("stranger", 0)]

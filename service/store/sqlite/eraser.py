@@ -189,7 +189,9 @@ class Eraser:
         deletions erased."""
         self._wake.clear()
         erased = 0
-        more = True
+        # A read first: no write transaction (nor, under --workers, the siblings' file
+        # lock) when another worker has erased it all, or the deletes left nothing.
+        more = await self._has_records()
         while more:
             deletions, more = await self._erase()
             self.passes += 1

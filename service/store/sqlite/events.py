@@ -31,7 +31,7 @@ from service.store.base import (
     WriteResult,
 )
 from service.store.group_commit import AsyncGroupCommitter
-from service.store.rows import EVENT_COLUMNS, stored_record
+from service.store.rows import EVENT_COLUMNS, NOT_A_DELETE, stored_record
 from service.store.sqlite.database import SqliteDatabase, SqliteOptions, WriterLock
 from service.store.sqlite.eraser import NOT_BEING_ERASED, Eraser, erase_recorded
 from service.store.sqlite.profiles import IN_IDS, LINKED_IDS, OF_IDS
@@ -75,11 +75,17 @@ _PRUNE_EVENTS: Final = """
     WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) AND received_at_us < ?
 """
 # The events a delete leaves to the eraser: its ids' stored so far (`before_seq`, the
-# delete's own number). A user's delete events stay: each is the record of a deletion.
-_LEAVE_TO_ERASER: Final = (
-    "INSERT INTO erasing (account_id, id, before_seq, deletion_id) "
-    "SELECT ?, value, ?, ? FROM json_each(?)"
-)
+# delete's own number), for the ids that have any (Segment passes on deletions of users
+# a destination may never have seen: those cost the eraser nothing). A user's delete
+# events stay: each is the record of a deletion.
+_LEAVE_TO_ERASER: Final = f"""
+    INSERT INTO erasing (account_id, id, before_seq, deletion_id)
+    SELECT ?1, value, ?2, ?3 FROM json_each(?4)
+    WHERE EXISTS (
+        SELECT 1 FROM events e
+        WHERE e.account_id = ?1 AND e.subject = value AND e.{NOT_A_DELETE} AND e.seq < ?2
+    )
+"""
 # When each of these ids (a JSON array) of an account was last deleted.
 _DELETED_AT: Final = (
     "SELECT id, max(deleted_at_us) FROM deleted_ids "
