@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Final
 
 import asyncpg
 
 from service.errors import InletError, StoreUnavailable
-from service.logs import RateLimitedLog
 from service.projections import USER, project
 from service.store.base import (
     EventWrite,
 )
+from service.store.eraser_task import EraserTask
 from service.store.postgres.database import (
     PostgresDatabase,
     feed_state,
@@ -55,7 +54,7 @@ NOT_BEING_ERASED: Final = f"""
 """
 
 
-class Eraser:
+class Eraser(EraserTask):
     """Erases recorded deletions in the background, on every core (each deletion once:
     FOR UPDATE SKIP LOCKED), so that a delete's ingest transaction only records it.
 
@@ -72,47 +71,23 @@ class Eraser:
     stored after the delete)."""
 
     def __init__(self, store: PostgresDatabase) -> None:
+        # At shutdown, within the store's statement timeout.
+        super().__init__(log, name="inlet-pg-eraser", stop_timeout_s=store.options.timeout_s)
         self._store = store
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._fences: dict[int, int] = {}
-        self._warnings = RateLimitedLog(log)
         #: How many times it has looked for deletions to erase (tests wait on it).
         self.checks = 0
         #: How many times it gave up an erasure to an ingest transaction holding rows.
         self.gave_way = 0
-        #: Deletions this core erased; erasure passes that failed (tried again later).
+        #: Deletions this core erased.
         self.erased = 0
-        self.failures = 0
         #: Deletions recorded and not yet erased, as of its latest look.
         self.waiting = 0
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="inlet-pg-eraser")
-
-    async def stop(self) -> None:
-        """Stop erasing; first erase what this core's deletes left gathering (not what
-        waits for another core's transaction: another core, or this one's next start,
-        erases that), within the store's statement timeout."""
-        if self._task is None:
-            return
-        gathering = self._wake.is_set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        if gathering:
-            try:
-                async with asyncio.timeout(self._store.options.timeout_s):
-                    await self.erase_ready()
-            except Exception as exc:  # noqa: BLE001 - the next start's poll erases it
-                self.failures += 1
-                self._warnings.warning("erase", f"erasing deletions at shutdown failed: {exc}")
-
-    def kick(self) -> None:
-        """A deletion committed: erase it as soon as it may be."""
-        self._wake.set()
+    async def _last_pass(self) -> None:
+        # Not what waits for another core's transaction: another core, or this one's
+        # next start, erases that.
+        await self.erase_ready()
 
     async def _run(self) -> None:
         options = self._store.options
@@ -131,8 +106,7 @@ class Eraser:
                 while await self.erase_ready():
                     await asyncio.sleep(options.horizon_recheck_s)
             except Exception as exc:  # noqa: BLE001 - retried at the next wake or poll
-                self.failures += 1
-                self._warnings.warning("erase", f"erasing deletions failed (will retry): {exc}")
+                self.failed("erasing deletions failed (will retry)", exc)
 
     async def erase_ready(self) -> bool:
         """Erase the pending deletions whose fence the floors have passed; whether some

@@ -22,7 +22,6 @@ next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from service.logs import RateLimitedLog
+from service.store.eraser_task import EraserTask
 from service.store.rows import NOT_A_DELETE
 
 log = logging.getLogger(__name__)
@@ -130,11 +129,10 @@ def erase_recorded(conn: sqlite3.Connection, max_events: int) -> Erased:
     return Erased([(d, n) for d, n in totals], more=partial or len(chosen) < len(records))
 
 
-class Eraser:
+class Eraser(EraserTask):
     """Runs `erase_recorded` in write transactions of its own (`erase`, the store's)
     `gather_s` after a delete commits (`kick`), and every `poll_s` if records are left
-    (`has_records`, a read): a worker that died, a failed erasure. At shutdown it erases
-    what is gathering for at most `stop_timeout_s` (the rest: the next start)."""
+    (`has_records`, a read): a worker that died, a failed erasure."""
 
     def __init__(
         self,
@@ -145,44 +143,17 @@ class Eraser:
         poll_s: float,
         stop_timeout_s: float = 10.0,
     ) -> None:
+        super().__init__(log, name="inlet-sqlite-eraser", stop_timeout_s=stop_timeout_s)
         self._erase = erase
         self._has_records = has_records
         self._gather_s = gather_s
         self._poll_s = poll_s
-        self._stop_timeout_s = stop_timeout_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._warnings = RateLimitedLog(log)
-        #: Erasure transactions run; deletions erased by this process; failed passes.
+        #: Erasure transactions run; deletions erased by this process.
         self.passes = 0
         self.erased = 0
-        self.failures = 0
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="inlet-sqlite-eraser")
-
-    def kick(self) -> None:
-        """A deletion committed: erase it after the gather."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        """Stop; first erase what this process's deletes left gathering (a failure here
-        leaves it to the next start, or to another worker)."""
-        if self._task is None:
-            return
-        gathering = self._wake.is_set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        if gathering:
-            try:
-                async with asyncio.timeout(self._stop_timeout_s):
-                    await self.erase_now()
-            except Exception as exc:  # noqa: BLE001 - the next start erases it
-                self.failures += 1
-                self._warnings.warning("erase", f"erasing deletions at shutdown failed: {exc}")
+    async def _last_pass(self) -> None:
+        await self.erase_now()
 
     async def erase_now(self) -> int:
         """Erase what is recorded, now, in as many transactions as it takes; the number of
@@ -210,8 +181,7 @@ class Eraser:
                 if kicked or await self._has_records():
                     await self.erase_now()
             except Exception as exc:  # noqa: BLE001 - retried at the next kick or poll
-                self.failures += 1
-                self._warnings.warning("erase", f"erasing deletions failed (will retry): {exc}")
+                self.failed("erasing deletions failed (will retry)", exc)
             try:
                 async with asyncio.timeout(self._poll_s):
                     await self._wake.wait()
