@@ -108,22 +108,32 @@ async def test_error_answers_are_counted_by_code_on_every_route(shared: Stack) -
     assert value(samples, "inlet_http_errors_total", code="missing_authorization") == 1
 
 
-async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
-    """Operators watch the write-ahead log: a commit is followed by a checkpoint."""
+async def counter_rises_after(
+    shared: Stack, bodies: list[dict[str, str]], counter: str, what: str
+) -> Samples:
+    """POST `bodies` to /segment (each stored), then scrape until `counter` has grown:
+    the samples of that scrape."""
     auth = {"Authorization": basic(shared.keys["ingest"])}
-    track = {"type": "track", "userId": "u1", "event": "Paid", "messageId": "m-ckpt"}
-    checkpoints = "inlet_sqlite_checkpoints_total"
     async with aiohttp.ClientSession() as session:
         _, samples = await scrape(session, shared.url + "/metrics")
-        before = value(samples, checkpoints)
-        async with session.post(shared.url + "/segment", json=track, headers=auth) as reply:
-            assert reply.status == 200
+        before = value(samples, counter)
+        for body in bodies:
+            async with session.post(shared.url + "/segment", json=body, headers=auth) as reply:
+                assert reply.status == 200
 
-        async def checkpointed() -> Samples | None:
+        async def risen() -> Samples | None:
             _, samples = await scrape(session, shared.url + "/metrics")
-            return samples if value(samples, checkpoints) > before else None
+            return samples if value(samples, counter) > before else None
 
-        samples = await eventually(checkpointed, what="a checkpoint after the commit")
+        return await eventually(risen, what=what)
+
+
+async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
+    """Operators watch the write-ahead log: a commit is followed by a checkpoint."""
+    track = {"type": "track", "userId": "u1", "event": "Paid", "messageId": "m-ckpt"}
+    samples = await counter_rises_after(
+        shared, [track], "inlet_sqlite_checkpoints_total", "a checkpoint after the commit"
+    )
     for name in (
         "inlet_sqlite_checkpoint_failures_total",
         "inlet_sqlite_checkpoint_catch_ups_total",
@@ -137,22 +147,11 @@ async def test_sqlite_checkpoints_are_exported(shared: Stack) -> None:
 async def test_sqlite_erasures_are_exported(shared: Stack) -> None:
     """A deleted user's events stay in the file until the eraser has run: operators see
     it run, and alert on its failures."""
-    auth = {"Authorization": basic(shared.keys["ingest"])}
     track = {"type": "track", "userId": "u-erased", "event": "Paid", "messageId": "m-kept"}
     delete = {"type": "delete", "userId": "u-erased", "messageId": "m-erase"}
-    erased = "inlet_sqlite_deletions_erased_total"
-    async with aiohttp.ClientSession() as session:
-        _, samples = await scrape(session, shared.url + "/metrics")
-        before = value(samples, erased)
-        for body in (track, delete):
-            async with session.post(shared.url + "/segment", json=body, headers=auth) as reply:
-                assert reply.status == 200
-
-        async def counted() -> Samples | None:
-            _, samples = await scrape(session, shared.url + "/metrics")
-            return samples if value(samples, erased) > before else None
-
-        samples = await eventually(counted, what="the deletion counted as erased")
+    samples = await counter_rises_after(
+        shared, [track, delete], "inlet_sqlite_deletions_erased_total", "the deletion erased"
+    )
     assert value(samples, "inlet_sqlite_erasure_failures_total") == 0
 
 
