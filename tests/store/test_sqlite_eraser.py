@@ -7,13 +7,17 @@ events, and they leave the file soon after, also when the process stops or dies 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from service.store.base import EventQuery
 from service.store.sqlite import SqliteStore
+from service.store.sqlite.schema import MIGRATIONS, migrate
 from tests.store.test_conformance import track, write
-from tests.waiting import eventually
+from tests.waiting import eventually, settle
 
 LONG_S = 60.0  # a gather no test waits out
 
@@ -193,3 +197,25 @@ async def test_a_deletion_of_a_user_never_seen_leaves_the_eraser_nothing(tmp_pat
     finally:
         await store.close()
     assert on_disk(path, "SELECT user_id, erased_events FROM deletions") == [("stranger", 0)]
+
+
+async def test_migrating_a_file_from_before_the_eraser_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`inlet migrate` opens the store without migrating, then migrates: the eraser, whose
+    table the old file lacks, has no business running meanwhile."""
+    path = tmp_path / "inlet.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, MIGRATIONS[:5])
+    conn.close()
+    store = SqliteStore(path)
+    store.erase_poll_s = 0.0  # would look at once, and again, if it ran
+    with caplog.at_level(logging.WARNING):
+        await store.open(migrate=False)
+        try:
+            await settle()
+            assert await store.migrate() == (5, len(MIGRATIONS))
+        finally:
+            await store.close()
+    assert store.eraser is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

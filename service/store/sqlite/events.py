@@ -135,6 +135,8 @@ class SqliteEvents(SqliteDatabase):
 
     async def open(self, *, migrate: bool = True) -> None:
         await super().open(migrate=migrate)
+        if not migrate:
+            return  # `inlet migrate`: the schema may be older than the eraser's
         self._eraser = Eraser(
             lambda: self._run(
                 self._transaction,
