@@ -43,7 +43,7 @@ GONE_TRACKS = "SELECT message_id FROM events WHERE subject = 'gone' AND type = '
 
 
 async def test_reads_leave_out_what_waits_to_be_erased_and_the_eraser_erases_it(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "inlet.db"
     store = await opened(path)
@@ -69,8 +69,11 @@ async def test_reads_leave_out_what_waits_to_be_erased_and_the_eraser_erases_it(
         assert await store.get_event_payload(acme, "before") is None
         profile = await store.get_profile(acme, "gone")
         assert profile is not None and profile.event_counts == {"track": 1}
-        await store.wait_erased()
+        with caplog.at_level(logging.INFO, logger="service.store.sqlite.eraser"):
+            await store.wait_erased()
         assert on_disk(path, GONE_TRACKS) == [("after",)]
+        # Named as ingest named it: the delete's sequence number and account.
+        assert f"deletion {results[2]} in account {acme} erased: 6 events" in caplog.text
         assert on_disk(path, "SELECT erased_events FROM deletions") == [(6,)]
         assert on_disk(path, "SELECT count(*) FROM erasing") == [(0,)]
     finally:

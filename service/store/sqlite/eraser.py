@@ -87,9 +87,9 @@ _TOTALS: Final = """
 
 
 class Erased(NamedTuple):
-    #: The deletions whose last events this transaction erased, with how many events
-    #: each erased in all.
-    deletions: list[tuple[int, int]]
+    #: The deletions whose last events this transaction erased, each as (the delete's
+    #: sequence number, its account, how many events it erased in all).
+    deletions: list[tuple[int, int, int]]
     #: Whether records are left for another transaction.
     more: bool
 
@@ -126,7 +126,9 @@ def erase_recorded(conn: sqlite3.Connection, max_events: int) -> Erased:
         left.add(chosen[0][3])
     done = [deletion for deletion in counts if deletion not in left]
     totals = orjson.loads(conn.execute(_TOTALS, (orjson.dumps(done).decode(),)).fetchone()[0])
-    return Erased([(d, n) for d, n in totals], more=partial or len(chosen) < len(records))
+    # Named as ingest logged them: the delete's sequence number (before_seq) and account.
+    delete = {record[3]: (record[2], record[0]) for record in chosen}
+    return Erased([(*delete[d], n) for d, n in totals], more=partial or len(chosen) < len(records))
 
 
 class Eraser(EraserTask):
@@ -168,8 +170,8 @@ class Eraser(EraserTask):
             self.passes += 1
             erased += len(deletions)
             self.erased += len(deletions)
-            for deletion, count in deletions:  # committed
-                log.info("deletion %d erased: %d events", deletion, count)
+            for seq, account, count in deletions:  # committed
+                log.info("deletion %d in account %d erased: %d events", seq, account, count)
         return erased
 
     async def _run(self) -> None:
