@@ -237,6 +237,42 @@ def test_metrics_and_debugger_show_every_worker_and_a_killed_worker_is_replaced(
     assert {line["worker"] for line in lines} == {0, 1, 2}
 
 
+ERASED = "inlet_sqlite_deletions_erased_total"
+
+
+def test_a_delete_erases_what_both_workers_stored_and_the_totals_say_so(
+    tmp_path: Path, operator_key: str
+) -> None:
+    """Each worker runs SQLite's eraser; whichever comes first erases a user's events,
+    whichever worker stored them."""
+    served = serve_workers(tmp_path)
+    try:
+        sent = until_both_answered(served, operator_key, "m")  # user u1's, on both
+        delete = {"type": "delete", "userId": "u1", "messageId": "del-u1"}
+        request = urllib.request.Request(
+            served.url + "/segment",
+            data=json.dumps(delete).encode(),
+            headers={"Authorization": basic(operator_key), "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200
+        deadline = time.monotonic() + 30
+        while stored_ids(tmp_path) & set(sent):
+            assert time.monotonic() < deadline, "the user's events are still in the file"
+            time.sleep(0.05)
+        assert stored_ids(tmp_path) == {"del-u1"}  # the delete event: the record of it
+        # The totals of both workers (sampled into the shared files now and then).
+        while metric(page := get(served.url + "/metrics")[1].decode(), ERASED) < 1:
+            assert time.monotonic() < deadline, "no erasure counted"
+            time.sleep(0.05)
+        assert metric(page, ERASED) == 1
+        assert metric(page, "inlet_sqlite_erasure_failures_total") == 0
+        assert served.stop() == 0
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+
+
 def test_a_key_rate_limit_holds_across_workers(tmp_path: Path, operator_key: str) -> None:
     served = serve_workers(tmp_path, "--rate-limit", "2")
     try:
