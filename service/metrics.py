@@ -21,9 +21,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from service.store.postgres.eraser import Eraser
+    from service.store.eraser_task import EraserTask
+    from service.store.postgres.eraser import Eraser as PostgresEraser
     from service.store.sqlite.checkpointer import WalCheckpointer
-    from service.store.sqlite.eraser import Eraser as SqliteEraser
 
 # Seconds: an fsync'd group commit takes 0.1-10 ms here; a locked database up to the
 # busy timeout (2 s).
@@ -228,13 +228,13 @@ class CoreMetrics:
         """Export a SQLite store's checkpoint thread (read when scraped, or sampled)."""
         self._watch(CheckpointCollector(checkpointer))
 
-    def watch_sqlite_eraser(self, eraser: SqliteEraser) -> None:
+    def watch_sqlite_eraser(self, eraser: EraserTask) -> None:
         """Export a SQLite store's background eraser (read when scraped, or sampled)."""
-        self._watch(SqliteEraserCollector(eraser))
+        self._watch(EraserCollector(eraser, "sqlite"))
 
-    def watch_eraser(self, eraser: Eraser) -> None:
+    def watch_eraser(self, eraser: PostgresEraser) -> None:
         """Export a PostgreSQL store's background eraser (read when scraped, or sampled)."""
-        self._watch(EraserCollector(eraser))
+        self._watch(PostgresEraserCollector(eraser))
 
     def _watch(self, collector: Collector) -> None:
         if MULTIPROCESS:
@@ -287,58 +287,49 @@ class CheckpointCollector(Collector):
         )
 
 
-class SqliteEraserCollector(Collector):
-    """What SQLite's background eraser has done (service/store/sqlite/eraser.py): a deleted
-    user's events stay in the file until it has run, so failures want an operator's look."""
+class EraserCollector(Collector):
+    """What a store's background eraser has done (service/store/*/eraser.py): a deleted
+    user's data stays in the database until it has run, so failures want an operator's
+    look. `store` names the series: inlet_sqlite_..., inlet_pg_..."""
 
-    def __init__(self, eraser: SqliteEraser) -> None:
+    def __init__(self, eraser: EraserTask, store: str) -> None:
         self._eraser = eraser
+        self._store = store
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
-            "inlet_sqlite_deletions_erased",
-            "Deletions whose events this process erased (each is erased once).",
+            f"inlet_{self._store}_deletions_erased",
+            "Deletions this process erased (each is erased once, by one process).",
             value=self._eraser.erased,
         )
         yield CounterMetricFamily(
-            "inlet_sqlite_erasure_failures",
-            "Erasures that failed (tried again at the next delete or poll; meanwhile "
-            "reads leave the deleted users' events out).",
+            f"inlet_{self._store}_erasure_failures",
+            "Erasures that failed (tried again at the next delete or look; meanwhile "
+            "reads leave the deleted users' data out).",
             value=self._eraser.failures,
         )
 
 
-class EraserCollector(Collector):
-    """What PostgreSQL's background eraser has done (service/store/postgres/eraser.py):
-    the data of a deleted user stays in the database until it is erased, so a count of
-    waiting deletions that keeps growing, or failures, want an operator's look."""
+class PostgresEraserCollector(EraserCollector):
+    """PostgreSQL's eraser also gives way to ingest, and counts what waits: a count of
+    waiting deletions that keeps growing wants a look too."""
 
-    def __init__(self, eraser: Eraser) -> None:
-        self._eraser = eraser
+    def __init__(self, eraser: PostgresEraser) -> None:
+        super().__init__(eraser, "pg")
+        self._pg = eraser
 
     def collect(self) -> Iterator[Metric]:
-        eraser = self._eraser
-        yield CounterMetricFamily(
-            "inlet_pg_deletions_erased",
-            "Deletions this process erased (each is erased once, by one core).",
-            value=eraser.erased,
-        )
+        yield from super().collect()
         yield CounterMetricFamily(
             "inlet_pg_erasures_given_way",
             "Times the eraser gave way to an ingest transaction holding a deleted user's "
             "rows (it tries again shortly).",
-            value=eraser.gave_way,
-        )
-        yield CounterMetricFamily(
-            "inlet_pg_erasure_failures",
-            "Erasures that failed (tried again at the next delete or look; meanwhile "
-            "reads leave the deleted users' data out).",
-            value=eraser.failures,
+            value=self._pg.gave_way,
         )
         yield GaugeMetricFamily(
             "inlet_pg_deletions_waiting",
             "Deletions recorded and not yet erased, at this process's latest look.",
-            value=eraser.waiting,
+            value=self._pg.waiting,
         )
 
 

@@ -20,7 +20,9 @@ class EraserTask(ABC):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._warnings = RateLimitedLog(log)
-        #: Erasure passes that failed (each is tried again later).
+        #: Deletions this process erased; erasure passes that failed (each is tried
+        #: again later).
+        self.erased = 0
         self.failures = 0
 
     def start(self) -> None:

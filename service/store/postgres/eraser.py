@@ -79,8 +79,6 @@ class Eraser(EraserTask):
         self.checks = 0
         #: How many times it gave up an erasure to an ingest transaction holding rows.
         self.gave_way = 0
-        #: Deletions this core erased.
-        self.erased = 0
         #: Deletions recorded and not yet erased, as of its latest look.
         self.waiting = 0
 

@@ -150,9 +150,8 @@ class Eraser(EraserTask):
         self._has_records = has_records
         self._gather_s = gather_s
         self._poll_s = poll_s
-        #: Erasure transactions run; deletions erased by this process.
+        #: Erasure transactions run.
         self.passes = 0
-        self.erased = 0
 
     async def _last_pass(self) -> None:
         await self.erase_now()

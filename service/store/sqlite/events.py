@@ -142,11 +142,7 @@ class SqliteEvents(SqliteDatabase):
                 self._transaction,
                 functools.partial(erase_recorded, max_events=self.erase_max_events),
             ),
-            lambda: self._read(
-                lambda conn: bool(
-                    conn.execute("SELECT EXISTS (SELECT 1 FROM erasing)").fetchone()[0]
-                )
-            ),
+            self._has_erasing_records,
             gather_s=self.erase_gather_s,
             poll_s=self.erase_poll_s,
         )
@@ -157,6 +153,12 @@ class SqliteEvents(SqliteDatabase):
         if self._eraser is not None:
             await self._eraser.stop()
         await super().close()
+
+    async def _has_erasing_records(self) -> bool:
+        def read(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM erasing)").fetchone()[0])
+
+        return await self._read(read)
 
     @property
     def eraser(self) -> Eraser | None:
