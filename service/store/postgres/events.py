@@ -11,7 +11,7 @@ from typing import Any, Final
 import orjson
 
 from service.errors import StoreUnavailable
-from service.projections import project
+from service.projections import Projection, project
 from service.store.base import (
     SUPPRESSED,
     EventQuery,
@@ -32,6 +32,7 @@ from service.store.postgres.database import (
     pg_text,
 )
 from service.store.postgres.eraser import NOT_BEING_ERASED, Eraser
+from service.store.postgres.known_links import KnownLinks, LinkKey
 from service.store.postgres.projected import LINKED_CTE, Projected
 from service.store.rows import (
     EVENT_COLUMNS,
@@ -126,6 +127,7 @@ class PostgresEvents(PostgresDatabase):
         self._announce_again = False
         self._nudge: asyncio.TimerHandle | None = None
         self._eraser = Eraser(self)
+        self._known_links = KnownLinks()
 
     @property
     def eraser(self) -> Eraser:
@@ -191,7 +193,11 @@ class PostgresEvents(PostgresDatabase):
     async def _write_events(self, writes: list[EventWrite]) -> list[WriteResult]:
         rows: list[tuple[Any, ...]] = []
         covered: dict[tuple[int, str], None] = {}  # (account, id) whose deletion to read
-        for write in writes:
+        # The links already known to be stored, whose ids' deletions are read too: each
+        # is skipped if none has one (known_links.py).
+        known: set[LinkKey] = set()
+        projections = [project(write.event) for write in writes]
+        for write, projection in zip(writes, projections, strict=True):
             event = write.event
             rows.append(
                 (
@@ -214,6 +220,11 @@ class PostgresEvents(PostgresDatabase):
             )
             for id in covered_ids(event):
                 covered[write.account_id, pg_text(id) or ""] = None
+            for a, b, _ in projection.links:
+                key = (write.account_id, pg_text(a) or "", pg_text(b) or "")
+                if key in self._known_links:
+                    known.add(key)
+                    covered[key[0], key[1]] = covered[key[0], key[2]] = None
         columns = as_columns(rows)
         candidates = ([a for a, _ in covered], [i for _, i in covered])
         deletes = False
@@ -229,7 +240,11 @@ class PostgresEvents(PostgresDatabase):
                 results: list[WriteResult] = [
                     inserted.pop(key, None) for key in zip(columns[0], columns[1], strict=True)
                 ]
-                deletes = await self._project(conn, writes, results, _deleted_at(written[3]))
+                deleted = _deleted_at(written[3])
+                pending = Projected()
+                deletes = await self._project(
+                    conn, writes, projections, results, deleted, pending, known
+                )
                 if self.before_commit is not None:
                     await self.before_commit()
                 await conn.execute("COMMIT")
@@ -238,6 +253,7 @@ class PostgresEvents(PostgresDatabase):
                     with contextlib.suppress(Exception):
                         await conn.execute("ROLLBACK")
                 raise
+        self._known_links.remember(pending.written_links, deleted)
         if deletes:
             self._eraser.kick()
         return results
@@ -246,21 +262,26 @@ class PostgresEvents(PostgresDatabase):
         self,
         conn: Conn,
         writes: list[EventWrite],
+        projections: list[Projection],
         results: list[WriteResult],
         deleted: dict[int, dict[str, int]],
+        pending: Projected,
+        known: set[LinkKey],
     ) -> bool:
-        """Apply the stored events' projections in their order, in the ingest transaction,
-        and take out the events of deleted users that a deletion covers (their results
-        become SUPPRESSED): `deleted` says, per account, when each of the group's covered
-        ids was last deleted, and grows with the group's own deletes, whose deletions
-        are recorded here and erased by the eraser after the commit. Returns whether
-        the group recorded any.
+        """Apply the stored events' projections in their order, in the ingest transaction
+        (through `pending`), and take out the events of deleted users that a deletion
+        covers (their results become SUPPRESSED): `deleted` says, per account, when each
+        of the group's covered ids (and the ids of its `known` links) was last deleted,
+        and grows with the group's own deletes, whose deletions are recorded here and
+        erased by the eraser after the commit. Returns whether the group recorded any.
 
-        One statement per table for the whole group (one round trip each)."""
+        One statement per table for the whole group (one round trip each); none for
+        links when every link is known and none of its ids deleted (known_links.py)."""
         recorded = False
-        pending = Projected()
         suppressed: list[int] = []
-        for index, (write, seq) in enumerate(zip(writes, results, strict=True)):
+        for index, (write, seq, projection) in enumerate(
+            zip(writes, results, projections, strict=True)
+        ):
             account, event = write.account_id, write.event
             if not isinstance(seq, int):
                 # A duplicate: its projection was applied when it was stored. One that a
@@ -273,10 +294,9 @@ class PostgresEvents(PostgresDatabase):
                 suppressed.append(seq)
                 results[index] = SUPPRESSED
                 continue
-            projection = project(event)
             if projection.empty:
                 continue
-            pending.add(write, projection)
+            pending.add(write, projection, self._link_skipper(known, deleted.get(account)))
             if projection.erase is not None:
                 # The links the deletion follows. Traits and memberships wait for the
                 # end (each table written once, in one order): the eraser rebuilds the
@@ -292,6 +312,17 @@ class PostgresEvents(PostgresDatabase):
         if suppressed:
             await conn.execute("DELETE FROM events WHERE seq = ANY($1::bigint[])", suppressed)
         return recorded
+
+    def _link_skipper(
+        self, known: set[LinkKey], deleted: dict[str, int] | None
+    ) -> Callable[[LinkKey], bool] | None:
+        """Which links of an event to leave out: those known to be stored before the
+        group's deletions were read, none of whose ids has a deletion (`deleted`, the
+        account's, as the group's events so far leave it)."""
+        if not known:
+            return None
+        links, gone = self._known_links, deleted or {}
+        return lambda key: key in known and links.skippable(key, gone)
 
     async def _record_deletion(
         self, conn: Conn, account: int, delete: CanonicalEvent, seq: int

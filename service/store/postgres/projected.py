@@ -3,6 +3,7 @@ the linked ids' walk."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from service.projections import Projection
@@ -14,6 +15,7 @@ from service.store.postgres.database import (
     as_columns,
     pg_text,
 )
+from service.store.postgres.known_links import LinkKey
 
 _TraitKey = tuple[int, str, str, str]
 
@@ -26,13 +28,24 @@ class Projected:
     def __init__(self) -> None:
         self.traits: dict[_TraitKey, tuple[bytes, int, str]] = {}
         self.members: dict[tuple[int, str, str], int] = {}
-        self.links: dict[tuple[int, str, str], str] = {}
+        self.links: dict[LinkKey, str] = {}
+        #: Every link written so far (to remember once committed: known_links.py).
+        self.written_links: list[LinkKey] = []
 
-    def add(self, write: EventWrite, projection: Projection) -> None:
+    def add(
+        self,
+        write: EventWrite,
+        projection: Projection,
+        skip_link: Callable[[LinkKey], bool] | None = None,
+    ) -> None:
+        """Merge one event's projection; its links for which `skip_link` says so are left
+        out (known to be stored)."""
         account, event = write.account_id, write.event
         message_id = pg_text(event.message_id) or ""
         for a, b, kind in projection.links:
-            self.links.setdefault((account, pg_text(a) or "", pg_text(b) or ""), kind)
+            link = (account, pg_text(a) or "", pg_text(b) or "")
+            if skip_link is None or not skip_link(link):
+                self.links.setdefault(link, kind)
         for t in projection.traits:
             key = (account, t.subject_kind, pg_text(t.subject_id) or "", pg_text(t.key) or "")
             held = self.traits.get(key)
@@ -51,6 +64,7 @@ class Projected:
         if self.links:
             rows = [(*key, kind) for key, kind in sorted(self.links.items())]
             await conn.execute(_LINKS, *as_columns(rows))
+            self.written_links += self.links
             self.links.clear()
 
     async def write_traits(self, conn: Conn) -> None:
