@@ -28,12 +28,12 @@ from inlet_tools.contract.report import render_text, write_junit
 from inlet_tools.contract.runner import run_contract_test
 from inlet_tools.send_test import SAMPLE_FILES, run_load, run_once, sample, settings_header
 from service import logs
-from service.config import CoreConfig, open_configured_store, split_list
+from service.config import CoreConfig, env_bool, open_configured_store, split_list
 from service.metrics import SAMPLER, count_worker
 from service.server import CoreServer, start_core, stop_on_signal
 from service.store import Store, StoreError
 from service.timestamps import parse_duration_s
-from service.worker import WorkerContext, die_with_parent
+from service.worker import WorkerContext, die_with_parent, pin_to_cpu
 
 log = logging.getLogger("inlet")
 
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         help="worker processes, each a whole `inlet serve` on the same ports and database: "
         "a number or `auto` (one per CPU) (env INLET_WORKERS, default 1)",
+    )
+    serve.add_argument(
+        "--pin-workers",
+        action="store_true",
+        default=None,
+        help="with --workers: run each worker on a CPU of its own, for a machine Inlet has "
+        "to itself (env INLET_PIN_WORKERS; docs/scaling.md)",
     )
     serve.add_argument(
         "--grpc", dest="grpc_listen", help="core gRPC host:port (env INLET_CORE_LISTEN)"
@@ -287,7 +294,11 @@ def _supervise(args: argparse.Namespace, count: int, argv: list[str]) -> int:
     bridge = bridge_config(args, None)
     logs.configure(os.environ.get("INLET_LOG_LEVEL", "INFO"), worker=0)  # its lines: worker 0
     scheme = "https" if bridge.tls_cert else "http"
-    supervisor = Supervisor(count, argv, f"{bridge.host}:{bridge.port}", core.listen, scheme)
+    try:
+        pin = args.pin_workers or env_bool(os.environ.get("INLET_PIN_WORKERS", "0"))
+    except ValueError as exc:
+        raise ValueError(f"INLET_PIN_WORKERS: {exc}") from None
+    supervisor = Supervisor(count, argv, f"{bridge.host}:{bridge.port}", core.listen, scheme, pin)
     try:
         return asyncio.run(supervisor.run())
     finally:
@@ -307,6 +318,8 @@ async def _serve(args: argparse.Namespace, worker: WorkerContext | None = None) 
     try:
         if worker is not None:
             die_with_parent(os.environ)
+            if worker.cpu is not None:
+                pin_to_cpu(worker.cpu)
             count_worker(registry, worker.replaces)
         if args.part in ("all", "core"):
             settings = core_config(args)

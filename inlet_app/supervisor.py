@@ -16,6 +16,9 @@ for all, and keeps the port Inlet's while a worker is replaced. Before that it b
 without SO_REUSEPORT once, so a port another program (or another Inlet) listens on is
 refused instead of shared.
 
+With `pin` (`--pin-workers`), worker i runs on the i-th of the CPUs the supervisor may
+run on (in turn when there are more workers than CPUs), a replacement on its slot's.
+
 The workers write to the supervisor's stderr themselves, in writes of whole lines of
 at most PIPE_BUF bytes (service/logs.py), so lines of two workers never interleave.
 """
@@ -132,6 +135,8 @@ class Supervisor:
     """host:port of the HTTP bridge."""
     grpc_listen: str
     scheme: str = "http"
+    pin: bool = False
+    """Each worker on a CPU of its own (`--pin-workers`)."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     workers: dict[int, Worker] = field(default_factory=dict)
     stopping: bool = False
@@ -198,12 +203,13 @@ class Supervisor:
                 self._signal_all(signal.SIGTERM)
             else:
                 log.info(
-                    "%d workers serving on %s://%s/segment, gRPC %s (supervisor pid %d)",
+                    "%d workers serving on %s://%s/segment, gRPC %s (supervisor pid %d)%s",
                     self.count,
                     self.scheme,
                     http,
                     grpc,
                     os.getpid(),
+                    self._pinned(),
                 )
             watchers = [asyncio.create_task(self._watch(run_dir, command, w)) for w in first]
             await asyncio.gather(*watchers)
@@ -216,6 +222,15 @@ class Supervisor:
             return 1
         log.info("stopped")
         return 0
+
+    def _cpu(self, index: int) -> int | None:
+        return context.worker_cpu(index, os.sched_getaffinity(0)) if self.pin else None
+
+    def _pinned(self) -> str:
+        """For the serving line: which CPU each worker runs on, if pinned."""
+        if not self.pin:
+            return ""
+        return ", pinned to CPUs " + " ".join(str(self._cpu(i)) for i in self._slots)
 
     @property
     def _slots(self) -> range:
@@ -242,6 +257,9 @@ class Supervisor:
             context.ENV_LOG_JSON: "0" if sys.stderr.isatty() else "1",
             "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"),
         }
+        cpu = self._cpu(index)
+        if cpu is not None:
+            environ[context.ENV_CPU] = str(cpu)
         try:
             process = await asyncio.create_subprocess_exec(
                 *command, env=environ, pass_fds=(write_end,)

@@ -37,6 +37,8 @@ ENV_DIR: Final = "INLET_WORKER_DIR"
 ENV_READY_FD: Final = "INLET_WORKER_READY_FD"
 ENV_REPLACES: Final = "INLET_WORKER_REPLACES"
 ENV_PARENT: Final = "INLET_WORKER_PARENT"
+#: The CPU the worker runs on, with `--pin-workers` (absent: any the system chooses).
+ENV_CPU: Final = "INLET_WORKER_CPU"
 #: "1": log JSON; "0": text (the supervisor's stderr is a terminal, the worker's a pipe).
 ENV_LOG_JSON: Final = "INLET_WORKER_LOG_JSON"
 
@@ -60,6 +62,8 @@ class WorkerContext:
     replaces: bool = False
     """Started to replace a worker that died."""
     log_json: bool = True
+    cpu: int | None = None
+    """`--pin-workers`: the one CPU this worker runs on."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerContext | None:
@@ -74,6 +78,7 @@ class WorkerContext:
             ready_fd=int(ready) if ready else None,
             replaces=environ.get(ENV_REPLACES) == "1",
             log_json=environ.get(ENV_LOG_JSON, "1") == "1",
+            cpu=int(environ[ENV_CPU]) if environ.get(ENV_CPU) else None,
         )
 
     def notice_path(self, index: int) -> Path:
@@ -111,6 +116,25 @@ def die_with_parent(environ: Mapping[str, str]) -> None:
     parent = environ.get(ENV_PARENT)
     if parent is not None and os.getppid() != int(parent):
         os.kill(os.getpid(), signal.SIGTERM)  # it died before the call above
+
+
+def worker_cpu(index: int, allowed: set[int]) -> int:
+    """`--pin-workers`: the CPU of worker `index` (from 1), among the CPUs the supervisor
+    may run on, in turn (more workers than CPUs share them evenly)."""
+    cpus = sorted(allowed)
+    return cpus[(index - 1) % len(cpus)]
+
+
+def pin_to_cpu(cpu: int) -> None:
+    """Run every thread of this process, and the threads it starts later, on `cpu` only.
+
+    Linux sets the affinity per thread (a new thread inherits its creator's): all that
+    exist now are set, in case a library started one before this call."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except ProcessLookupError:  # pragma: no cover - the thread ended meanwhile
+            continue
 
 
 COMMIT: Final = b"c"

@@ -10,6 +10,7 @@ all reach one worker is 2**-199).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -30,6 +31,7 @@ import aiohttp
 import pytest
 import trustme
 
+from service.worker import worker_cpu
 from tests.stack import basic
 from tests.test_cli import inlet
 from tests.test_lifecycle import send_load_event, stored_ids
@@ -235,6 +237,47 @@ def test_metrics_and_debugger_show_every_worker_and_a_killed_worker_is_replaced(
     served.reader.join(10)
     lines = [json.loads(line) for line in served.log]
     assert {line["worker"] for line in lines} == {0, 1, 2}
+
+
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets the threads of process `pid` may run on."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            found.add(frozenset(os.sched_getaffinity(int(task.name))))
+    return found
+
+
+def test_worker_cpus_take_the_allowed_cpus_in_turn() -> None:
+    assert [worker_cpu(i, {5, 2, 7}) for i in range(1, 6)] == [2, 5, 7, 2, 5]
+    assert [worker_cpu(i, {0}) for i in range(1, 3)] == [0, 0]
+
+
+def test_pinned_workers_run_on_a_cpu_each_and_a_replacement_on_its_slots(
+    tmp_path: Path, operator_key: str
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    served = serve_workers(tmp_path, "--pin-workers")
+    try:
+        expected = sorted(worker_cpu(i, allowed) for i in (1, 2))
+        pinned = [thread_cpus(pid) for pid in served.workers()]
+        # Every thread of a worker (event loop, SQLite writer, gRPC's) on one CPU.
+        assert all(len(cpus) == 1 and len(next(iter(cpus))) == 1 for cpus in pinned)
+        assert sorted(min(next(iter(cpus))) for cpus in pinned) == expected
+        until_both_answered(served, operator_key, "pinned")
+        before = served.workers()
+        os.kill(before[0], signal.SIGKILL)
+        warning = served.wait_for_line(r"worker (\d) \(pid (\d+)\) was killed by SIGKILL")
+        served.wait_for_line(rf"worker {warning[1]} serving again")
+        (replacement,) = set(served.workers()) - set(before)
+        assert thread_cpus(replacement) == {frozenset({worker_cpu(int(warning[1]), allowed)})}
+        assert served.stop() == 0
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+    assert served.reader is not None
+    served.reader.join(10)
+    assert any("pinned to CPUs" in line for line in served.log)
 
 
 ERASED = "inlet_sqlite_deletions_erased_total"

@@ -6,7 +6,7 @@ Skipping a known link is safe only while it is still stored. Links are removed b
 eraser alone, and only the links of a deleted id (eraser.py's `_UNLINK`). So a link is
 skipped only when neither of its ids has a deletion the ingest transaction can see:
 the transaction asks when its links' ids were last deleted in the statement that
-inserts its events (`extra_ids`), as it asks for the ids a deletion covers.
+inserts its events (events.py), as it asks for the ids a deletion covers.
 
 * A deletion committed before that statement is seen: the link is written.
 * One committed later was missed by the transaction's snapshot, so the eraser waits
