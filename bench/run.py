@@ -16,7 +16,8 @@ SQLite against PostgreSQL in the same run, and the scale-out figures: bench/mix.
 
 With `--workers N` each round instead measures `inlet serve --workers N` against
 `--workers 1` and a ceiling of N bare-aiohttp processes sharing the port, unpinned
-(the HTTP phase only; each Inlet run on a new database, integrity checked).
+(the HTTP phase only; each Inlet run on a new database, integrity checked); with
+`--pin-workers` also `inlet serve --workers N --pin-workers` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -473,16 +474,23 @@ def one_round(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, A
 
 
 def serve_inlet(
-    args: argparse.Namespace, data: Path, workers: int
+    args: argparse.Namespace, data: Path, workers: int, pinned: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, str, str]:
-    """`inlet serve --workers N` on a new database (SQLite in `data`, or PostgreSQL with
-    --postgres): the process, its URL, a key."""
+    """`inlet serve --workers N` (with `--pin-workers` if `pinned`) on a new database
+    (SQLite in `data`, or PostgreSQL with --postgres): the process, its URL, a key."""
     data.mkdir()
     database = round_database(args, data)
     key = inlet("keys", "create", "--database", database, "--account", "bench", cwd=data)
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
-        serve_command(database, port, grpc_port, "--workers", str(workers), *args.serve_args),
+        serve_command(
+            database,
+            port,
+            grpc_port,
+            *("--workers", str(workers)),
+            *(("--pin-workers",) if pinned else ()),
+            *args.serve_args,
+        ),
         cwd=data,
         stderr=subprocess.PIPE if workers > 1 else subprocess.DEVNULL,
     )
@@ -496,10 +504,12 @@ def serve_inlet(
     return server, url, key, database
 
 
-def workers_run(args: argparse.Namespace, work: Path, loadgen: str, workers: int) -> dict[str, Any]:
+def workers_run(
+    args: argparse.Namespace, work: Path, loadgen: str, workers: int, pinned: bool = False
+) -> dict[str, Any]:
     """One measured run of `inlet serve --workers N`, with its integrity check."""
     data = work / f"w{workers}-{time.time_ns()}"
-    server, url, key, database = serve_inlet(args, data, workers)
+    server, url, key, database = serve_inlet(args, data, workers, pinned)
     try:
         out, runs = measure(server.pid, url, key, args, work, loadgen)
     finally:
@@ -523,8 +533,9 @@ def workers_run(args: argparse.Namespace, work: Path, loadgen: str, workers: int
 def workers_round(
     args: argparse.Namespace, work: Path, loadgen: str, number: int
 ) -> dict[str, Any]:
-    """The ceiling of N bare processes, `--workers 1` and `--workers N` (in turn first, so
-    neither always meets the machine's drift first), the ceiling again."""
+    """The ceiling of N bare processes, `--workers 1` and `--workers N` (and with
+    --pin-workers `--workers N --pin-workers`; the order reversed every other round, so
+    none always meets the machine's drift first), the ceiling again."""
     n = args.workers
     port = free_port()
     ceiling = subprocess.Popen(
@@ -536,17 +547,21 @@ def workers_round(
         wait_until_up(f"{url}/segment", post=True)
         time.sleep(1)  # all N listening (each binds as soon as it has imported aiohttp)
         before, _ = measure(ceiling.pid, url, "bench", args, work, loadgen)
-        order = [1, n] if number % 2 == 0 else [n, 1]
-        for workers in order:
-            out[f"workers_{workers}"] = workers_run(args, work, loadgen, workers)
+        setups = [(1, False), (n, False)] + ([(n, True)] if args.pin_workers else [])
+        order = setups if number % 2 == 0 else setups[::-1]
+        for workers, pinned in order:
+            label = f"workers_{workers}" + ("_pinned" if pinned else "")
+            out[label] = workers_run(args, work, loadgen, workers, pinned)
         after, _ = measure(ceiling.pid, url, "bench", args, work, loadgen)
         out["ceiling"] = bracketed(before, after)
     finally:
         ceiling.terminate()
         ceiling.wait()
     one, many = out["workers_1"], out[f"workers_{n}"]
-    out["order"] = order
+    out["order"] = [f"workers_{w}" + ("_pinned" if pinned else "") for w, pinned in order]
     out["speedup"] = many["events_per_s"] / one["events_per_s"]
+    if args.pin_workers:
+        out["speedup_pinned"] = out[f"workers_{n}_pinned"]["events_per_s"] / one["events_per_s"]
     out["ratio_to_ceiling"] = many["events_per_s"] / out["ceiling"]["events_per_s"]
     return out
 
@@ -554,6 +569,8 @@ def workers_round(
 def compare_workers(args: argparse.Namespace, work: Path, loadgen: str) -> dict[str, Any]:
     rounds = []
     n = args.workers
+    labels = ["workers_1", f"workers_{n}"] + ([f"workers_{n}_pinned"] if args.pin_workers else [])
+    speedups = ["speedup"] + (["speedup_pinned"] if args.pin_workers else [])
     for number in range(args.rounds):
         result = workers_round(args, work, loadgen, number)
         rounds.append(result)
@@ -562,14 +579,11 @@ def compare_workers(args: argparse.Namespace, work: Path, loadgen: str) -> dict[
             + json.dumps(
                 {
                     "ceiling": round(result["ceiling"]["events_per_s"]),
-                    "workers_1": round(result["workers_1"]["events_per_s"]),
-                    f"workers_{n}": round(result[f"workers_{n}"]["events_per_s"]),
-                    "speedup": round(result["speedup"], 3),
-                    "p99_ms": [
-                        round(result[f"workers_{w}"]["latency_ms"]["p99"], 1) for w in (1, n)
-                    ],
-                    "cpu_us": [round(result[f"workers_{w}"]["cpu_us_per_event"]) for w in (1, n)],
-                    "integrity": all(result[f"workers_{w}"]["integrity"]["ok"] for w in (1, n)),
+                    **{label: round(result[label]["events_per_s"]) for label in labels},
+                    **{s: round(result[s], 3) for s in speedups},
+                    "p99_ms": [round(result[label]["latency_ms"]["p99"], 1) for label in labels],
+                    "cpu_us": [round(result[label]["cpu_us_per_event"]) for label in labels],
+                    "integrity": all(result[label]["integrity"]["ok"] for label in labels),
                 }
             ),
             flush=True,
@@ -589,20 +603,20 @@ def compare_workers(args: argparse.Namespace, work: Path, loadgen: str) -> dict[
         "workers": n,
         "ceiling_processes": n,
         "ceiling_events_per_s": median("ceiling", "events_per_s"),
-        "speedup": median("speedup"),
+        **{s: median(s) for s in speedups},
         "ratio_to_ceiling": median("ratio_to_ceiling"),
         "integrity_ok": all(
-            r[f"workers_{w}"]["integrity"]["ok"] and r[f"workers_{w}"]["exit_code"] == 0
+            r[label]["integrity"]["ok"] and r[label]["exit_code"] == 0
             for r in rounds
-            for w in (1, n)
+            for label in labels
         ),
     }
-    for w in (1, n):
-        summary[f"workers_{w}"] = {
-            "events_per_s": median(f"workers_{w}", "events_per_s"),
-            "p50_ms": median(f"workers_{w}", "latency_ms", "p50"),
-            "p99_ms": median(f"workers_{w}", "latency_ms", "p99"),
-            "cpu_us_per_event": median(f"workers_{w}", "cpu_us_per_event"),
+    for label in labels:
+        summary[label] = {
+            "events_per_s": median(label, "events_per_s"),
+            "p50_ms": median(label, "latency_ms", "p50"),
+            "p99_ms": median(label, "latency_ms", "p99"),
+            "cpu_us_per_event": median(label, "cpu_us_per_event"),
         }
     return {"summary": summary, "rounds": rounds}
 
@@ -679,6 +693,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compare `inlet serve --workers N` with --workers 1 and a ceiling of N bare "
         "processes, unpinned, in each round (HTTP phase only)",
     )
+    parser.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="with --workers: also measure `inlet serve --workers N --pin-workers` each round",
+    )
     parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `inlet serve` (after --)")
     args = parser.parse_args(argv)
@@ -742,6 +761,7 @@ def write_report(
         ).stdout.strip(),
         "store": "postgresql" if args.postgres else "sqlite",
         "comparison": comparison,
+        "serve_args": args.serve_args,
         "pinned": {"servers": sorted(SERVER_CPUS), "load": sorted(LOAD_CPUS or ())}
         if SERVER_CPUS
         else None,

@@ -352,6 +352,7 @@ def test_the_workers_comparison_runs_and_checks_integrity(tmp_path: Path) -> Non
             str(ROOT / "bench" / "run.py"),
             "--workers",
             "2",
+            "--pin-workers",
             "--duration",
             "1",
             "--warmup",
@@ -372,8 +373,11 @@ def test_the_workers_comparison_runs_and_checks_integrity(tmp_path: Path) -> Non
     assert summary["integrity_ok"] is True and summary["workers"] == 2
     assert summary["workers_1"]["events_per_s"] > 0 and summary["workers_2"]["events_per_s"] > 0
     assert summary["speedup"] > 0 and summary["ceiling_events_per_s"] > 0
+    assert summary["workers_2_pinned"]["events_per_s"] > 0 and summary["speedup_pinned"] > 0
     (round_,) = report["rounds"]
-    assert round_["workers_2"]["exit_code"] == 0 and round_["workers_2"]["processes"] == 3
+    for label in ("workers_2", "workers_2_pinned"):
+        assert round_[label]["exit_code"] == 0 and round_[label]["processes"] == 3
+    assert round_["order"] == ["workers_1", "workers_2", "workers_2_pinned"]
 
 
 def test_a_server_that_exits_before_it_is_up_is_reported_at_once() -> None:
