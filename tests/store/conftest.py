@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from service.store import Store, open_store
+from service.store.postgres import PostgresOptions, PostgresStore
 
 
 @dataclass
@@ -58,3 +59,15 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 @pytest.fixture
 async def store(backend: Backend) -> Store:
     return await backend.open()
+
+
+@pytest.fixture
+async def cores(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two PostgreSQL stores on one database: two cores."""
+    options = PostgresOptions(pool_size=4, timeout_s=5.0, listener_check_s=0.2)
+    one, two = PostgresStore(pg_dsn, options), PostgresStore(pg_dsn, options)
+    await one.open()
+    await two.open()
+    yield one, two
+    await one.close()
+    await two.close()

@@ -4,27 +4,15 @@ upsert of links it knows are stored, and never one a deletion may have erased.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from service.store.postgres import PostgresOptions, PostgresStore
+from service.store.postgres import PostgresStore
 from service.store.postgres.known_links import KnownLinks
 from service.store.postgres.projected import Projected
 from tests.store.test_conformance import at, track, write
 from tests.store.test_postgres import LONG, held_before_commit
-
-
-@pytest.fixture
-async def cores(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    options = PostgresOptions(pool_size=4, timeout_s=5.0, erase_gather_s=0.0)
-    one, two = PostgresStore(pg_dsn, options), PostgresStore(pg_dsn, options)
-    await one.open()
-    await two.open()
-    yield one, two
-    await one.close()
-    await two.close()
 
 
 @pytest.fixture

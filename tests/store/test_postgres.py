@@ -36,17 +36,6 @@ LONG = 10.0
 T = TypeVar("T")
 
 
-@pytest.fixture
-async def cores(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    options = PostgresOptions(pool_size=4, timeout_s=5.0, listener_check_s=0.2)
-    one, two = PostgresStore(pg_dsn, options), PostgresStore(pg_dsn, options)
-    await one.open()
-    await two.open()
-    yield one, two
-    await one.close()
-    await two.close()
-
-
 async def held_before_commit(
     store: PostgresStore, writes: list[EventWrite]
 ) -> tuple[asyncio.Task[list[WriteResult]], asyncio.Event]:
