@@ -125,8 +125,11 @@ def worker_cpu(index: int, allowed: set[int]) -> int:
     return cpus[(index - 1) % len(cpus)]
 
 
-def pin_to_cpu(cpu: int) -> None:
-    """Run every thread of this process, and the threads it starts later, on `cpu` only.
+def pin_to_cpu(cpu: int) -> bool:
+    """Run every thread of this process, and the threads it starts later, on `cpu` only;
+    whether it could. A CPU this process may not use (taken offline, or out of its
+    cpuset since the supervisor looked) is a warning, and the worker runs unpinned:
+    failing would only have the supervisor start it again, and again.
 
     Linux sets the affinity per thread (a new thread inherits its creator's): all that
     exist now are set, in case a library started one before this call."""
@@ -135,6 +138,10 @@ def pin_to_cpu(cpu: int) -> None:
             os.sched_setaffinity(int(tid), {cpu})
         except ProcessLookupError:  # pragma: no cover - the thread ended meanwhile
             continue
+        except OSError as exc:
+            log.warning("cannot run on CPU %d (%s): running on any", cpu, exc.strerror)
+            return False
+    return True
 
 
 COMMIT: Final = b"c"

@@ -31,7 +31,7 @@ import aiohttp
 import pytest
 import trustme
 
-from service.worker import worker_cpu
+from service.worker import pin_to_cpu, worker_cpu
 from tests.stack import basic
 from tests.test_cli import inlet
 from tests.test_lifecycle import send_load_event, stored_ids
@@ -246,6 +246,18 @@ def thread_cpus(pid: int) -> set[frozenset[int]]:
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
             found.add(frozenset(os.sched_getaffinity(int(task.name))))
     return found
+
+
+def test_a_cpu_the_worker_may_not_use_is_a_warning_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = os.sched_getaffinity(0)
+    try:
+        assert pin_to_cpu(4095) is False  # no such CPU here
+    finally:
+        os.sched_setaffinity(0, before)
+    assert os.sched_getaffinity(0) == before
+    assert "cannot run on CPU 4095" in caplog.text
 
 
 def test_worker_cpus_take_the_allowed_cpus_in_turn() -> None:
