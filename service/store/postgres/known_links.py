@@ -28,7 +28,8 @@ from typing import Final
 #: (account, id, other): identity_links' key, the ids as stored (pg_text).
 LinkKey = tuple[int, str, str]
 
-#: Most links remembered (least recently used forgotten first): ~200 bytes each.
+#: Most links remembered (least recently used forgotten first): ~300 bytes each with
+#: their ids, so ~30 MB at most.
 MAX_KNOWN_LINKS: Final = 100_000
 
 
