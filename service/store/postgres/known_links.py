@@ -40,9 +40,6 @@ class KnownLinks:
         self._limit = limit
         self._links: OrderedDict[LinkKey, None] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._links)
-
     def __contains__(self, key: LinkKey) -> bool:
         return key in self._links
 
